@@ -1,0 +1,3 @@
+from caffesolve.cli import main
+
+main()

@@ -1,0 +1,52 @@
+"""The layer registry: Caffe's type string -> layer class.
+
+Each layer module registers its classes with `@register` when imported; this
+package imports them all, so LAYERS is complete once `caffesolve.layers` is.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from caffesolve.errors import ConfigError
+from caffesolve.layers.base import Layer
+from caffesolve.proto import caffe_pb2
+
+LAYERS: dict[str, type[Layer]] = {}
+
+
+def register(cls: type[Layer]) -> type[Layer]:
+    """Class decorator: add `cls` to LAYERS under `cls.type`."""
+    if not cls.type or cls.type in LAYERS:
+        raise RuntimeError(f"bad or duplicate layer type {cls.type!r}")
+    LAYERS[cls.type] = cls
+    return cls
+
+
+def create_layer(
+    param: caffe_pb2.LayerParameter,
+    phase: int = caffe_pb2.TRAIN,
+    rng: np.random.Generator | None = None,
+) -> Layer:
+    """Caffe's LayerRegistry::CreateLayer."""
+    cls = LAYERS.get(param.type)
+    if cls is None:
+        known = ", ".join(sorted(LAYERS))
+        raise ConfigError(
+            f"layer '{param.name}': Unknown layer type: {param.type} "
+            f"(known types: {known})"
+        )
+    return cls(param, phase, rng)
+
+
+# Layer families; a module missing here is simply not registered yet.
+for _module in ("data", "neuron", "vision", "common", "loss"):
+    try:
+        importlib.import_module(f"caffesolve.layers.{_module}")
+    except ModuleNotFoundError as _e:  # pragma: no cover - during development
+        if _e.name != f"caffesolve.layers.{_module}":
+            raise
+
+__all__ = ["LAYERS", "Layer", "create_layer", "register"]
