@@ -1,0 +1,285 @@
+"""Neuron layer tests after Caffe's test_neuron_layer.cpp: closed-form forward
+values, finite-difference gradients (ReLU with kink handling, Dropout with a
+fixed mask), and in-place runs (top is bottom) against out-of-place ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gradient_check import check_gradient, make_blob
+
+from caffesolve.blob import Blob
+from caffesolve.errors import ConfigError
+from caffesolve.layers import Layer, create_layer
+from caffesolve.proto import caffe_pb2
+from caffesolve.proto.io import parse_prototxt_text
+
+SHAPE = (2, 3, 4, 5)
+SLOPE = float(np.float32(0.01))  # the proto float, as Caffe reads it
+
+
+def layer_from(text: str, phase: int = caffe_pb2.TRAIN, seed: int = 1701) -> Layer:
+    param = parse_prototxt_text(text, caffe_pb2.LayerParameter(), "<test>")
+    return create_layer(param, phase, np.random.default_rng(seed))
+
+
+def gaussian_blob(shape: tuple[int, ...] = SHAPE, seed: int = 1701) -> Blob:
+    b = Blob(shape, dtype=np.float64)
+    b.data[...] = np.random.default_rng(seed).normal(size=shape)
+    return b
+
+
+def run(
+    text: str, x: np.ndarray, dy: np.ndarray, in_place: bool, **kw: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forward and backward once; return (top data, bottom diff)."""
+    layer = layer_from(text, **kw)
+    bottom = Blob(x.shape, dtype=x.dtype)
+    bottom.data[...] = x
+    top = bottom if in_place else Blob(dtype=x.dtype)
+    layer.setup([bottom], [top])
+    layer.forward([bottom], [top])
+    y = top.data.copy()
+    top.diff[...] = dy
+    layer.backward([top], [True], [bottom])
+    return y, bottom.diff.copy()
+
+
+# (prototxt, forward reference, derivative reference) for closed forms.
+CASES = {
+    "ReLU": (
+        'name: "r" type: "ReLU"',
+        lambda x: np.maximum(x, 0),
+        lambda x: (x > 0).astype(float),
+    ),
+    "ReLUWithNegativeSlope": (
+        'name: "r" type: "ReLU" relu_param { negative_slope: 0.01 }',
+        lambda x: np.where(x > 0, x, SLOPE * x),
+        lambda x: np.where(x > 0, 1.0, SLOPE),
+    ),
+    "Sigmoid": (
+        'name: "s" type: "Sigmoid"',
+        lambda x: 1 / (1 + np.exp(-x)),
+        lambda x: np.exp(-x) / (1 + np.exp(-x)) ** 2,
+    ),
+    "TanH": (
+        'name: "t" type: "TanH"',
+        np.tanh,
+        lambda x: 1 / np.cosh(x) ** 2,
+    ),
+    "ELU": (
+        'name: "e" type: "ELU" elu_param { alpha: 0.5 }',
+        lambda x: np.where(x > 0, x, 0.5 * (np.exp(x) - 1)),
+        lambda x: np.where(x > 0, 1.0, 0.5 * np.exp(x)),
+    ),
+    "BNLL": (
+        'name: "b" type: "BNLL"',
+        lambda x: np.log1p(np.exp(x)),
+        lambda x: 1 / (1 + np.exp(-x)),
+    ),
+    "Power": (
+        'name: "p" type: "Power" power_param { power: 3 scale: 0.5 shift: 4 }',
+        lambda x: (4 + 0.5 * x) ** 3,
+        lambda x: 1.5 * (4 + 0.5 * x) ** 2,
+    ),
+    "PowerSquare": (
+        'name: "p" type: "Power" power_param { power: 2 scale: 2 }',
+        lambda x: (2 * x) ** 2,
+        lambda x: 8 * x,
+    ),
+    "PowerLinear": (
+        'name: "p" type: "Power" power_param { scale: -2 shift: 1 }',
+        lambda x: 1 - 2 * x,
+        lambda x: np.full_like(x, -2.0),
+    ),
+    "PowerZero": (
+        'name: "p" type: "Power" power_param { power: 0 shift: 3 }',
+        lambda x: np.ones_like(x),
+        lambda x: np.zeros_like(x),
+    ),
+    "Exp": (
+        'name: "e" type: "Exp" exp_param { base: 2 scale: 0.5 shift: 1 }',
+        lambda x: 2.0 ** (1 + 0.5 * x),
+        lambda x: 2.0 ** (1 + 0.5 * x) * np.log(2) * 0.5,
+    ),
+    "ExpDefaultBase": (
+        'name: "e" type: "Exp"',
+        np.exp,
+        np.exp,
+    ),
+    "Log": (
+        'name: "l" type: "Log" log_param { base: 2 scale: 0.5 shift: 5 }',
+        lambda x: np.log2(5 + 0.5 * x),
+        lambda x: 0.5 / (np.log(2) * (5 + 0.5 * x)),
+    ),
+    "Swish": (
+        'name: "s" type: "Swish" swish_param { beta: 1.5 }',
+        lambda x: x / (1 + np.exp(-1.5 * x)),
+        lambda x: (
+            1 / (1 + np.exp(-1.5 * x))
+            + 1.5 * x * np.exp(-1.5 * x) / (1 + np.exp(-1.5 * x)) ** 2
+        ),
+    ),
+    "Clip": (
+        'name: "c" type: "Clip" clip_param { min: -0.5 max: 1 }',
+        lambda x: np.clip(x, -0.5, 1.0),
+        lambda x: ((x >= -0.5) & (x <= 1.0)).astype(float),
+    ),
+}
+KINKS = {"ReLU": [0.0], "ReLUWithNegativeSlope": [0.0], "Clip": [-0.5, 1.0]}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("in_place", [False, True])
+def test_forward_backward_closed_form(name: str, in_place: bool) -> None:
+    text, f, df = CASES[name]
+    x = gaussian_blob().data
+    dy = np.random.default_rng(5).uniform(-1, 1, size=SHAPE)
+    y, dx = run(text, x, dy, in_place)
+    np.testing.assert_allclose(y, f(x), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(dx, dy * df(x), rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_gradient(name: str) -> None:
+    text = CASES[name][0]
+    bottom = gaussian_blob((2, 3, 2, 2))
+    for kink in KINKS.get(name, []):  # keep inputs off the kinks
+        near = np.abs(bottom.data - kink) < 0.02
+        bottom.data[near] = kink + 0.05
+    check_gradient(layer_from(text), [bottom], [Blob(dtype=np.float64)])
+
+
+def test_absval() -> None:
+    x = gaussian_blob().data
+    dy = np.random.default_rng(5).uniform(-1, 1, size=SHAPE)
+    y, dx = run('name: "a" type: "AbsVal"', x, dy, False)
+    np.testing.assert_array_equal(y, np.abs(x))
+    np.testing.assert_array_equal(dx, np.sign(x) * dy)
+    bottom = gaussian_blob((2, 3))
+    check_gradient(
+        layer_from('name: "a" type: "AbsVal"'),
+        [bottom],
+        [Blob(dtype=np.float64)],
+        kink=0.0,
+        kink_range=0.01,
+    )
+    with pytest.raises(ConfigError, match="in-place"):
+        layer_from('name: "a" type: "AbsVal"').setup([bottom], [bottom])
+
+
+def test_threshold() -> None:
+    x = gaussian_blob().data
+    y, _ = run_forward(
+        'name: "t" type: "Threshold" threshold_param { threshold: 0.3 }', x
+    )
+    np.testing.assert_array_equal(y, (x > np.float32(0.3)).astype(float))
+
+
+def run_forward(text: str, x: np.ndarray) -> tuple[np.ndarray, object]:
+    layer = layer_from(text)
+    bottom = Blob(x.shape, dtype=x.dtype)
+    bottom.data[...] = x
+    layer.setup([bottom], [bottom])
+    layer.forward([bottom], [bottom])
+    return bottom.data.copy(), layer
+
+
+def test_log_and_exp_base_checks() -> None:
+    for text in (
+        'name: "l" type: "Log" log_param { base: -2 }',
+        'name: "l" type: "Log" log_param { base: 1 }',
+        'name: "e" type: "Exp" exp_param { base: 0 }',
+    ):
+        with pytest.raises(ConfigError, match="base"):
+            layer_from(text).setup([Blob((2,))], [Blob()])
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_float32_keeps_dtype(name: str) -> None:
+    text, f, df = CASES[name]
+    x = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    dy = np.random.default_rng(5).uniform(-1, 1, size=SHAPE).astype(np.float32)
+    y, dx = run(text, x, dy, True)
+    assert y.dtype == np.float32 and dx.dtype == np.float32
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(y, f(x64), rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(dx, dy * df(x64), rtol=2e-5, atol=1e-6)
+
+
+def test_sigmoid_extremes_are_finite() -> None:
+    x = np.array([-1000.0, 0.0, 1000.0], np.float32)
+    y, _ = run('name: "s" type: "Sigmoid"', x, np.ones(3, np.float32), False)
+    np.testing.assert_array_equal(y, [0.0, 0.5, 1.0])
+
+
+# -- Dropout ---------------------------------------------------------------------
+
+DROPOUT = 'name: "drop" type: "Dropout" dropout_param { dropout_ratio: %s }'
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.75])
+def test_dropout_train(ratio: float) -> None:
+    x = np.ones((100, 100))
+    dy = np.full((100, 100), 2.0)
+    y, dx = run(DROPOUT % ratio, x, dy, False)
+    scale = 1 / (1 - ratio)
+    kept = y != 0
+    np.testing.assert_allclose(y[kept], scale)
+    assert abs(kept.mean() - (1 - ratio)) < 0.02
+    # Backward routes through the same mask with the same scale.
+    np.testing.assert_allclose(dx, np.where(kept, 2.0 * scale, 0.0))
+
+
+def test_dropout_in_place_same_mask_as_out_of_place() -> None:
+    x = gaussian_blob().data
+    dy = np.random.default_rng(5).uniform(-1, 1, size=SHAPE)
+    y1, dx1 = run(DROPOUT % 0.5, x, dy, False)
+    y2, dx2 = run(DROPOUT % 0.5, x, dy, True)
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(dx1, dx2)
+
+
+def test_dropout_test_phase_is_identity() -> None:
+    x = gaussian_blob().data
+    dy = np.random.default_rng(5).uniform(-1, 1, size=SHAPE)
+    for in_place in (False, True):
+        y, dx = run(DROPOUT % 0.5, x, dy, in_place, phase=caffe_pb2.TEST)
+        np.testing.assert_array_equal(y, x)
+        np.testing.assert_array_equal(dx, dy)
+
+
+def test_dropout_gradient_with_fixed_mask() -> None:
+    # Re-seeding the layer's rng before every forward fixes the mask, so the
+    # finite differences see the function backward differentiates.
+    layer = layer_from(DROPOUT % 0.5)
+    forward = layer.forward
+
+    def seeded_forward(bottom: list[Blob], top: list[Blob]) -> None:
+        layer.rng = np.random.default_rng(42)
+        forward(bottom, top)
+
+    layer.forward = seeded_forward  # type: ignore[method-assign]
+    bottom = make_blob((2, 3, 2, 2), np.random.default_rng(1701))
+    check_gradient(layer, [bottom], [Blob(dtype=np.float64)])
+    assert 0 < np.count_nonzero(layer.mask) < layer.mask.size
+
+
+def test_dropout_same_seed_same_mask() -> None:
+    x = np.ones((10, 10))
+    a, _ = run(DROPOUT % 0.5, x, x, False, seed=3)
+    b, _ = run(DROPOUT % 0.5, x, x, False, seed=3)
+    c, _ = run(DROPOUT % 0.5, x, x, False, seed=4)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_dropout_ratio_out_of_range() -> None:
+    with pytest.raises(ConfigError, match="dropout_ratio"):
+        layer_from(DROPOUT % 1.0).setup([Blob((2,))], [Blob()])
+
+
+def test_dropout_ratio_zero_keeps_everything() -> None:
+    x = gaussian_blob().data
+    y, dx = run(DROPOUT % 0.0, x, x, False)
+    np.testing.assert_array_equal(y, x)
+    np.testing.assert_array_equal(dx, x)
