@@ -62,3 +62,196 @@ class Log:
 
 # The process-wide log; the CLI adds a file to it for --log.
 LOG = Log()
+
+
+# -- Caffe's message texts -------------------------------------------------------
+#
+# Each function returns (source, message): the Caffe file:line that logs the
+# message (so the glog prefix reads like Caffe's), and the text. Call sites
+# write `log.info(*msg.iteration_lr(it, rate))`. Caffe's log tools
+# (tools/extra/parse_log.py, parse_log.sh, extract_seconds.py) read these texts.
+
+Message = tuple[str, str]
+
+
+def _loss_suffix(loss_weight: float, value: float) -> str:
+    """' (* w = w*v loss)' when the output carries a loss weight (float32)."""
+    if not loss_weight:
+        return ""
+    product = np.float32(loss_weight) * np.float32(value)
+    return f" (* {fmt32(loss_weight)} = {fmt32(product)} loss)"
+
+
+def use_cpu(source: str = "caffe.cpp:197") -> Message:
+    return source, "Use CPU."
+
+
+def gpu_mode_on_cpu() -> Message:
+    return (
+        "caffe.cpp:183",
+        "solver_mode: GPU asked for, but caffesolve runs on the CPU; "
+        "continuing on the CPU.",
+    )
+
+
+def initializing_solver(param_text: str) -> Message:
+    return "solver.cpp:45", "Initializing solver from parameters: \n" + param_text
+
+
+def finetuning_from(path: str) -> Message:
+    return "solver.cpp:72", f"Finetuning from {path}"
+
+
+def creating_train_net(origin: str) -> Message:
+    """origin: solver_param's "net file: x" or "train_net_param"."""
+    if "file:" in origin:
+        return "solver.cpp:103", f"Creating training net from {origin}"
+    return "solver.cpp:98", f"Creating training net specified in {origin}."
+
+
+def creating_test_net(index: int, source: str) -> Message:
+    return "solver.cpp:190", f"Creating test net (#{index}) specified by {source}"
+
+
+def scaffolding_done() -> Message:
+    return "solver.cpp:57", "Solver scaffolding done."
+
+
+def resuming_from(path: str) -> Message:
+    return "caffe.cpp:235", f"Resuming from {path}"
+
+
+def starting_optimization() -> Message:
+    return "caffe.cpp:239", "Starting Optimization"
+
+
+def solving(net_name: str) -> Message:
+    """extract_seconds.py takes the start time from this line ('Solving')."""
+    return "solver.cpp:289", f"Solving {net_name}"
+
+
+def learning_rate_policy(policy: str) -> Message:
+    return "solver.cpp:290", f"Learning Rate Policy: {policy}"
+
+
+def restoring_solver_state(path: str) -> Message:
+    return "solver.cpp:296", f"Restoring previous solver status from {path}"
+
+
+def iteration_display(
+    it: int, per_s: float, lapse: float, display: int, loss: float
+) -> Message:
+    """Solver::Step's display line; parse_log.sh reads `, loss = `."""
+    return (
+        "solver.cpp:239",
+        f"Iteration {it} ({fmt32(per_s)} iter/s, {fmt32(lapse)}s/{display} iters), "
+        f"loss = {fmt32(loss)}",
+    )
+
+
+def train_net_output(
+    index: int, name: str, value: float, loss_weight: float
+) -> Message:
+    return (
+        "solver.cpp:258",
+        f"    Train net output #{index}: {name} = {fmt32(value)}"
+        + _loss_suffix(loss_weight, value),
+    )
+
+
+def iteration_lr(it: int, rate: float) -> Message:
+    """SGDSolver::ApplyUpdate's line; parse_log.py reads `lr = X`."""
+    return "sgd_solver.cpp:112", f"Iteration {it}, lr = {fmt32(rate)}"
+
+
+def multistep_status(it: int, step: int) -> Message:
+    return "sgd_solver.cpp:50", f"MultiStep Status: Iteration {it}, step = {step}"
+
+
+def gradient_clipping(l2norm: float, clip: float, scale: float) -> Message:
+    return (
+        "sgd_solver.cpp:99",
+        f"Gradient clipping: scaling down gradients (L2 norm {fmt32(l2norm)} > "
+        f"{fmt32(clip)}) by scale factor {fmt32(scale)}",
+    )
+
+
+def testing_net(it: int, index: int) -> Message:
+    return "solver.cpp:347", f"Iteration {it}, Testing net (#{index})"
+
+
+def test_interrupted() -> Message:
+    return "solver.cpp:396", "Test interrupted."
+
+
+def test_loss(loss: float) -> Message:
+    return "solver.cpp:401", f"Test loss: {fmt32(loss)}"
+
+
+def test_net_output(index: int, name: str, mean: float, loss_weight: float) -> Message:
+    return (
+        "solver.cpp:414",
+        f"    Test net output #{index}: {name} = {fmt32(mean)}"
+        + _loss_suffix(loss_weight, mean),
+    )
+
+
+def final_loss(it: int, loss: float) -> Message:
+    return "solver.cpp:327", f"Iteration {it}, loss = {fmt32(loss)}"
+
+
+def optimization_stopped_early() -> Message:
+    return "solver.cpp:311", "Optimization stopped early."
+
+
+def optimization_done(source: str = "solver.cpp:332") -> Message:
+    return source, "Optimization Done."
+
+
+def snapshotting_model(path: str, hdf5: bool = False) -> Message:
+    if hdf5:
+        return "solver.cpp:474", f"Snapshotting to HDF5 file {path}"
+    return "solver.cpp:464", f"Snapshotting to binary proto file {path}"
+
+
+def snapshotting_solver_state(path: str, hdf5: bool = False) -> Message:
+    if hdf5:
+        return "sgd_solver.cpp:296", f"Snapshotting solver state to HDF5 file {path}"
+    return (
+        "sgd_solver.cpp:284",
+        f"Snapshotting solver state to binary proto file {path}",
+    )
+
+
+def restoring_history() -> Message:
+    return "sgd_solver.cpp:336", "SGDSolver: restoring history"
+
+
+def restoring_data_state() -> Message:
+    return (
+        "sgd_solver.cpp:337",
+        "caffesolve: restoring data cursors and random state",
+    )
+
+
+def signal_received(signal_name: str, action: str) -> Message:
+    return "signal_handler.cpp:100", f"Received {signal_name}: {action} requested"
+
+
+def running_for(iterations: int) -> Message:
+    return "caffe.cpp:281", f"Running for {iterations} iterations."
+
+
+def batch_output(batch: int, name: str, score: float) -> Message:
+    return "caffe.cpp:304", f"Batch {batch}, {name} = {fmt32(score)}"
+
+
+def loss_line(loss: float) -> Message:
+    return "caffe.cpp:309", f"Loss: {fmt32(loss)}"
+
+
+def mean_output(name: str, mean: float, loss_weight: float) -> Message:
+    return (
+        "caffe.cpp:321",
+        f"{name} = {fmt32(mean)}" + _loss_suffix(loss_weight, mean),
+    )

@@ -1,0 +1,451 @@
+"""Solver: Caffe's training loop (solver.cpp), independent of the update rule.
+
+`solve()` runs `step()` to max_iter: each iteration clears the param diffs,
+tests when due, runs `iter_size` forward/backward passes, smooths the loss over
+`average_loss` iterations, logs at `display`, calls `apply_update()` (the
+subclass: SGDSolver fixes the order), then snapshots when due or asked.
+Signals arrive through `action_function` (SignalHandler), checked at iteration
+boundaries and between test batches, as Caffe's GetRequestedAction.
+
+One np.random.Generator, seeded from `random_seed` (OS entropy if -1), is passed
+to every net (fillers, data shuffling, Dropout); snapshots store its state and
+the nets' data cursors, so a resumed run is bit-identical to a straight one.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from google.protobuf import text_format
+
+from caffesolve import log as msg
+from caffesolve import snapshot as snap
+from caffesolve.blob import Blob, proto_shape
+from caffesolve.errors import ConfigError, SnapshotError
+from caffesolve.log import LOG, Log
+from caffesolve.proto import caffe_pb2
+
+if TYPE_CHECKING:
+    from caffesolve.net import Net
+
+F32 = np.float32
+
+
+class SolverAction:
+    """Caffe's SolverAction::Enum: what a signal asks the solver to do."""
+
+    NONE = "none"
+    STOP = "stop"
+    SNAPSHOT = "snapshot"
+    ALL = (NONE, STOP, SNAPSHOT)
+
+
+ActionFunction = Callable[[], str]
+
+
+def update_smoothed_loss(
+    losses: list[np.float32],
+    smoothed: np.float32,
+    loss: np.float32,
+    index: int,
+    average_loss: int,
+) -> np.float32:
+    """Caffe's UpdateSmoothedLoss, in float: the mean of the last
+    `average_loss` losses; `losses` is the ring buffer (updated in place) and
+    `index` = iter - start_iter."""
+    if len(losses) < average_loss:
+        losses.append(loss)
+        size = len(losses)
+        return F32((smoothed * F32(size - 1) + loss) / F32(size))
+    idx = index % average_loss
+    smoothed = F32(smoothed + (loss - losses[idx]) / F32(average_loss))
+    losses[idx] = loss
+    return smoothed
+
+
+class Solver:
+    """The loop shared by every solver; subclasses implement apply_update."""
+
+    type: ClassVar[str] = ""
+    history_blocks: ClassVar[int] = 0
+
+    def __init__(
+        self,
+        param: caffe_pb2.SolverParameter,
+        *,
+        source: str = "<solver>",
+        log: Log = LOG,
+        action_function: ActionFunction | None = None,
+    ) -> None:
+        self.param = param
+        self.source = source
+        self.log = log
+        self.action_function = action_function
+        self.log.info(*msg.initializing_solver(text_format.MessageToString(param)))
+        self.check_param()
+        snap.check_snapshot_write_permissions(param, source)
+        seed = param.random_seed if param.random_seed >= 0 else None
+        self.rng = np.random.default_rng(seed)
+        self.net: Net = self.init_train_net()
+        self.test_nets: list[Net] = self.init_test_nets()
+        self.log.info(*msg.scaffolding_done())
+        self.iter = 0
+        self.current_step = 0
+        self.requested_early_exit = False
+        self.losses: list[np.float32] = []
+        self.smoothed_loss = F32(0)
+        self.last_snapshot_iter: int | None = None
+        self.history: list[Blob] = []
+        self.pre_solve()
+
+    # -- set-up ----------
+
+    def param_error(self, field: str, message: str) -> ConfigError:
+        """A ConfigError naming the solver file and field."""
+        return ConfigError(f"{self.source}: {field}: {message}")
+
+    def check_param(self) -> None:
+        """Caffe's solver CHECKs (solver_param.validate_solver), before any net
+        is built; subclasses add their own (AdaGrad, RMSProp, Adam)."""
+        from caffesolve import solver_param as sp
+
+        sp.validate_solver(self.param, self.source)
+
+    def init_train_net(self) -> Net:
+        """Caffe's InitTrainNet (solver_param.train_net_spec), then `weights`."""
+        from caffesolve import solver_param as sp
+        from caffesolve.net import Net
+
+        spec = sp.train_net_spec(self.param, self.source)
+        self.log.info(*msg.creating_train_net(spec.origin))
+        net = Net(spec.net_param, rng=self.rng, source=spec.source)
+        self.load_weights(net)
+        return net
+
+    def init_test_nets(self) -> list[Net]:
+        """Caffe's InitTestNets (solver_param.test_net_specs), TEST phase."""
+        from caffesolve import solver_param as sp
+        from caffesolve.net import Net
+
+        nets = []
+        for i, spec in enumerate(sp.test_net_specs(self.param, self.source)):
+            self.log.info(*msg.creating_test_net(i, spec.origin))
+            net = Net(spec.net_param, rng=self.rng, source=spec.source)
+            self.load_weights(net)
+            nets.append(net)
+        return nets
+
+    def load_weights(self, net: Net) -> None:
+        """Caffe's LoadNetWeights for each `weights` entry (comma-separated)."""
+        for entry in self.param.weights:
+            for path in entry.split(","):
+                path = path.strip()
+                if path:
+                    self.log.info(*msg.finetuning_from(path))
+                    snap.load_weights(net, path)
+
+    def pre_solve(self) -> None:
+        """Allocate the history blobs (SGDSolver and subclasses)."""
+
+    # -- actions from signals ----------
+
+    def get_requested_action(self) -> str:
+        if self.action_function is None:
+            return SolverAction.NONE
+        return self.action_function()
+
+    # -- the loop ----------
+
+    def solve(self, resume_file: str | None = None) -> None:
+        """Caffe's Solver::Solve: (restore,) step to max_iter, final snapshot,
+        display and test. A stop request snapshots first, so no work is lost."""
+        self.log.info(*msg.solving(self.net.name))
+        self.log.info(*msg.learning_rate_policy(self.param.lr_policy))
+        self.requested_early_exit = False
+        if resume_file:
+            self.log.info(*msg.restoring_solver_state(resume_file))
+            self.restore(resume_file)
+        start_iter = self.iter
+        self.step(self.param.max_iter - self.iter)
+        if (
+            self.param.snapshot_after_train or self.requested_early_exit
+        ) and self.last_snapshot_iter != self.iter:
+            self.snapshot()
+        if self.requested_early_exit:
+            self.log.info(*msg.optimization_stopped_early())
+            return
+        if self.param.display and self.iter % self.param.display == 0:
+            loss = F32(self.net.forward())
+            self.smoothed_loss = update_smoothed_loss(
+                self.losses,
+                self.smoothed_loss,
+                loss,
+                self.iter - start_iter,
+                self.param.average_loss,
+            )
+            self.log.info(*msg.final_loss(self.iter, self.smoothed_loss))
+        if self.param.test_interval and self.iter % self.param.test_interval == 0:
+            self.test_all()
+        self.log.info(*msg.optimization_done())
+
+    def step(self, iters: int) -> None:
+        """Caffe's Solver::Step: `iters` iterations of the training loop."""
+        start_iter = self.iter
+        stop_iter = self.iter + iters
+        p = self.param
+        self.losses = []
+        self.smoothed_loss = F32(0)
+        timer = time.perf_counter()
+        iterations_last = self.iter
+        while self.iter < stop_iter:
+            self.net.clear_param_diffs()
+            if (
+                p.test_interval
+                and self.iter % p.test_interval == 0
+                and (self.iter > 0 or p.test_initialization)
+            ):
+                self.test_all()
+                if self.requested_early_exit:
+                    break
+            display = bool(p.display) and self.iter % p.display == 0
+            loss = F32(0)
+            for _ in range(p.iter_size):
+                loss += F32(self.net.forward_backward())
+            loss /= F32(p.iter_size)
+            self.smoothed_loss = update_smoothed_loss(
+                self.losses,
+                self.smoothed_loss,
+                loss,
+                self.iter - start_iter,
+                p.average_loss,
+            )
+            if display:
+                lapse = time.perf_counter() - timer
+                per_s = (self.iter - iterations_last) / (lapse or 1.0)
+                self.log.info(
+                    *msg.iteration_display(
+                        self.iter, per_s, lapse, p.display, self.smoothed_loss
+                    )
+                )
+                timer = time.perf_counter()
+                iterations_last = self.iter
+                self.log_outputs()
+            self.apply_update()
+            request = self.get_requested_action()
+            if (
+                p.snapshot and self.iter % p.snapshot == 0
+            ) or request == SolverAction.SNAPSHOT:
+                self.snapshot()
+            if request == SolverAction.STOP:
+                self.requested_early_exit = True
+                break
+
+    def log_outputs(self) -> None:
+        """`    Train net output #k: name = v (* w = l loss)` per output value."""
+        k = 0
+        net = self.net
+        for name, blob, weight in zip(
+            net.output_blob_names, net.output_blobs, net.output_loss_weights
+        ):
+            for value in blob.data.ravel():
+                self.log.info(*msg.train_net_output(k, name, value, weight))
+                k += 1
+
+    def apply_update(self) -> None:
+        raise NotImplementedError
+
+    # -- testing ----------
+
+    def test_all(self) -> None:
+        for test_net_id in range(len(self.test_nets)):
+            if self.requested_early_exit:
+                break
+            self.test(test_net_id)
+
+    def test(self, test_net_id: int) -> None:
+        """Caffe's Solver::Test: mean of each output over test_iter batches."""
+        self.log.info(*msg.testing_net(self.iter, test_net_id))
+        test_net = self.test_nets[test_net_id]
+        test_net.share_trained_layers_with(self.net)
+        test_iter = self.param.test_iter[test_net_id]
+        scores: np.ndarray | None = None
+        loss = F32(0)
+        for _ in range(test_iter):
+            request = self.get_requested_action()
+            while request != SolverAction.NONE:
+                if request == SolverAction.SNAPSHOT:
+                    self.snapshot()
+                elif request == SolverAction.STOP:
+                    self.requested_early_exit = True
+                request = self.get_requested_action()
+            if self.requested_early_exit:
+                break
+            iter_loss = F32(test_net.forward())
+            if self.param.test_compute_loss:
+                loss += iter_loss
+            values = output_values(test_net)
+            scores = values.copy() if scores is None else scores + values
+        if self.requested_early_exit:
+            self.log.info(*msg.test_interrupted())
+            return
+        if self.param.test_compute_loss:
+            self.log.info(*msg.test_loss(F32(loss / F32(test_iter))))
+        if scores is None:
+            return
+        names, weights = output_names_and_weights(test_net)
+        for i, (name, weight) in enumerate(zip(names, weights)):
+            mean = F32(scores[i] / F32(test_iter))
+            self.log.info(*msg.test_net_output(i, name, mean, weight))
+
+    # -- snapshots ----------
+
+    def snapshot(self) -> None:
+        """Caffe's Snapshot: the model, then the solver state naming it."""
+        fmt = self.param.snapshot_format
+        hdf5 = fmt == snap.HDF5
+        prefix = self.param.snapshot_prefix
+        model_path = snap.model_filename(prefix, self.iter, fmt)
+        self.log.info(*msg.snapshotting_model(model_path, hdf5))
+        snap.write_model(model_path, self.net, self.param.snapshot_diff)
+        state_path = snap.state_filename(prefix, self.iter, fmt)
+        self.log.info(*msg.snapshotting_solver_state(state_path, hdf5))
+        snap.write_solver_state(state_path, self.solver_state(model_path))
+        self.last_snapshot_iter = self.iter
+
+    def solver_state(self, model_path: str) -> caffe_pb2.SolverState:
+        """SolverState: iter, learned_net, current_step, history, resume JSON."""
+        state = caffe_pb2.SolverState(
+            iter=self.iter, learned_net=model_path, current_step=self.current_step
+        )
+        for h in self.history:
+            state.history.append(h.to_proto())
+        state.caffesolve_resume = snap.encode_resume(self.resume_state())
+        return state
+
+    def resume_state(self) -> dict[str, Any]:
+        """What bit-exact resume needs beyond Caffe's state."""
+        return {
+            "train_net": self.net.get_state(),
+            "test_nets": [n.get_state() for n in self.test_nets],
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def restore(self, state_file: str) -> None:
+        """Caffe's Restore (binary or .h5 by suffix), plus caffesolve_resume."""
+        state = snap.read_solver_state(state_file)
+        self.iter = state.iter
+        if state.learned_net:
+            model = snap.resolve_learned_net(state.learned_net, state_file)
+            snap.load_weights(self.net, model)
+        self.current_step = state.current_step
+        if len(state.history) != len(self.history):
+            raise SnapshotError(
+                f"{state_file}: Incorrect length of history blobs: the state has "
+                f"{len(state.history)}, this {self.type} solver and net need "
+                f"{len(self.history)}"
+            )
+        self.log.info(*msg.restoring_history())
+        for i, (h, proto) in enumerate(zip(self.history, state.history)):
+            shape = proto_shape(proto)
+            if int(np.prod(shape)) != h.count:
+                raise SnapshotError(
+                    f"{state_file}: history blob {i} has shape "
+                    f"{' '.join(map(str, shape))}, the net needs {h.shape_string()}"
+                )
+            h.from_proto(proto, reshape=False)
+        if state.caffesolve_resume:
+            self.log.info(*msg.restoring_data_state())
+            self.set_resume_state(
+                snap.decode_resume(state.caffesolve_resume, state_file), state_file
+            )
+
+    def set_resume_state(self, resume: dict[str, Any], state_file: str) -> None:
+        try:
+            self.net.set_state(resume["train_net"])
+            for net, net_state in zip(self.test_nets, resume["test_nets"]):
+                net.set_state(net_state)
+            self.rng.bit_generator.state = resume["rng"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise SnapshotError(
+                f"{state_file}: caffesolve_resume does not fit this net ({e})"
+            ) from None
+
+
+def output_values(net: Net) -> np.ndarray:
+    """All output blobs' values, flattened in order, as float32."""
+    if not net.output_blobs:
+        return np.zeros(0, F32)
+    return np.concatenate(
+        [b.data.ravel().astype(F32, copy=False) for b in net.output_blobs]
+    )
+
+
+def output_names_and_weights(net: Net) -> tuple[list[str], list[float]]:
+    """Per output value: its blob name and loss weight."""
+    names: list[str] = []
+    weights: list[float] = []
+    for name, blob, w in zip(
+        net.output_blob_names, net.output_blobs, net.output_loss_weights
+    ):
+        names += [name] * blob.count
+        weights += [w] * blob.count
+    return names, weights
+
+
+class SignalHandler:
+    """Caffe's SignalHandler: SIGINT/SIGHUP set flags that the solver reads at
+    iteration boundaries as a SolverAction (SIGHUP first, then SIGINT)."""
+
+    def __init__(
+        self,
+        sigint_action: str = SolverAction.STOP,
+        sighup_action: str = SolverAction.SNAPSHOT,
+        log: Log = LOG,
+    ) -> None:
+        for action in (sigint_action, sighup_action):
+            if action not in SolverAction.ALL:
+                raise ConfigError(
+                    f'Invalid signal effect "{action}" was specified '
+                    f"(use {', '.join(SolverAction.ALL)})"
+                )
+        self.actions = {"SIGINT": sigint_action, "SIGHUP": sighup_action}
+        self.log = log
+        self.got = {"SIGINT": False, "SIGHUP": False}
+        self.previous: dict[int, Any] = {}
+
+    def handle_signal(self, signum: int, frame: FrameType | None = None) -> None:
+        """The handler: only records that the signal came."""
+        self.got[signal.Signals(signum).name] = True
+
+    def hook_up(self) -> None:
+        for name in self.actions:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self.previous[sig] = signal.signal(sig, self.handle_signal)
+
+    def unhook(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+    def __enter__(self) -> SignalHandler:
+        self.hook_up()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unhook()
+
+    def check_for_signals(self) -> str:
+        """Caffe's CheckForSignals: the action of a pending SIGHUP, else SIGINT."""
+        for name in ("SIGHUP", "SIGINT"):
+            if self.got[name]:
+                self.got[name] = False
+                action = self.actions[name]
+                self.log.info(*msg.signal_received(name, action))
+                return action
+        return SolverAction.NONE

@@ -1,0 +1,156 @@
+"""SGDSolver: Caffe's ApplyUpdate skeleton and the momentum SGD formula.
+
+The update order lives only here (sgd_solver.cpp ApplyUpdate): the rate of
+this iteration, ClipGradients over the whole net, then per learnable param
+Normalize (iter_size), Regularize (L2/L1 weight decay), ComputeUpdateValue,
+and finally `net.update()` (data -= diff) and `iter += 1`. Other solvers
+override `compute_update_value` (and `history_blocks`) only.
+
+All arithmetic is float32 in place on the params' arrays, as Caffe's CPU path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from caffesolve import log as msg
+from caffesolve import lr_policy
+from caffesolve.blob import Blob
+from caffesolve.solvers.base import Solver
+
+F32 = np.float32
+
+
+def sgd_update(
+    diff: npt.NDArray[np.float32],
+    history: npt.NDArray[np.float32],
+    local_rate: float,
+    momentum: float,
+) -> None:
+    """SGD, in place: history = momentum*history + local_rate*diff;
+    diff = history (sgd_solver.cpp ComputeUpdateValue)."""
+    history *= F32(momentum)
+    history += F32(local_rate) * diff
+    diff[...] = history
+
+
+def l2_regularize(
+    diff: npt.NDArray[np.float32], data: npt.NDArray[np.float32], local_decay: float
+) -> None:
+    """L2 weight decay, in place: diff += local_decay * data (sgd_solver.cpp)."""
+    diff += F32(local_decay) * data
+
+
+def l1_regularize(
+    diff: npt.NDArray[np.float32], data: npt.NDArray[np.float32], local_decay: float
+) -> None:
+    """L1 weight decay, in place: diff += local_decay * sign(data)."""
+    diff += F32(local_decay) * np.sign(data)
+
+
+REGULARIZERS = {"L2": l2_regularize, "L1": l1_regularize}
+
+
+def clip_scale(sumsq_diff: float, clip_gradients: float) -> tuple[float, float] | None:
+    """(l2norm, clip/l2norm) if the diffs' L2 norm exceeds clip_gradients
+    (>= 0), else None (sgd_solver.cpp ClipGradients), in float."""
+    if clip_gradients < 0:
+        return None
+    l2norm = F32(np.sqrt(F32(sumsq_diff)))
+    if l2norm > F32(clip_gradients):
+        return float(l2norm), float(F32(clip_gradients) / l2norm)
+    return None
+
+
+class SGDSolver(Solver):
+    """Stochastic gradient descent with momentum (Caffe's SGDSolver)."""
+
+    type = "SGD"
+    # History blobs per learnable param: 1 (SGD ...) or 2 (AdaDelta, Adam),
+    # laid out as Caffe does: all first-block blobs, then all second-block.
+    history_blocks = 1
+
+    def pre_solve(self) -> None:
+        """Caffe's PreSolve: zero history, one blob per learnable param (x blocks)."""
+        params = self.net.learnable_params
+        self.history = [
+            Blob(p.shape, name=f"history{b}_{i}")
+            for b in range(self.history_blocks)
+            for i, p in enumerate(params)
+        ]
+
+    # -- the update, in Caffe's order ----------------------------------------------
+
+    def apply_update(self) -> None:
+        """SGDSolver::ApplyUpdate: the one place that fixes the update order."""
+        rate = self.get_learning_rate()
+        if self.param.display and self.iter % self.param.display == 0:
+            self.log.info(*msg.iteration_lr(self.iter, rate))
+        self.clip_gradients()
+        for param_id in range(len(self.net.learnable_params)):
+            self.normalize(param_id)
+            self.regularize(param_id)
+            self.compute_update_value(param_id, rate)
+        self.net.update()
+        self.iter += 1
+
+    def get_learning_rate(self) -> float:
+        """This iteration's rate (lr_policy.py); advances current_step as Caffe."""
+        step = lr_policy.update_current_step(self.param, self.iter, self.current_step)
+        if self.param.lr_policy == "multistep" and step != self.current_step:
+            self.log.info(*msg.multistep_status(self.iter, step))
+        self.current_step = step
+        return lr_policy.get_learning_rate(self.param, self.iter, self.current_step)
+
+    def clip_gradients(self) -> None:
+        """Scale all diffs by clip_gradients / L2 norm when the norm exceeds it."""
+        clip = self.param.clip_gradients
+        if clip < 0:
+            return
+        params = self.net.learnable_params
+        sumsq = F32(0)
+        for p in params:
+            d = p.diff.ravel()
+            sumsq += F32(np.dot(d, d))
+        scaled = clip_scale(float(sumsq), clip)
+        if scaled is None:
+            return
+        l2norm, scale = scaled
+        self.log.info(*msg.gradient_clipping(l2norm, clip, scale))
+        for p in params:
+            p.diff *= F32(scale)
+
+    def normalize(self, param_id: int) -> None:
+        """Normalize: diff /= iter_size (as diff *= 1/iter_size, in float)."""
+        if self.param.iter_size == 1:
+            return
+        self.net.learnable_params[param_id].diff *= F32(1) / F32(self.param.iter_size)
+
+    def regularize(self, param_id: int) -> None:
+        """local_decay = weight_decay * decay_mult; L2 or L1 added to diff."""
+        local_decay = F32(self.param.weight_decay) * F32(
+            self.net.params_weight_decay[param_id]
+        )
+        if not local_decay:
+            return
+        kind = self.param.regularization_type
+        if kind not in REGULARIZERS:
+            raise self.param_error(
+                "regularization_type", f"Unknown regularization type: {kind}"
+            )
+        p = self.net.learnable_params[param_id]
+        REGULARIZERS[kind](p.diff, p.data, float(local_decay))
+
+    def local_rate(self, param_id: int, rate: float) -> float:
+        """local_rate = rate * lr_mult, in float."""
+        return float(F32(rate) * F32(self.net.params_lr[param_id]))
+
+    def compute_update_value(self, param_id: int, rate: float) -> None:
+        p = self.net.learnable_params[param_id]
+        sgd_update(
+            p.diff,
+            self.history[param_id].data,
+            self.local_rate(param_id, rate),
+            self.param.momentum,
+        )
