@@ -1,0 +1,137 @@
+"""ms per forward and backward of LeNet's vision layers at batch 64.
+
+    python benchmarks/bench_vision.py [--batch 64] [--runs 50] [--dtype float32]
+
+(with caffesolve installed, or PYTHONPATH=. from the repository root).
+
+Times conv1 (64x1x28x28 -> 20, kernel 5), pool1 (MAX 2/2), conv2 (20 -> 50,
+kernel 5 on 12x12) and pool2 as LeNet's lenet_train_test.prototxt builds them,
+in the TRAIN phase (pooling keeps its argmax). conv1's backward skips the
+bottom diff, as in a net whose first layer reads the data. Runs of all layers
+are interleaved so load on a shared machine hits them alike; prints the median
+and minimum of --runs and, for the convolutions, the time of their GEMMs alone
+at the same shapes (the floor for this lowering). BLAS threads follow
+OPENBLAS_NUM_THREADS as usual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from caffesolve.blob import Blob
+from caffesolve.layers import create_layer
+from caffesolve.layers.base import Layer
+from caffesolve.proto import caffe_pb2
+from caffesolve.proto.io import parse_prototxt_text
+
+LAYERS = {
+    "conv1": (
+        'name: "conv1" type: "Convolution" convolution_param { num_output: 20 '
+        'kernel_size: 5 stride: 1 weight_filler { type: "xavier" } '
+        'bias_filler { type: "constant" } }',
+        (1, 28, 28),
+        False,
+    ),
+    "pool1": (
+        'name: "pool1" type: "Pooling" pooling_param { pool: MAX kernel_size: 2 '
+        "stride: 2 }",
+        (20, 24, 24),
+        True,
+    ),
+    "conv2": (
+        'name: "conv2" type: "Convolution" convolution_param { num_output: 50 '
+        'kernel_size: 5 stride: 1 weight_filler { type: "xavier" } '
+        'bias_filler { type: "constant" } }',
+        (20, 12, 12),
+        True,
+    ),
+    "pool2": (
+        'name: "pool2" type: "Pooling" pooling_param { pool: MAX kernel_size: 2 '
+        "stride: 2 }",
+        (50, 8, 8),
+        True,
+    ),
+}
+
+
+def build(text: str, shape: tuple[int, ...], dtype: type) -> tuple:
+    param = parse_prototxt_text(text, caffe_pb2.LayerParameter(), "<bench>")
+    rng = np.random.default_rng(1701)
+    layer = create_layer(param, caffe_pb2.TRAIN, rng)
+    bottom, top = Blob(shape, dtype=dtype), Blob(dtype=dtype)
+    bottom.data[...] = np.maximum(rng.normal(size=shape), 0)  # as after a ReLU
+    layer.setup([bottom], [top])
+    top.diff[...] = rng.normal(size=top.shape)
+    return layer, bottom, top
+
+
+def timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def gemm_only(layer: Layer, dtype: type) -> Callable[[], None]:
+    """The forward GEMM, weight GEMM and (for conv2) data GEMM at the layer's
+    shapes, with preallocated outputs."""
+    g = layer.geometry
+    w = layer.blobs[0].data.reshape(layer.num_output, -1)
+    col = np.ones((g.kernel_dim, g.col_cols), dtype)
+    y = np.empty((layer.num_output, g.col_cols), dtype)
+    dw = np.empty_like(w)
+
+    def run() -> None:
+        np.matmul(w, col, out=y)
+        np.matmul(y, col.T, out=dw)
+        if layer.name == "conv2":
+            np.matmul(w.T, y, out=col)
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+    dtype = np.dtype(args.dtype).type
+    built = {}
+    for name, (text, shape, down) in LAYERS.items():
+        built[name] = (*build(text, (args.batch, *shape), dtype), down)
+    times: dict[str, list[float]] = {}
+    for _ in range(args.runs + 3):  # 3 warm-up runs, dropped below
+        for name, (layer, bottom, top, down) in built.items():
+            fwd = timed(lambda: layer.forward([bottom], [top]))  # noqa: B023
+            bwd = timed(lambda: layer.backward([top], [down], [bottom]))  # noqa: B023
+            times.setdefault(f"{name} forward", []).append(fwd)
+            times.setdefault(f"{name} backward", []).append(bwd)
+            if name.startswith("conv"):
+                gemm = gemm_only(layer, dtype)
+                times.setdefault(f"{name} GEMMs only", []).append(timed(gemm))
+    print(
+        f"LeNet vision layers, batch {args.batch}, {args.dtype}, {args.runs} runs "
+        "(ms; min shows the cost without interference on a shared machine):"
+    )
+    print(f"  {'':<18} {'median':>8} {'min':>8}")
+    total = total_min = 0.0
+    for key, values in times.items():
+        ms, best = statistics.median(values[3:]), min(values[3:])
+        if "GEMMs" not in key:
+            total += ms
+            total_min += best
+        print(f"  {key:<18} {ms:8.3f} {best:8.3f}")
+    print(f"  {'total fwd+bwd':<18} {total:8.3f} {total_min:8.3f}")
+    for name in ("conv1", "conv2"):
+        layer = built[name][0]
+        layout = "batch inner" if layer.batch_inner else "batch outer"
+        print(f"  {name} lowering: {layout}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,593 @@
+"""Vision layers: Convolution and Pooling (conv_layer.cpp, base_conv_layer.cpp,
+pooling_layer.cpp).
+
+Both keep Caffe's parameters, checks, output sizes and arithmetic; the array
+work lives in caffesolve/im2col.py. Convolution lowers the whole batch into one
+column matrix and runs one GEMM per group (Caffe runs one per image); buffers
+are kept across iterations, and the column matrix built by forward is reused
+by the weight gradient in backward (Caffe rebuilds it from the same bottom).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from caffesolve import im2col as lowering
+from caffesolve.backend import array_module
+from caffesolve.blob import Blob
+from caffesolve.errors import ConfigError, ShapeError
+from caffesolve.im2col import ConvGeometry, PoolGeometry
+from caffesolve.layers import register
+from caffesolve.layers.base import Layer
+from caffesolve.proto import caffe_pb2
+
+Array = npt.NDArray[np.float32]
+
+# Size of the pieces in which backward makes and folds back the column matrix
+# of the bottom diff (batch-inner lowering): small enough to stay in cache.
+COL_PIECE_BYTES = 1 << 21
+
+
+def _fill(
+    layer: Layer, blob: Blob, filler: caffe_pb2.FillerParameter, field: str
+) -> None:
+    """Fill a new learnable blob; a filler error names the layer and field."""
+    from caffesolve.fillers import fill
+
+    try:
+        fill(blob, filler, layer.rng)
+    except ConfigError as e:
+        raise layer.config_error(f"{field}: {e}") from None
+
+
+def _per_axis(
+    layer: Layer,
+    values: Sequence[int],
+    name: str,
+    default: int | None,
+    num_spatial: int = 2,
+) -> list[int]:
+    """A repeated conv field (kernel_size, stride, pad, dilation): given
+    once, once per spatial axis, or (with a default) not at all."""
+    n = len(values)
+    if n == 0 and default is not None:
+        return [default] * num_spatial
+    if n == 1:
+        return [int(values[0])] * num_spatial
+    if n == num_spatial:
+        return [int(v) for v in values]
+    raise layer.config_error(
+        f"convolution_param.{name} must be specified once, or once per spatial "
+        f"dimension ({name} specified {n} times; {num_spatial} spatial dims)."
+    )
+
+
+def _pair(
+    layer: Layer,
+    p: caffe_pb2.ConvolutionParameter,
+    name: str,
+    field: str,
+    default: int | None,
+) -> tuple[int, int]:
+    """`name_h`/`name_w` if either is set, else the repeated field `field`."""
+    h, w = f"{name}_h", f"{name}_w"
+    if p.HasField(h) or p.HasField(w):
+        if len(getattr(p, field)):
+            raise layer.config_error(
+                f"Either {field} or {h}/{w} should be specified; not both."
+            )
+        return int(getattr(p, h)), int(getattr(p, w))
+    a, b = _per_axis(layer, getattr(p, field), field, default)
+    return a, b
+
+
+# -- Convolution ----------------------------------------------------------------------
+
+
+def conv_forward_gemm(w: Array, col: Array, group: int, out: Array) -> None:
+    """out (M, cols) = W (M, K/group) x col (K, cols), group by group
+    (base_conv_layer.cpp forward_cpu_gemm)."""
+    xp = array_module(w)
+    if group == 1:
+        xp.matmul(w, col, out=out)
+        return
+    m, kg = w.shape
+    xp.matmul(
+        w.reshape(group, m // group, kg),
+        col.reshape(group, kg, -1),
+        out=out.reshape(group, m // group, -1),
+    )
+
+
+def conv_weight_gemm(dy: Array, col: Array, group: int) -> Array:
+    """dW (M, K/group) = dY (M, cols) x col^T, group by group
+    (weight_cpu_gemm, summed over the batch by the GEMM itself)."""
+    xp = array_module(dy)
+    if group == 1:
+        return xp.matmul(dy, col.T)
+    m, cols = dy.shape
+    k = col.shape[0]
+    return xp.matmul(
+        dy.reshape(group, m // group, cols),
+        col.reshape(group, k // group, cols).transpose(0, 2, 1),
+    ).reshape(m, k // group)
+
+
+def conv_data_gemm(w: Array, dy: Array, group: int, out: Array) -> None:
+    """dcol (K, cols) = W^T x dY, group by group (backward_cpu_gemm)."""
+    xp = array_module(w)
+    if group == 1:
+        xp.matmul(w.T, dy, out=out)
+        return
+    m, kg = w.shape
+    xp.matmul(
+        w.reshape(group, m // group, kg).transpose(0, 2, 1),
+        dy.reshape(group, m // group, -1),
+        out=out.reshape(group, kg, -1),
+    )
+
+
+def _nchw(a: Array, shape: tuple[int, int, int, int], what: str) -> Array:
+    """View `a` as (num, C, H, W) without copying (leading axes folded)."""
+    if not a.flags.c_contiguous:
+        raise ShapeError(f"{what} must be a contiguous array")
+    return a.reshape(shape)
+
+
+@register
+class ConvolutionLayer(Layer):
+    """Caffe's Convolution: top[n, m] = sum_c W[m, c] (*) bottom[n, c] + b[m]
+    (cross-correlation with stride, pad, dilation; channels split into
+    `group` independent groups). Weights (num_output, channels/group, kh, kw),
+    bias (num_output,). Output size per axis:
+    (in + 2*pad - (dilation*(k-1)+1)) / stride + 1. Several bottoms share the
+    weights, each with its own top (conv_layer.cpp)."""
+
+    type = "Convolution"
+    min_bottom_blobs = 1
+    min_top_blobs = 1
+    equal_num_bottom_top_blobs = True
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.layer_param.convolution_param
+        try:
+            self.channel_axis = bottom[0].canonical_axis_index(p.axis)
+        except ShapeError as e:
+            raise self.config_error(f"convolution_param.axis: {e}") from None
+        self.num_spatial_axes = bottom[0].num_axes - self.channel_axis - 1
+        if self.num_spatial_axes != 2:
+            raise self.config_error(
+                f"only 2-D convolution is supported: bottom "
+                f"{bottom[0].shape_string()} has {self.num_spatial_axes} spatial "
+                f"axes after channel axis {self.channel_axis} (convolution_param."
+                f"axis); reshape the bottom to (N, C, H, W)"
+            )
+        self.kernel = _pair(self, p, "kernel", "kernel_size", None)
+        self.stride = _pair(self, p, "stride", "stride", 1)
+        self.pad = _pair(self, p, "pad", "pad", 0)
+        self.dilation = tuple(_per_axis(self, p.dilation, "dilation", 1))
+        if min(self.kernel) <= 0:
+            raise self.config_error(
+                "Filter dimensions must be nonzero (set convolution_param."
+                "kernel_size, or kernel_h and kernel_w)."
+            )
+        if min(self.stride) <= 0:
+            raise self.config_error("Stride dimensions must be nonzero.")
+        if min(self.dilation) <= 0:
+            raise self.config_error("Dilation dimensions must be nonzero.")
+        self.channels = bottom[0].shape[self.channel_axis]
+        self.num_output = int(p.num_output)
+        if self.num_output <= 0:
+            raise self.config_error(
+                "convolution_param.num_output is required (and must be > 0)"
+            )
+        self.group = int(p.group)
+        if self.group <= 0 or self.channels % self.group:
+            raise self.config_error(
+                f"convolution_param.group: the {self.channels} input channels "
+                f"must be a multiple of group ({self.group})"
+            )
+        if self.num_output % self.group:
+            raise self.config_error(
+                f"Number of output should be multiples of group "
+                f"(convolution_param.num_output {self.num_output}, group "
+                f"{self.group})."
+            )
+        self.bias_term = bool(p.bias_term)
+        weight_shape = (self.num_output, self.channels // self.group) + self.kernel
+        dtype = bottom[0].data.dtype
+        if self.blobs:
+            self._check_blobs(weight_shape)
+        else:
+            weight = Blob(weight_shape, dtype=dtype)
+            _fill(self, weight, p.weight_filler, "convolution_param.weight_filler")
+            self.blobs = [weight]
+            if self.bias_term:
+                bias = Blob((self.num_output,), dtype=dtype)
+                _fill(self, bias, p.bias_filler, "convolution_param.bias_filler")
+                self.blobs.append(bias)
+        self.param_propagate_down = [True] * len(self.blobs)
+        self.geometry: ConvGeometry | None = None
+        self._buffers: dict[str, Array] = {}
+        self._cols: list[Array | None] = []
+        self._col_valid: list[bool] = []
+
+    def _check_blobs(self, weight_shape: tuple[int, ...]) -> None:
+        """Caffe's checks on blobs given before setup (e.g. shared weights)."""
+        if len(self.blobs) != 1 + self.bias_term:
+            raise self.config_error("Incorrect number of weight blobs.")
+        expected = [weight_shape] + ([(self.num_output,)] if self.bias_term else [])
+        for name, shape, blob in zip(("weight", "bias"), expected, self.blobs):
+            if blob.shape != shape:
+                raise ShapeError(
+                    f"{self.where()}: Incorrect {name} shape: expected shape "
+                    f"{' '.join(map(str, shape))}; instead, shape was "
+                    f"{blob.shape_string()}"
+                )
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        self.xp = array_module(bottom[0].data)  # numpy (CuPy later)
+        axis = self.channel_axis
+        shape = bottom[0].shape
+        if len(shape) != axis + 1 + self.num_spatial_axes:
+            raise ShapeError(f"{self.where()}: bottom num_axes may not change.")
+        if shape[axis] != self.channels:
+            raise ShapeError(
+                f"{self.where()}: Input size incompatible with convolution kernel "
+                f"(bottom '{bottom[0].name}' {bottom[0].shape_string()} has "
+                f"{shape[axis]} channels, the weights take {self.channels})"
+            )
+        for i, b in enumerate(bottom[1:], start=1):
+            if b.shape != shape:
+                raise ShapeError(
+                    f"{self.where()}: shape mismatch - bottom[0]: "
+                    f"{bottom[0].shape_string()} vs. bottom[{i}]: {b.shape_string()}"
+                )
+        num = bottom[0].count_range(0, axis)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        dh, dw = self.dilation
+        g = ConvGeometry(
+            num, self.channels, shape[axis + 1], shape[axis + 2],
+            kh, kw, sh, sw, ph, pw, dh, dw,
+        )  # fmt: skip
+        if g.out_h <= 0 or g.out_w <= 0:
+            raise ShapeError(
+                f"{self.where()}: the kernel (extent {dh * (kh - 1) + 1}x"
+                f"{dw * (kw - 1) + 1}) is larger than the padded bottom "
+                f"{bottom[0].shape_string()}"
+            )
+        top_shape = shape[:axis] + (self.num_output, g.out_h, g.out_w)
+        for t in top:
+            t.reshape(top_shape)
+        if g != self.geometry or len(self._cols) != len(bottom):
+            self.geometry = g
+            self.batch_inner = lowering.prefer_batch_inner(g, self.num_output)
+            self._buffers = {}
+            self._cols = [None] * len(bottom)
+            self._col_valid = [False] * len(bottom)
+
+    # -- buffers, kept across iterations ------------------------------------------
+
+    def _buffer(
+        self, name: str, shape: tuple[int, ...], dtype: np.dtype, fill: float = 0.0
+    ) -> Array:
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self.xp.full(shape, fill, dtype)  # zero borders of padded images
+            self._buffers[name] = buf
+        return buf
+
+    def _col(self, i: int, dtype: np.dtype) -> Array:
+        g = self.geometry
+        assert g is not None
+        col = self._cols[i]
+        if col is None or col.dtype != dtype:
+            col = self.xp.empty((g.kernel_dim, g.col_cols), dtype)
+            self._cols[i] = col
+        return col
+
+    def _im2col(self, i: int, x: Array) -> Array:
+        g = self.geometry
+        assert g is not None
+        col = self._col(i, x.dtype)
+        work = None
+        if g.has_pad or self.batch_inner:
+            shape = lowering.padded_shape(g, self.batch_inner)
+            work = self._buffer("image", shape, x.dtype)
+        lowering.im2col(x, g, self.batch_inner, out=col, work=work)
+        self._col_valid[i] = True
+        return col
+
+    def _bottom4(self, a: Array, what: str) -> Array:
+        g = self.geometry
+        assert g is not None
+        return _nchw(a, (g.num, g.channels, g.height, g.width), what)
+
+    def _top4(self, a: Array, what: str) -> Array:
+        g = self.geometry
+        assert g is not None
+        return _nchw(a, (g.num, self.num_output, g.out_h, g.out_w), what)
+
+    # -- forward / backward --------------------------------------------------------
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        g = self.geometry
+        assert g is not None
+        w = self.blobs[0].data.reshape(self.num_output, -1)
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            x = self._bottom4(b.data, f"bottom '{b.name}' data")
+            col = self._im2col(i, x)
+            y = self._buffer("y", (self.num_output, g.col_cols), x.dtype)
+            conv_forward_gemm(w, col, self.group, y)
+            if self.bias_term:
+                y += self.blobs[1].data[:, None]
+            out = self._top4(t.data, f"top '{t.name}' data")
+            lowering.columns_to_nchw(y, g.num, self.batch_inner, out)
+
+    def backward(
+        self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
+    ) -> None:
+        g = self.geometry
+        assert g is not None
+        weight = self.blobs[0]
+        w = weight.data.reshape(self.num_output, -1)
+        for i, (t, b) in enumerate(zip(top, bottom)):
+            dtype = b.data.dtype
+            dy = self._buffer("dy", (self.num_output, g.col_cols), dtype)
+            top_diff = self._top4(t.diff, f"top '{t.name}' diff")
+            lowering.nchw_to_columns(top_diff, self.batch_inner, dy)
+            if self.bias_term and self.param_propagate_down[1]:
+                # Caffe's backward_cpu_bias: a GEMV of top diff with ones.
+                ones = self._buffer("ones", (g.col_cols,), dtype, fill=1.0)
+                self.blobs[1].diff += self.xp.matmul(dy, ones)
+            if self.param_propagate_down[0]:
+                col = self._cols[i] if self._col_valid[i] else None
+                if col is None:
+                    col = self._im2col(i, self._bottom4(b.data, "bottom data"))
+                dw = conv_weight_gemm(dy, col, self.group)
+                weight.diff += dw.reshape(weight.shape)
+            if propagate_down[i]:
+                bottom_diff = self._bottom4(b.diff, f"bottom '{b.name}' diff")
+                self._backward_data(i, w, dy, bottom_diff)
+
+    def _backward_data(self, i: int, w: Array, dy: Array, bottom_diff: Array) -> None:
+        """bottom diff = col2im(W^T x dY). With batch-inner columns the column
+        matrix is made and folded back a block of output rows at a time, so
+        each block is still in cache when col2im reads it."""
+        g = self.geometry
+        assert g is not None
+        dtype = dy.dtype
+        if not self.batch_inner:
+            self._col_valid[i] = False  # its buffer is reused for the diff
+            dcol = self._col(i, dtype)
+            conv_data_gemm(w, dy, self.group, dcol)
+            work = None
+            if g.has_pad:
+                shape = lowering.padded_shape(g, False)
+                work = self._buffer("image_diff", shape, dtype)
+            lowering.col2im(dcol, g, False, out=bottom_diff, work=work)
+            return
+        shape = lowering.padded_shape(g, True)
+        acc = self._buffer("image_diff", shape, dtype)
+        acc[...] = 0
+        block = lowering.col2im_row_block(g, dy.itemsize, COL_PIECE_BYTES)
+        row_cols = g.out_w * g.num
+        dy_rows = dy.reshape(self.num_output, g.out_h, row_cols)
+        piece = self._buffer("col_piece", (g.kernel_dim, block * row_cols), dtype)
+        for y0 in range(0, g.out_h, block):
+            rows = min(block, g.out_h - y0)
+            if rows != block:
+                piece = self.xp.empty((g.kernel_dim, rows * row_cols), dtype)
+            part = dy_rows[:, y0 : y0 + rows].reshape(self.num_output, -1)
+            conv_data_gemm(w, part, self.group, piece)
+            lowering.col2im_add(piece, g, True, acc, y0, rows)
+        lowering.col2im_finish(acc, g, True, bottom_diff)
+
+
+# -- Pooling ------------------------------------------------------------------------
+
+
+def _argmax_dtype(window: int) -> type:
+    """The smallest unsigned type holding window offsets 0 .. window-1."""
+    if window <= 256:
+        return np.uint8
+    if window <= 65536:
+        return np.uint16
+    return np.uint32
+
+
+@register
+class PoolingLayer(Layer):
+    """Caffe's Pooling (pooling_layer.cpp), MAX or AVE over kernel windows
+    with stride and pad, or over the whole image with global_pooling.
+    Output size: ceil((in + 2*pad - kernel) / stride) + 1 (floor with
+    round_mode FLOOR), less one if the last window would start in the padding.
+    MAX takes the first maximum in window order and may output Caffe's mask
+    (index h*width + w) as a second top; backward routes each top diff to it.
+    AVE divides by the window clipped to in + pad; backward spreads evenly."""
+
+    type = "Pooling"
+    exact_num_bottom_blobs = 1
+    min_top_blobs = 1
+    max_top_blobs = 2
+
+    def __init__(
+        self,
+        param: caffe_pb2.LayerParameter,
+        phase: int = caffe_pb2.TRAIN,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__(param, phase, rng)
+        # Caffe's MaxTopBlobs: MAX may also output its mask.
+        is_max = param.pooling_param.pool == caffe_pb2.PoolingParameter.MAX
+        self.max_top_blobs = 2 if is_max else 1
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.layer_param.pooling_param
+        P = caffe_pb2.PoolingParameter
+        if p.pool == P.STOCHASTIC:
+            raise self.config_error(
+                "pooling_param.pool STOCHASTIC is not supported (use MAX or AVE)"
+            )
+        if p.pool not in (P.MAX, P.AVE):
+            raise self.config_error(f"Unknown pooling method {p.pool}.")
+        self.pool = p.pool
+        self.global_pooling = bool(p.global_pooling)
+        has_kh, has_kw = p.HasField("kernel_h"), p.HasField("kernel_w")
+        if self.global_pooling:
+            if p.HasField("kernel_size") or has_kh or has_kw:
+                raise self.config_error(
+                    "With Global_pooling: true Filter size cannot specified"
+                )
+        else:
+            if p.HasField("kernel_size") and (has_kh or has_kw):
+                raise self.config_error(
+                    "Filter size is kernel_size OR kernel_h and kernel_w; not both"
+                )
+            if not (p.HasField("kernel_size") or (has_kh and has_kw)):
+                raise self.config_error(
+                    "pooling_param.kernel_size is required (For non-square "
+                    "filters both kernel_h and kernel_w are required.)"
+                )
+        has_ph, has_pw = p.HasField("pad_h"), p.HasField("pad_w")
+        if not (
+            (not p.HasField("pad") and has_ph and has_pw) or not (has_ph or has_pw)
+        ):
+            raise self.config_error("pad is pad OR pad_h and pad_w are required.")
+        has_sh, has_sw = p.HasField("stride_h"), p.HasField("stride_w")
+        if not (
+            (not p.HasField("stride") and has_sh and has_sw) or not (has_sh or has_sw)
+        ):
+            raise self.config_error(
+                "Stride is stride OR stride_h and stride_w are required."
+            )
+        if self.global_pooling:
+            self.kernel = (bottom[0].shape[-2], bottom[0].shape[-1])
+        elif p.HasField("kernel_size"):
+            self.kernel = (int(p.kernel_size), int(p.kernel_size))
+        else:
+            self.kernel = (int(p.kernel_h), int(p.kernel_w))
+        if min(self.kernel) <= 0:
+            raise self.config_error("Filter dimensions cannot be zero.")
+        self.pad = (int(p.pad_h), int(p.pad_w)) if has_ph else (int(p.pad),) * 2
+        if has_sh:
+            self.stride = (int(p.stride_h), int(p.stride_w))
+        else:
+            self.stride = (int(p.stride),) * 2
+        if min(self.stride) <= 0:
+            raise self.config_error("Stride dimensions cannot be zero.")
+        if self.global_pooling and (self.pad != (0, 0) or self.stride != (1, 1)):
+            raise self.config_error(
+                "With Global_pooling: true; only pad = 0 and stride = 1"
+            )
+        if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
+            raise self.config_error(
+                f"pad ({self.pad[0]}, {self.pad[1]}) must be smaller than the "
+                f"kernel ({self.kernel[0]}, {self.kernel[1]}) (pooling_param.pad)"
+            )
+        self.ceil_mode = p.round_mode == P.CEIL
+        self.geometry: PoolGeometry | None = None
+        self._buffers: dict[str, np.ndarray] = {}
+        self._argmax_valid = False
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        self.xp = array_module(bottom[0].data)  # numpy (CuPy later)
+        shape = bottom[0].shape
+        if len(shape) != 4:
+            raise ShapeError(
+                f"{self.where()}: Input must have 4 axes, corresponding to "
+                f"(num, channels, height, width) (bottom '{bottom[0].name}' is "
+                f"{bottom[0].shape_string()})"
+            )
+        n, c, h, w = shape
+        if self.global_pooling:
+            self.kernel = (h, w)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        g = PoolGeometry(n, c, h, w, kh, kw, sh, sw, ph, pw, self.ceil_mode)
+        oh, ow = g.out_h, g.out_w
+        if oh <= 0 or ow <= 0:
+            raise ShapeError(
+                f"{self.where()}: kernel {kh}x{kw} is larger than the padded "
+                f"bottom {bottom[0].shape_string()}"
+            )
+        for t in top:
+            t.reshape((n, c, oh, ow))
+        if g != self.geometry:
+            self.geometry = g
+            self._buffers = {}
+            self._argmax_valid = False
+            if self.pool == caffe_pb2.PoolingParameter.AVE:
+                divisor = lowering.ave_pool_divisor(g, bottom[0].data.dtype)
+                self.divisor = self.xp.asarray(divisor)
+
+    def _buffer(
+        self, name: str, shape: tuple[int, ...], dtype: type, fill: float = 0
+    ) -> np.ndarray:
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self.xp.full(shape, fill, dtype)
+            self._buffers[name] = buf
+        return buf
+
+    def _canvas(self, name: str, dtype: type, fill: float) -> np.ndarray | None:
+        """The padded canvas buffer, or None when windows stay in the image."""
+        g = self.geometry
+        assert g is not None
+        if not g.needs_canvas:
+            return None
+        shape = (g.num, g.channels, g.canvas_h, g.canvas_w)
+        return self._buffer(name, shape, dtype, fill)
+
+    def _max_forward(self, x: Array, out: Array, with_argmax: bool) -> None:
+        g = self.geometry
+        assert g is not None
+        argmax = cols = None
+        if with_argmax:
+            area = g.kernel_h * g.kernel_w
+            argmax = self._buffer("argmax", out.shape, _argmax_dtype(area))
+            cols = self._buffer("windows", (area,) + out.shape, x.dtype)
+        work = self._canvas("canvas", x.dtype, -np.inf)
+        lowering.max_pool_forward(x, g, out, argmax, work, cols)
+        self._argmax_valid = with_argmax
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        g = self.geometry
+        assert g is not None
+        x, out = bottom[0].data, top[0].data
+        if self.pool == caffe_pb2.PoolingParameter.AVE:
+            work = self._canvas("canvas", x.dtype, 0.0)
+            divisor = self.divisor.astype(x.dtype, copy=False)
+            lowering.ave_pool_forward(x, g, divisor, out, work)
+            return
+        # A TEST net never runs backward: skip the argmax unless a mask is asked.
+        with_argmax = self.phase == caffe_pb2.TRAIN or len(top) > 1
+        self._max_forward(x, out, with_argmax)
+        if len(top) > 1:
+            argmax = self._buffers["argmax"]
+            top[1].data[...] = lowering.argmax_to_caffe_mask(argmax, g, x.dtype)
+
+    def backward(
+        self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
+    ) -> None:
+        if not propagate_down[0]:
+            return
+        g = self.geometry
+        assert g is not None
+        dy, dx = top[0].diff, bottom[0].diff
+        work = self._canvas("canvas_diff", dx.dtype, 0.0)
+        if self.pool == caffe_pb2.PoolingParameter.AVE:
+            divisor = self.divisor.astype(dx.dtype, copy=False)
+            lowering.ave_pool_backward(dy, g, divisor, dx, work)
+            return
+        if len(top) > 1:
+            # Caffe routes by the mask top's values when there is one.
+            lowering.caffe_mask_backward(dy, top[1].data, g, dx)
+            return
+        if not self._argmax_valid:
+            scratch = self.xp.empty(top[0].shape, bottom[0].data.dtype)
+            self._max_forward(bottom[0].data, scratch, True)
+        argmax = self._buffers["argmax"]
+        lowering.max_pool_backward(dy, argmax, g, dx, work)

@@ -1,0 +1,424 @@
+"""Convolution layer tests after Caffe's test_convolution_layer.cpp: setup
+shapes, forward against a direct (loop) reference, gradients by finite
+differences (stride, pad, group, dilation, 1x1, no bias, both lowerings),
+accumulation of param diffs, propagate_down flags, and Caffe's checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gradient_check import check_gradient, make_blob
+
+from caffesolve import im2col as lowering
+from caffesolve.blob import Blob
+from caffesolve.errors import ConfigError, ShapeError
+from caffesolve.layers import Layer, create_layer, vision
+from caffesolve.layers.vision import ConvolutionLayer
+from caffesolve.proto import caffe_pb2
+from caffesolve.proto.io import parse_prototxt_text
+
+
+def conv_layer(params: str, name: str = "conv") -> ConvolutionLayer:
+    text = f'name: "{name}" type: "Convolution" convolution_param {{ {params} }}'
+    param = parse_prototxt_text(text, caffe_pb2.LayerParameter(), "<test>")
+    layer = create_layer(param, caffe_pb2.TRAIN, np.random.default_rng(1701))
+    assert isinstance(layer, ConvolutionLayer)
+    return layer
+
+
+GAUSS = (
+    'weight_filler { type: "gaussian" std: 0.5 } '
+    'bias_filler { type: "gaussian" std: 0.5 }'
+)
+
+
+def reference_conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    stride: tuple[int, int],
+    pad: tuple[int, int],
+    dilation: tuple[int, int],
+    group: int,
+) -> np.ndarray:
+    """Direct cross-correlation, loop by loop (Caffe's caffe_conv in
+    test_convolution_layer.cpp, written independently)."""
+    n, c, h, wd = x.shape
+    m, cg, kh, kw = w.shape
+    oh = (h + 2 * pad[0] - (dilation[0] * (kh - 1) + 1)) // stride[0] + 1
+    ow = (wd + 2 * pad[1] - (dilation[1] * (kw - 1) + 1)) // stride[1] + 1
+    y = np.zeros((n, m, oh, ow))
+    mg = m // group
+    for ni in range(n):
+        for mi in range(m):
+            gi = mi // mg
+            for yi in range(oh):
+                for xi in range(ow):
+                    s = 0.0
+                    for ci in range(cg):
+                        for i in range(kh):
+                            for j in range(kw):
+                                hh = yi * stride[0] - pad[0] + i * dilation[0]
+                                ww = xi * stride[1] - pad[1] + j * dilation[1]
+                                if 0 <= hh < h and 0 <= ww < wd:
+                                    s += w[mi, ci, i, j] * x[ni, gi * cg + ci, hh, ww]
+                    y[ni, mi, yi, xi] = s + (b[mi] if b is not None else 0.0)
+    return y
+
+
+def run_forward(layer: Layer, shape: tuple[int, ...], seed: int = 0) -> tuple:
+    rng = np.random.default_rng(seed)
+    bottom = make_blob(shape, rng, name="data")
+    top = Blob(name="out", dtype=np.float64)
+    layer.setup([bottom], [top])
+    layer.forward([bottom], [top])
+    return bottom, top
+
+
+# -- setup ---------------------------------------------------------------------------
+
+
+def test_setup() -> None:
+    # Caffe TestSetup: 2x3x6x4 bottom, kernel 3, stride 2, 4 outputs.
+    layer = conv_layer("num_output: 4 kernel_size: 3 stride: 2")
+    bottom = Blob((2, 3, 6, 4))
+    top = Blob()
+    layer.setup([bottom], [top])
+    assert top.shape == (2, 4, 2, 1)
+    assert layer.blobs[0].shape == (4, 3, 3, 3)
+    assert layer.blobs[1].shape == (4,)
+    # With group 3: weights see one channel each.
+    layer = conv_layer("num_output: 3 kernel_size: 3 stride: 2 group: 3")
+    layer.setup([Blob((2, 3, 6, 4))], [Blob()])
+    assert layer.blobs[0].shape == (3, 1, 3, 3)
+
+
+def test_setup_hw_fields_and_dilation() -> None:
+    layer = conv_layer(
+        "num_output: 2 kernel_h: 3 kernel_w: 1 stride_h: 2 stride_w: 1 "
+        "pad_h: 1 pad_w: 0 dilation: 2 bias_term: false"
+    )
+    top = Blob()
+    layer.setup([Blob((1, 2, 9, 5))], [top])
+    # h: (9 + 2 - (2*2 + 1)) // 2 + 1 = 4; w: (5 - 1) // 1 + 1 = 5
+    assert top.shape == (1, 2, 4, 5)
+    assert len(layer.blobs) == 1 and layer.blobs[0].shape == (2, 2, 3, 1)
+
+
+def test_keeps_bottom_dtype_float32() -> None:
+    layer = conv_layer("num_output: 2 kernel_size: 3 " + GAUSS)
+    bottom, top = Blob((2, 3, 5, 5)), Blob()
+    bottom.data[...] = np.random.default_rng(0).normal(size=bottom.shape)
+    layer.setup([bottom], [top])
+    layer.forward([bottom], [top])
+    assert top.data.dtype == np.float32 and layer.blobs[0].data.dtype == np.float32
+    ref = reference_conv(
+        bottom.data.astype(np.float64),
+        layer.blobs[0].data.astype(np.float64),
+        layer.blobs[1].data.astype(np.float64),
+        (1, 1), (0, 0), (1, 1), 1,
+    )  # fmt: skip
+    np.testing.assert_allclose(top.data, ref, rtol=1e-5, atol=1e-5)
+
+
+# -- forward against the direct reference -------------------------------------------
+
+FORWARD_CASES = [
+    # (params, bottom shape)
+    ("num_output: 4 kernel_size: 3 stride: 2", (2, 3, 6, 4)),
+    ("num_output: 3 kernel_size: 3 stride: 2 group: 3", (2, 3, 6, 4)),
+    ("num_output: 4 kernel_size: 3 pad: 1", (2, 2, 5, 5)),
+    ("num_output: 2 kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1", (2, 3, 7, 6)),
+    ("num_output: 2 kernel_size: 3 pad_h: 2 pad_w: 1 stride: 3", (1, 2, 8, 7)),
+    ("num_output: 3 kernel_size: 3 dilation: 2", (2, 2, 8, 7)),
+    ("num_output: 2 kernel_size: 3 dilation: 2 dilation: 1 pad: 2", (1, 3, 6, 6)),
+    ("num_output: 5 kernel_size: 1", (2, 4, 3, 3)),
+    ("num_output: 4 kernel_size: 2 group: 2 bias_term: false", (3, 4, 5, 4)),
+    ("num_output: 6 kernel_size: 5", (3, 2, 12, 12)),
+]
+
+
+@pytest.mark.parametrize("batch_inner", [False, True])
+@pytest.mark.parametrize("params,shape", FORWARD_CASES)
+def test_forward_matches_direct_reference(
+    params: str,
+    shape: tuple[int, ...],
+    batch_inner: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: batch_inner)
+    layer = conv_layer(params + " " + GAUSS)
+    bottom, top = run_forward(layer, shape)
+    assert layer.batch_inner is batch_inner
+    p = layer.layer_param.convolution_param
+    bias = layer.blobs[1].data if p.bias_term else None
+    ref = reference_conv(
+        bottom.data, layer.blobs[0].data, bias,
+        layer.stride, layer.pad, layer.dilation, layer.group,
+    )  # fmt: skip
+    assert top.shape == ref.shape
+    np.testing.assert_allclose(top.data, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_simple_convolution_constant_values() -> None:
+    # Caffe's TestSimpleConvolution idea with constant fillers: every output
+    # is sum over the 3x3x3 window of 1 * 1 plus bias 0.1 -> 27.1 inside, and
+    # with pad 1 the corner windows see 2x2x3 = 12 inputs -> 12.1.
+    layer = conv_layer(
+        'num_output: 2 kernel_size: 3 pad: 1 weight_filler { type: "constant" '
+        'value: 1 } bias_filler { type: "constant" value: 0.1 }'
+    )
+    bottom, top = Blob((1, 3, 4, 4), dtype=np.float64), Blob(dtype=np.float64)
+    bottom.data[...] = 1
+    layer.setup([bottom], [top])
+    layer.forward([bottom], [top])
+    np.testing.assert_allclose(top.data[0, :, 1, 1], 27.1)
+    np.testing.assert_allclose(top.data[0, :, 0, 0], 12.1)
+    np.testing.assert_allclose(top.data[0, :, 0, 1], 18.1)
+
+
+@pytest.mark.parametrize("batch_inner", [False, True])
+def test_kernel_larger_than_input_gives_one_output_like_caffe(
+    batch_inner: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 4x4 input, kernel 5, stride 2: Caffe's (4 - 5) / 2 + 1 truncates to 1,
+    # and im2col reads the row and column past the image as zero.
+    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: batch_inner)
+    layer = conv_layer("num_output: 2 kernel_size: 5 stride: 2 " + GAUSS)
+    bottom, top = run_forward(layer, (2, 3, 4, 4))
+    assert top.shape == (2, 2, 1, 1)
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    expect = np.einsum("mcij,ncij->nm", w[:, :, :4, :4], bottom.data) + b
+    np.testing.assert_allclose(top.data[:, :, 0, 0], expect, rtol=1e-12)
+    check_gradient(layer, [bottom], [top])
+
+
+def test_two_bottoms_share_weights() -> None:
+    layer = conv_layer("num_output: 3 kernel_size: 2 " + GAUSS)
+    rng = np.random.default_rng(3)
+    b0, b1 = make_blob((2, 2, 4, 4), rng), make_blob((2, 2, 4, 4), rng)
+    t0, t1 = Blob(dtype=np.float64), Blob(dtype=np.float64)
+    layer.setup([b0, b1], [t0, t1])
+    layer.forward([b0, b1], [t0, t1])
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    for x, t in ((b0, t0), (b1, t1)):
+        ref = reference_conv(x.data, w, b, (1, 1), (0, 0), (1, 1), 1)
+        np.testing.assert_allclose(t.data, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_axis_folds_leading_axes() -> None:
+    # axis 2 on a 5-D bottom: the first two axes are the "num" (Caffe num_).
+    layer = conv_layer("axis: 2 num_output: 2 kernel_size: 2 " + GAUSS)
+    bottom, top = run_forward(layer, (2, 3, 2, 4, 4))
+    assert top.shape == (2, 3, 2, 3, 3)
+    ref = reference_conv(
+        bottom.data.reshape(6, 2, 4, 4), layer.blobs[0].data, layer.blobs[1].data,
+        (1, 1), (0, 0), (1, 1), 1,
+    )  # fmt: skip
+    np.testing.assert_allclose(top.data.reshape(6, 2, 3, 3), ref, atol=1e-12)
+
+
+# -- gradients ---------------------------------------------------------------------
+
+GRADIENT_CASES = [
+    ("num_output: 2 kernel_size: 3 stride: 2", (2, 3, 6, 4)),
+    ("num_output: 3 kernel_size: 3 stride: 2 group: 3", (2, 3, 6, 4)),
+    ("num_output: 2 kernel_size: 3 pad: 1", (2, 2, 4, 5)),
+    (
+        "num_output: 2 kernel_h: 2 kernel_w: 3 pad_h: 1 pad_w: 2 "
+        "stride_h: 2 stride_w: 1",
+        (1, 2, 5, 5),
+    ),
+    ("num_output: 2 kernel_size: 2 dilation: 2 stride: 1", (1, 2, 6, 5)),
+    ("num_output: 3 kernel_size: 1", (2, 3, 3, 3)),
+    ("num_output: 4 kernel_size: 1 stride: 2 group: 2", (2, 2, 5, 5)),
+    ("num_output: 4 kernel_size: 2 group: 2 bias_term: false", (2, 4, 4, 3)),
+]
+
+
+@pytest.mark.parametrize("batch_inner", [False, True])
+@pytest.mark.parametrize("params,shape", GRADIENT_CASES)
+def test_gradient(
+    params: str,
+    shape: tuple[int, ...],
+    batch_inner: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: batch_inner)
+    layer = conv_layer(params + " " + GAUSS)
+    rng = np.random.default_rng(5)
+    bottom, top = make_blob(shape, rng, name="x"), Blob(dtype=np.float64)
+    assert check_gradient(layer, [bottom], [top]) > 0
+    assert layer.batch_inner is batch_inner
+
+
+@pytest.mark.parametrize("piece_bytes", [1, 1100])
+def test_gradient_bottom_diff_in_row_pieces(
+    piece_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Backward folds the column matrix back a few output rows at a time
+    # (one row per piece, or 2 rows with a shorter last piece of 1 row).
+    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: True)
+    monkeypatch.setattr(vision, "COL_PIECE_BYTES", piece_bytes)
+    layer = conv_layer("num_output: 2 kernel_size: 2 pad: 1 stride: 1 " + GAUSS)
+    rng = np.random.default_rng(8)
+    bottom, top = make_blob((2, 2, 4, 3), rng), Blob(dtype=np.float64)
+    check_gradient(layer, [bottom], [top], check_params=False)
+    g = layer.geometry
+    block = lowering.col2im_row_block(g, 8, piece_bytes)
+    assert block == (1 if piece_bytes == 1 else 2) and g.out_h == 5
+
+
+def test_gradient_two_bottoms() -> None:
+    layer = conv_layer("num_output: 2 kernel_size: 2 pad: 1 " + GAUSS)
+    rng = np.random.default_rng(6)
+    bottom = [make_blob((1, 2, 3, 3), rng), make_blob((1, 2, 3, 3), rng)]
+    top = [Blob(dtype=np.float64), Blob(dtype=np.float64)]
+    check_gradient(layer, bottom, top)
+
+
+def test_param_diffs_accumulate_and_bottom_diff_overwritten() -> None:
+    layer = conv_layer("num_output: 2 kernel_size: 2 " + GAUSS)
+    bottom, top = run_forward(layer, (2, 2, 4, 4))
+    top.diff[...] = np.random.default_rng(1).normal(size=top.shape)
+    layer.backward([top], [True], [bottom])
+    once = [b.diff.copy() for b in layer.blobs]
+    dx = bottom.diff.copy()
+    bottom.diff[...] = 123.0
+    layer.forward([bottom], [top])
+    layer.backward([top], [True], [bottom])
+    for b, d in zip(layer.blobs, once):
+        np.testing.assert_allclose(b.diff, 2 * d, rtol=1e-12)
+    np.testing.assert_allclose(bottom.diff, dx, rtol=1e-12)
+
+
+def test_bias_and_weight_diff_closed_form() -> None:
+    # d bias[m] = sum of top diff over n, y, x; 1x1 kernel: dW[m, c] =
+    # sum_{n,y,x} dy[n,m,y,x] * x[n,c,y,x].
+    layer = conv_layer("num_output: 3 kernel_size: 1 " + GAUSS)
+    bottom, top = run_forward(layer, (2, 4, 3, 5))
+    dy = np.random.default_rng(2).normal(size=top.shape)
+    top.diff[...] = dy
+    layer.backward([top], [True], [bottom])
+    np.testing.assert_allclose(layer.blobs[1].diff, dy.sum(axis=(0, 2, 3)))
+    dw = np.einsum("nmyx,ncyx->mc", dy, bottom.data)
+    np.testing.assert_allclose(layer.blobs[0].diff[:, :, 0, 0], dw, rtol=1e-12)
+    w = layer.blobs[0].data[:, :, 0, 0]
+    np.testing.assert_allclose(bottom.diff, np.einsum("nmyx,mc->ncyx", dy, w))
+
+
+def test_propagate_down_flags() -> None:
+    layer = conv_layer("num_output: 2 kernel_size: 2 " + GAUSS)
+    bottom, top = run_forward(layer, (1, 2, 3, 3))
+    top.diff[...] = 1.0
+    bottom.diff[...] = 7.0
+    layer.param_propagate_down = [False, True]
+    layer.backward([top], [False], [bottom])
+    assert np.all(bottom.diff == 7.0)  # untouched
+    assert np.all(layer.blobs[0].diff == 0)
+    np.testing.assert_allclose(layer.blobs[1].diff, [4.0, 4.0])
+    layer.param_propagate_down = [True, False]
+    layer.backward([top], [True], [bottom])
+    np.testing.assert_allclose(layer.blobs[1].diff, [4.0, 4.0])
+    assert np.any(layer.blobs[0].diff != 0)
+    assert not np.any(bottom.diff == 7.0)
+
+
+@pytest.mark.parametrize("batch_inner", [False, True])
+def test_backward_twice_without_forward(
+    batch_inner: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Backward twice without a new forward: the weight gradient must not use
+    # a column buffer that the bottom gradient overwrote.
+    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: batch_inner)
+    layer = conv_layer("num_output: 2 kernel_size: 3 pad: 1 " + GAUSS)
+    bottom, top = run_forward(layer, (2, 2, 4, 4))
+    top.diff[...] = np.random.default_rng(4).normal(size=top.shape)
+    layer.backward([top], [True], [bottom])
+    first = layer.blobs[0].diff.copy()
+    layer.backward([top], [True], [bottom])
+    np.testing.assert_allclose(layer.blobs[0].diff, 2 * first, rtol=1e-12)
+
+
+def test_reshape_to_new_batch_size() -> None:
+    layer = conv_layer("num_output: 2 kernel_size: 3 " + GAUSS)
+    bottom, top = run_forward(layer, (2, 1, 6, 6))
+    bottom2 = make_blob((5, 1, 6, 6), np.random.default_rng(9))
+    layer.reshape([bottom2], [top])
+    layer.forward([bottom2], [top])
+    ref = reference_conv(
+        bottom2.data, layer.blobs[0].data, layer.blobs[1].data,
+        (1, 1), (0, 0), (1, 1), 1,
+    )  # fmt: skip
+    np.testing.assert_allclose(top.data, ref, atol=1e-12)
+
+
+def test_same_seed_same_weights() -> None:
+    a = conv_layer("num_output: 3 kernel_size: 3 " + GAUSS)
+    b = conv_layer("num_output: 3 kernel_size: 3 " + GAUSS)
+    for layer in (a, b):
+        layer.setup([Blob((1, 2, 5, 5))], [Blob()])
+    np.testing.assert_array_equal(a.blobs[0].data, b.blobs[0].data)
+    assert np.std(a.blobs[0].data) > 0.1
+
+
+# -- Caffe's checks ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "params,shape,message",
+    [
+        ("num_output: 4 kernel_size: 3 group: 2", (1, 3, 5, 5), "multiple of group"),
+        ("num_output: 3 kernel_size: 3 group: 2", (1, 4, 5, 5), "multiples of group"),
+        ("kernel_size: 3", (1, 3, 5, 5), "num_output is required"),
+        ("num_output: 2", (1, 3, 5, 5), "kernel_size specified 0 times"),
+        ("num_output: 2 kernel_size: 0", (1, 3, 5, 5), "Filter dimensions"),
+        (
+            "num_output: 2 kernel_size: 3 kernel_h: 3 kernel_w: 3",
+            (1, 1, 5, 5),
+            "not both",
+        ),
+        ("num_output: 2 kernel_size: 3 stride: 0", (1, 1, 5, 5), "Stride dimensions"),
+        (
+            "num_output: 2 kernel_size: 3 kernel_size: 3 kernel_size: 3",
+            (1, 1, 5, 5),
+            "kernel_size specified 3 times; 2 spatial dims",
+        ),
+        ("num_output: 2 kernel_size: 3", (1, 2, 5, 5, 5), "only 2-D convolution"),
+        (
+            "num_output: 2 kernel_size: 3 axis: 4",
+            (1, 2, 5, 5),
+            "convolution_param.axis",
+        ),
+    ],
+)
+def test_config_errors_name_the_layer(
+    params: str, shape: tuple[int, ...], message: str
+) -> None:
+    layer = conv_layer(params, name="conv7")
+    with pytest.raises(ConfigError) as e:
+        layer.setup([Blob(shape)], [Blob()])
+    assert "layer 'conv7' (Convolution)" in str(e.value)
+    assert message in str(e.value)
+
+
+def test_shape_errors() -> None:
+    layer = conv_layer("num_output: 2 kernel_size: 3", name="c1")
+    top = Blob()
+    layer.setup([Blob((1, 3, 5, 5))], [top])
+    with pytest.raises(ShapeError, match=r"layer 'c1'.*incompatible.*4 channels"):
+        layer.reshape([Blob((1, 4, 5, 5), name="x")], [top])
+    with pytest.raises(ShapeError, match="larger than the padded bottom"):
+        layer.reshape([Blob((1, 3, 2, 5))], [top])
+    layer = conv_layer("num_output: 2 kernel_size: 3", name="c2")
+    with pytest.raises(ShapeError, match="shape mismatch"):
+        layer.setup([Blob((1, 3, 5, 5)), Blob((1, 3, 6, 5))], [Blob(), Blob()])
+
+
+def test_preset_blobs_checked() -> None:
+    layer = conv_layer("num_output: 2 kernel_size: 3", name="c3")
+    layer.blobs = [Blob((2, 3, 3, 2)), Blob((2,))]
+    with pytest.raises(
+        ShapeError, match=r"Incorrect weight shape: expected shape 2 3 3 3"
+    ):
+        layer.setup([Blob((1, 3, 5, 5))], [Blob()])
