@@ -7,6 +7,8 @@ status 1 (a traceback only with --debug). Usage errors exit 2 (click).
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from caffesolve import __version__
@@ -38,6 +40,525 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+
+
+@cli.group("data")
+def data_group() -> None:
+    """Get MNIST / Fashion-MNIST and write Caffe's LMDBs (get_mnist.sh +
+    create_mnist.sh).
+
+    \b
+    caffesolve data mnist                     # -> data/mnist/mnist_{train,test}_lmdb
+    caffesolve data mnist --from ~/Downloads  # the four IDX files, .gz or not
+    caffesolve data fashion-mnist             # Debian's package if installed
+    """
+
+
+def _data_options(default_out: str) -> Any:
+    def wrap(f: Any) -> Any:
+        for opt in reversed(
+            [
+                click.option(
+                    "--out",
+                    default=default_out,
+                    show_default=True,
+                    type=click.Path(file_okay=False),
+                    help="Folder for the IDX files and the two LMDBs.",
+                ),
+                click.option(
+                    "--from",
+                    "from_dir",
+                    type=click.Path(exists=True, file_okay=False),
+                    help="Use the four IDX files in this folder (.gz or not) "
+                    "instead of downloading.",
+                ),
+                click.option(
+                    "--force", is_flag=True, help="Rebuild existing databases."
+                ),
+                click.option(
+                    "--mirror",
+                    "mirrors",
+                    multiple=True,
+                    metavar="URL",
+                    help="Download from this base URL (repeatable; tried in "
+                    "order instead of the built-in mirrors).",
+                ),
+                click.option(
+                    "--skip-checksum",
+                    is_flag=True,
+                    help="Do not check the files against the published MD5s "
+                    "(files in the MNIST format that you made yourself).",
+                ),
+            ]
+        ):
+            f = opt(f)
+        return f
+
+    return wrap
+
+
+def _run_data(
+    name: str,
+    out: str,
+    from_dir: str | None,
+    force: bool,
+    mirrors: tuple[str, ...],
+    skip_checksum: bool,
+) -> None:
+    from caffesolve.data.datasets import DATASETS, default_reporter, prepare_dataset
+
+    dbs = prepare_dataset(
+        DATASETS[name],
+        out,
+        from_dir=from_dir,
+        force=force,
+        mirrors=list(mirrors) or None,
+        verify=not skip_checksum,
+        reporter=default_reporter(),
+    )
+    for db in dbs.values():
+        click.echo(str(db))
+
+
+@data_group.command("mnist")
+@_data_options("data/mnist")
+def data_mnist(
+    out: str,
+    from_dir: str | None,
+    force: bool,
+    mirrors: tuple[str, ...],
+    skip_checksum: bool,
+) -> None:
+    """MNIST -> OUT/mnist_train_lmdb and OUT/mnist_test_lmdb."""
+    _run_data("mnist", out, from_dir, force, mirrors, skip_checksum)
+
+
+@data_group.command("fashion-mnist")
+@_data_options("data/fashion-mnist")
+def data_fashion_mnist(
+    out: str,
+    from_dir: str | None,
+    force: bool,
+    mirrors: tuple[str, ...],
+    skip_checksum: bool,
+) -> None:
+    """Fashion-MNIST -> OUT/fashion_mnist_{train,test}_lmdb.
+
+    Uses /usr/share/datasets/fashion-mnist/ (Debian's dataset-fashion-mnist
+    package) when present, else downloads.
+    """
+    _run_data("fashion-mnist", out, from_dir, force, mirrors, skip_checksum)
+
+
+# -- lr-schedule -----------------------------------------------------------------
+
+
+def _schedule_rows(
+    iters: Any, columns: dict[str, Any], names: list[str]
+) -> list[list[str]]:
+    """Table cells: the iteration, then each rate as Caffe prints it."""
+    from caffesolve.log import fmt
+
+    return [
+        [str(int(it))] + [fmt(columns[n][i]) for n in names]
+        for i, it in enumerate(iters)
+    ]
+
+
+def _render_schedule(
+    solver: str, policy: str, header: list[str], rows: list[list[str]], form: str
+) -> str:
+    """The schedule as an aligned table, CSV or JSON (rates at Caffe precision)."""
+    import csv
+    import io
+    import json
+    import math
+
+    if form == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        return buf.getvalue()
+    if form == "json":
+
+        def number(cell: str) -> float | None:
+            x = float(cell)
+            return x if math.isfinite(x) else None
+
+        records = [
+            {
+                "iteration": int(r[0]),
+                **{h: number(c) for h, c in zip(header[1:], r[1:])},
+            }
+            for r in rows
+        ]
+        doc = {"solver": solver, "lr_policy": policy, "rows": records}
+        return json.dumps(doc, indent=1) + "\n"
+    widths = [max(len(c) for c in col) for col in zip(header, *rows)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_schedule(path: str, title: str, iters: Any, columns: dict[str, Any]) -> None:
+    """Draw the rates against the iteration into a PNG (matplotlib, Agg)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise click.ClickException(
+            "--plot needs matplotlib: pip install 'caffesolve[plot]'"
+        ) from None
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, rates in columns.items():
+        ax.plot(iters, rates, label=name)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("lr")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if len(columns) > 1:
+        ax.legend()
+    fig.tight_layout()
+    try:
+        fig.savefig(path, format="png")
+    except OSError as e:
+        raise click.ClickException(f"{path}: cannot write plot ({e})") from None
+
+
+@cli.command("lr-schedule")
+@click.argument("solver", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--start",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="First iteration.",
+)
+@click.option(
+    "--stop",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Last iteration, included  [default: max_iter]",
+)
+@click.option(
+    "--every",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rows every N iterations  [default: display; about 20 rows when display is 0]",
+)
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format (stdout).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a solver field, e.g. --set lr_policy=step "
+    "--set stepsize=2000 (repeatable).",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE.png",
+    help="Also draw the schedule into a PNG (needs matplotlib).",
+)
+@click.option(
+    "--compare",
+    default=None,
+    metavar="POLICY[,POLICY...]",
+    help="Add a column (and a plot line) per lr_policy, each using the "
+    "solver's other fields, e.g. --compare step,poly.",
+)
+def lr_schedule(
+    solver: str,
+    start: int,
+    stop: int | None,
+    every: int | None,
+    form: str,
+    overrides: tuple[str, ...],
+    plot: str | None,
+    compare: str | None,
+) -> None:
+    """Print the learning rate Caffe would use at each iteration.
+
+    \b
+    caffesolve lr-schedule configs/lenet_solver.prototxt
+    caffesolve lr-schedule SOLVER --format csv --every 1000
+    caffesolve lr-schedule SOLVER --set lr_policy=step --set stepsize=2000
+    caffesolve lr-schedule SOLVER --compare step,poly --plot lr.png
+
+    Rows run from --start to --stop (max_iter) every --every (display)
+    iterations; rates print with Caffe's 6 significant digits. multistep
+    counts the stepvalues <= iteration, as the solver does stepping each
+    iteration.
+    """
+    import numpy as np
+
+    from caffesolve.lr_policy import POLICIES, policy_schedules
+    from caffesolve.proto.io import suggest
+    from caffesolve.solver_param import load_solver
+
+    param = load_solver(solver, overrides, validate=False)
+    last = param.max_iter if stop is None else stop
+    if last < start:
+        raise click.BadParameter(
+            f"--stop {last} is before --start {start}", param_hint="--stop"
+        )
+    step = every or (param.display if param.display > 0 else -(-(last - start) // 20))
+    iters = np.arange(start, last + 1, max(step, 1), dtype=np.int64)
+    names = [param.lr_policy]
+    for name in (compare or "").split(","):
+        name = name.strip()
+        if name and name not in POLICIES:
+            raise click.BadParameter(
+                f"unknown lr_policy '{name}'{suggest(name, list(POLICIES))} "
+                f"(supported: {', '.join(POLICIES)})",
+                param_hint="--compare",
+            )
+        if name and name not in names:
+            names.append(name)
+    columns = policy_schedules(param, names, iters, solver)
+    header = ["iteration"] + (names if len(names) > 1 else ["lr"])
+    rows = _schedule_rows(iters, columns, names)
+    click.echo(_render_schedule(solver, param.lr_policy, header, rows, form), nl=False)
+    if plot:
+        span = last - start
+        points = np.linspace(start, last, min(span + 1, 200_001))
+        dense = np.unique(points.astype(np.int64))
+        curves = policy_schedules(param, names, dense, solver)
+        shown = click.format_filename(solver, shorten=True)
+        title = f"{shown}: lr_policy {param.lr_policy}"
+        _plot_schedule(plot, title, dense, curves)
+        click.echo(f"Wrote {plot}", err=True)
+
+
+@cli.command("time")
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--model",
+    "model_option",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The net prototxt (or give it as the argument).",
+)
+@click.option(
+    "--phase",
+    type=click.Choice(["TRAIN", "TEST"], case_sensitive=False),
+    default="TRAIN",
+    show_default=True,
+    help="Build the net for this phase.",
+)
+@click.option(
+    "--stage",
+    "stages",
+    multiple=True,
+    help="A NetState stage for include/exclude rules (repeatable).",
+)
+@click.option("--level", type=int, default=0, show_default=True, help="NetState level.")
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Timed forward-backward passes.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Initialise from a .caffemodel (or .caffemodel.h5).",
+)
+def time_command(
+    model: str | None,
+    model_option: str | None,
+    phase: str,
+    stages: tuple[str, ...],
+    level: int,
+    iterations: int,
+    weights: str | None,
+) -> None:
+    """Time every layer's forward and backward pass, like `caffe time`.
+
+    \b
+    caffesolve time configs/lenet_train_test.prototxt --iterations 20
+    caffesolve time lenet.prototxt --phase TEST
+
+    Input layers get random values in [0, 1); Data layers read their source.
+    Results are Caffe's log lines on stderr.
+    """
+    import numpy as np
+
+    from caffesolve.log import LOG
+    from caffesolve.net import Net, time_net
+    from caffesolve.proto import caffe_pb2
+    from caffesolve.proto.upgrade import read_net_params_from_text_file
+
+    path = model or model_option
+    if not path:
+        raise click.UsageError("Need a model definition to time (MODEL or --model).")
+    if model and model_option:
+        raise click.UsageError("Give the model once, as MODEL or --model.")
+    param = read_net_params_from_text_file(path)
+    LOG.info("caffe.cpp:343", "Use CPU.")
+    net = Net(
+        param,
+        caffe_pb2.Phase.Value(phase.upper()),
+        stages=stages,
+        level=level,
+        rng=np.random.default_rng(),
+        source=path,
+    )
+    if weights:
+        net.copy_trained_layers_from(weights)
+    rng = np.random.default_rng(1701)
+    for blob in net.input_blobs:
+        blob.data[...] = rng.random(blob.shape, dtype=np.float32)
+    time_net(net, iterations)
+
+
+# -- train / test ----------------------------------------------------------------
+
+_SIGNAL_EFFECTS = click.Choice(["stop", "snapshot", "none"])
+
+
+@cli.command("train")
+@click.argument("solver", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--snapshot",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Resume from this .solverstate (or .solverstate.h5).",
+)
+@click.option(
+    "--weights",
+    default=None,
+    metavar="A.caffemodel[,B.caffemodel]",
+    help="Finetune: copy these weights by layer name (not with --snapshot).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a solver field, e.g. --set base_lr=0.001 (repeatable).",
+)
+@click.option(
+    "--log",
+    "log_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also append the log to this file (for Caffe's parse_log.py).",
+)
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Train to this iteration (overrides max_iter).",
+)
+@click.option(
+    "--sigint-effect",
+    type=_SIGNAL_EFFECTS,
+    default="stop",
+    show_default=True,
+    help="On SIGINT (Ctrl-C): stop (after a snapshot), snapshot, or none.",
+)
+@click.option(
+    "--sighup-effect",
+    type=_SIGNAL_EFFECTS,
+    default="snapshot",
+    show_default=True,
+    help="On SIGHUP: snapshot and go on, stop (after a snapshot), or none.",
+)
+def train(
+    solver: str,
+    snapshot: str | None,
+    weights: str | None,
+    overrides: tuple[str, ...],
+    log_file: str | None,
+    iterations: int | None,
+    sigint_effect: str,
+    sighup_effect: str,
+) -> None:
+    """Train or finetune a model, as `caffe train --solver SOLVER`.
+
+    \b
+    caffesolve train configs/lenet_solver.prototxt
+    caffesolve train SOLVER --snapshot lenet_iter_5000.solverstate
+    caffesolve train SOLVER --weights pretrained.caffemodel --log train.log
+    """
+    from caffesolve.log import LOG
+    from caffesolve.solvers import tools
+
+    stream = tools.open_log_file(log_file) if log_file else None
+    try:
+        tools.train(
+            solver,
+            snapshot=snapshot,
+            weights=weights,
+            overrides=overrides,
+            iterations=iterations,
+            sigint_effect=sigint_effect,
+            sighup_effect=sighup_effect,
+        )
+    finally:
+        if stream is not None:
+            LOG.streams.remove(stream)
+            stream.close()
+
+
+@cli.command("test")
+@click.option(
+    "--model",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The net prototxt (its TEST phase is run).",
+)
+@click.option(
+    "--weights",
+    required=True,
+    metavar="FILE.caffemodel",
+    help="Trained weights (.caffemodel or .caffemodel.h5).",
+)
+@click.option(
+    "--iterations",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Number of batches to score.",
+)
+@click.option(
+    "--log",
+    "log_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also append the log to this file.",
+)
+def test(model: str, weights: str, iterations: int, log_file: str | None) -> None:
+    """Score a model, as `caffe test`: each batch's outputs, then the means.
+
+    \b
+    caffesolve test --model lenet_train_test.prototxt \\
+        --weights lenet_iter_10000.caffemodel --iterations 100
+    """
+    from caffesolve.log import LOG
+    from caffesolve.solvers import tools
+
+    stream = tools.open_log_file(log_file) if log_file else None
+    try:
+        tools.score(model, weights, iterations)
+    finally:
+        if stream is not None:
+            LOG.streams.remove(stream)
+            stream.close()
 
 
 def main() -> None:

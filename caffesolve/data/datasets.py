@@ -1,0 +1,415 @@
+"""MNIST and Fashion-MNIST: get the IDX files, write Caffe's LMDBs.
+
+`prepare_dataset` is Caffe's data/mnist/get_mnist.sh and
+examples/mnist/create_mnist.sh in one: it finds the four IDX files (a folder
+the user gives, a system copy such as Debian's dataset-fashion-mnist package,
+or downloads from public mirrors in turn, resumable, with retries), checks
+them against the published MD5 checksums, and writes
+<out>/<prefix>_train_lmdb and <out>/<prefix>_test_lmdb as
+convert_mnist_data.cpp does (keys "%08d", 1x28x28 uint8 Datums with labels).
+A database is built in a temporary folder beside its final place and renamed
+there, so an interrupted run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import numpy.typing as npt
+
+from caffesolve.data.idx import read_mnist_pair, verify_checksum
+from caffesolve.data.lmdb_source import lmdb_exists, write_datum_lmdb
+from caffesolve.errors import DataError
+
+ROLES = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+@dataclass(frozen=True)
+class IdxFile:
+    """One published file: its .gz name and MD5, and the MD5 uncompressed."""
+
+    name: str  # without .gz
+    gz_md5: str | None
+    raw_md5: str | None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset in the MNIST layout and where to get it."""
+
+    name: str
+    prefix: str  # of the databases: <prefix>_train_lmdb
+    files: dict[str, IdxFile]
+    mirrors: tuple[str, ...]
+    system_dirs: tuple[str, ...] = field(default=())
+
+    def lmdb_name(self, split: str) -> str:
+        return f"{self.prefix}_{split}_lmdb"
+
+
+# Published checksums: the .gz MD5s are those of the official releases (and of
+# torchvision / TensorFlow's tables); the uncompressed MD5s were checked here on
+# the official t10k files and on Debian's Fashion-MNIST package, whose .gz
+# files are recompressed (other gzip bytes, same content).
+MNIST = Dataset(
+    name="mnist",
+    prefix="mnist",
+    files={
+        "train_images": IdxFile(
+            "train-images-idx3-ubyte",
+            "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "6bbc9ace898e44ae57da46a324031adb",
+        ),
+        "train_labels": IdxFile(
+            "train-labels-idx1-ubyte",
+            "d53e105ee54ea40749a09fcbcd1e9432",
+            "a25bea736e30d166cdddb491f175f624",
+        ),
+        "test_images": IdxFile(
+            "t10k-images-idx3-ubyte",
+            "9fb629c4189551a2d022fa330f9573f3",
+            "2646ac647ad5339dbf082846283269ea",
+        ),
+        "test_labels": IdxFile(
+            "t10k-labels-idx1-ubyte",
+            "ec29112dd5afa0611ce80d1b7f02629c",
+            "27ae3e4e09519cfbb04c329615203637",
+        ),
+    },
+    mirrors=(
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    ),
+)
+
+FASHION_MNIST = Dataset(
+    name="fashion-mnist",
+    prefix="fashion_mnist",
+    files={
+        "train_images": IdxFile(
+            "train-images-idx3-ubyte",
+            "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        ),
+        "train_labels": IdxFile(
+            "train-labels-idx1-ubyte",
+            "25c81989df183df01b3e8a0aad5dffbe",
+            "9018921c3c673c538a1fc5bad174d6f9",
+        ),
+        "test_images": IdxFile(
+            "t10k-images-idx3-ubyte",
+            "bef4ecab320f06d8554ea6380940ec79",
+            "8181f5470baa50b63fa0f6fddb340f0a",
+        ),
+        "test_labels": IdxFile(
+            "t10k-labels-idx1-ubyte",
+            "bb300cfdad3c16e7a12a480ee83cd310",
+            "15d484375f8d13e6eb1aabb0c3f46965",
+        ),
+    },
+    mirrors=(
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/"
+        "data/fashion/",
+    ),
+    system_dirs=("/usr/share/datasets/fashion-mnist",),
+)
+
+DATASETS: dict[str, Dataset] = {d.name: d for d in (MNIST, FASHION_MNIST)}
+
+
+class Reporter:
+    """Progress lines and a progress bar on `stream` (None: silent)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+        self.tty = bool(stream is not None and stream.isatty())
+        self._last = 0.0
+
+    def line(self, message: str) -> None:
+        if self.stream is not None:
+            self.stream.write(message + "\n")
+            self.stream.flush()
+
+    def progress(self, name: str, done: int, total: int | None, end: bool) -> None:
+        """A one-line bar, redrawn at most 10 times a second (and at the end)."""
+        if self.stream is None:
+            return
+        now = time.monotonic()
+        if not end and (not self.tty or now - self._last < 0.1):
+            return
+        self._last = now
+        mb = done / 1e6
+        if total:
+            frac = min(1.0, done / total)
+            bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+            text = f"{name} [{bar}] {100 * frac:5.1f}% {mb:.1f}/{total / 1e6:.1f} MB"
+        else:
+            text = f"{name} {mb:.1f} MB"
+        if self.tty:
+            self.stream.write("\r" + text + ("\n" if end else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+class _PermanentError(Exception):
+    """This mirror will not serve the file (404, refused...): try the next."""
+
+
+def _unreachable(reason: object) -> bool:
+    """No point retrying: refused, unknown host, no route / network."""
+    if isinstance(reason, (ConnectionRefusedError, socket.gaierror)):
+        return True
+    return isinstance(reason, OSError) and reason.errno in (
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+    )
+
+
+def download(
+    url: str,
+    dest: Path,
+    reporter: Reporter,
+    retries: int = 3,
+    timeout: float = 30.0,
+    retry_delay: float = 1.0,
+) -> None:
+    """Download `url` to `dest`, resuming `dest`.part with an HTTP Range request.
+
+    Transient failures (timeouts, resets, 5xx, short bodies) are retried
+    `retries` times, resuming from what arrived; 4xx and refused connections
+    raise _PermanentError at once.
+    """
+    part = dest.with_name(dest.name + ".part")
+    last: Exception | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(retry_delay * attempt)
+        have = part.stat().st_size if part.exists() else 0
+        request = urllib.request.Request(url, headers={"User-Agent": "caffesolve"})
+        if have:
+            request.add_header("Range", f"bytes={have}-")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                if have and response.status != 206:
+                    have = 0  # the server ignored Range: start again
+                length = response.headers.get("Content-Length")
+                total = have + int(length) if length is not None else None
+                with open(part, "ab" if have else "wb") as f:
+                    done = have
+                    while chunk := response.read(1 << 16):
+                        f.write(chunk)
+                        done += len(chunk)
+                        reporter.progress(dest.name, done, total, False)
+                reporter.progress(dest.name, done, total, True)
+                if total is not None and done != total:
+                    raise OSError(f"connection closed after {done} of {total} bytes")
+            os.replace(part, dest)
+            return
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and have:  # the .part is already complete
+                os.replace(part, dest)
+                return
+            if 400 <= e.code < 500:
+                raise _PermanentError(f"HTTP {e.code} {e.reason}") from None
+            last = e
+        except urllib.error.URLError as e:
+            if _unreachable(e.reason):
+                raise _PermanentError(f"cannot connect ({e.reason})") from None
+            last = e
+        except OSError as e:  # timeouts, resets, IncompleteRead
+            last = e
+        reporter.line(f"  {url}: {last}; retrying ({attempt + 1}/{retries})")
+    raise _PermanentError(f"gave up after {retries + 1} tries: {last}")
+
+
+def _find_in(folder: Path, f: IdxFile) -> Path | None:
+    """`f` in `folder`: name.gz, name, or the dotted name (train-images.idx3-ubyte)."""
+    dotted = f.name.replace("-idx", ".idx")
+    for name in (f.name + ".gz", f.name, dotted + ".gz", dotted):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _check(path: Path, f: IdxFile, verify: bool) -> None:
+    if verify:
+        verify_checksum(path, f.gz_md5, f.raw_md5)
+
+
+def fetch_files(
+    ds: Dataset,
+    out: Path,
+    from_dir: Path | None = None,
+    mirrors: Sequence[str] | None = None,
+    verify: bool = True,
+    reporter: Reporter | None = None,
+    retries: int = 3,
+    retry_delay: float = 1.0,
+) -> dict[str, Path]:
+    """The four IDX files of `ds`, by role: from `from_dir`, else a system
+    folder holding all four, else downloaded into `out` (kept there: a file
+    already there with the right checksum is not downloaded again)."""
+    reporter = reporter or Reporter()
+    if from_dir is not None:
+        if not from_dir.is_dir():
+            raise DataError(f"--from {from_dir}: no such folder")
+        found = {r: _find_in(from_dir, f) for r, f in ds.files.items()}
+        missing = [ds.files[r].name for r, p in found.items() if p is None]
+        if missing:
+            raise DataError(
+                f"--from {from_dir}: missing {', '.join(missing)} (.gz or not)"
+            )
+        paths = {r: p for r, p in found.items() if p is not None}
+        for r, p in paths.items():
+            _check(p, ds.files[r], verify)
+        return paths
+    for d in ds.system_dirs:
+        found = {r: _find_in(Path(d), f) for r, f in ds.files.items()}
+        if all(found.values()):
+            reporter.line(f"Using the {ds.name} files in {d}")
+            paths = {r: p for r, p in found.items() if p is not None}
+            for r, p in paths.items():
+                _check(p, ds.files[r], verify)
+            return paths
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for role, f in ds.files.items():
+        paths[role] = _download_one(
+            f, out, list(mirrors or ds.mirrors), verify, reporter, retries, retry_delay
+        )
+    return paths
+
+
+def _download_one(
+    f: IdxFile,
+    out: Path,
+    mirrors: list[str],
+    verify: bool,
+    reporter: Reporter,
+    retries: int,
+    retry_delay: float,
+) -> Path:
+    dest = out / (f.name + ".gz")
+    if dest.is_file():
+        try:
+            _check(dest, f, verify)
+            reporter.line(f"{dest} is already here (checksum ok)")
+            return dest
+        except DataError:
+            dest.unlink()
+    failures = []
+    for mirror in mirrors:
+        url = mirror.rstrip("/") + "/" + dest.name
+        reporter.line(f"Downloading {url}")
+        try:
+            download(url, dest, reporter, retries, retry_delay=retry_delay)
+            _check(dest, f, verify)
+            return dest
+        except _PermanentError as e:
+            failures.append(f"{url}: {e}")
+        except DataError as e:
+            dest.unlink(missing_ok=True)
+            failures.append(f"{url}: {e}")
+        reporter.line(f"  failed: {failures[-1]}")
+    raise DataError(
+        f"could not download {dest.name} from any mirror ("
+        + "; ".join(failures)
+        + "); get the files another way and pass their folder with --from DIR"
+    )
+
+
+def prepare_dataset(
+    ds: Dataset,
+    out: str | os.PathLike[str],
+    from_dir: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    mirrors: Sequence[str] | None = None,
+    verify: bool = True,
+    reporter: Reporter | None = None,
+    retries: int = 3,
+    retry_delay: float = 1.0,
+) -> dict[str, Path]:
+    """Get `ds` and write its train and test LMDBs under `out`; returns them."""
+    reporter = reporter or Reporter()
+    out_dir = Path(out)
+    dbs = {s: out_dir / ds.lmdb_name(s) for s in ("train", "test")}
+    existing = [str(p) for p in dbs.values() if p.exists()]
+    if existing and not force:
+        raise DataError(
+            f"{', '.join(existing)} already exist; pass --force to rebuild "
+            "(or use them as they are)"
+        )
+    paths = fetch_files(
+        ds,
+        out_dir,
+        Path(from_dir) if from_dir is not None else None,
+        mirrors,
+        verify,
+        reporter,
+        retries,
+        retry_delay,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, db in dbs.items():
+        images, labels = read_mnist_pair(
+            paths[f"{split}_images"], paths[f"{split}_labels"]
+        )
+        reporter.line(
+            f"A total of {images.shape[0]} items. Rows: {images.shape[1]} "
+            f"Cols: {images.shape[2]}"
+        )
+        write_lmdb_atomic(db, images, labels, force)
+        reporter.line(f"Processed {images.shape[0]} files. Wrote {db}")
+    return dbs
+
+
+def write_lmdb_atomic(
+    db: Path,
+    images: npt.NDArray[np.uint8],
+    labels: npt.NDArray[np.uint8],
+    force: bool = False,
+) -> None:
+    """Write the LMDB in a temporary folder beside `db`, then rename it to `db`.
+
+    An existing `db` is replaced only with `force`.
+    """
+    if db.exists() and not force:
+        raise DataError(f"{db} already exists; pass --force to rebuild it")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{db.name}.", suffix=".tmp", dir=db.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; Caffe's mkdir is 0744
+        write_datum_lmdb(tmp, images, labels)
+        if db.exists():
+            old = Path(
+                tempfile.mkdtemp(prefix=f".{db.name}.", suffix=".old", dir=db.parent)
+            )
+            os.replace(db, old / "db")
+            os.replace(tmp, db)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, db)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    assert lmdb_exists(db)
+
+
+def default_reporter() -> Reporter:
+    """Progress to stderr, as the CLI uses."""
+    return Reporter(sys.stderr)

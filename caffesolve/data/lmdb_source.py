@@ -1,0 +1,269 @@
+"""Caffe's LMDB databases of Datum records: read (Data layer) and write.
+
+Reading follows db_lmdb.cpp and data_layer.cpp: the database is opened
+read-only (never modified, no lock file written), records are read in key
+order, and the cursor goes back to the first key after the last
+("Restarting data prefetching from start."). Writing follows
+convert_mnist_data.cpp: keys "%08d", one Datum per record.
+
+A batch is decoded at once: every Datum of the batch is parsed, their `data`
+bytes joined and viewed as one (N, C, H, W) uint8 array.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import weakref
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from caffesolve.errors import DataError
+from caffesolve.log import LOG
+from caffesolve.proto import caffe_pb2
+
+F32 = np.float32
+
+
+def _lmdb() -> Any:
+    try:
+        import lmdb
+    except ModuleNotFoundError:
+        raise DataError(
+            "the Data layer needs the `lmdb` package: pip install 'caffesolve[lmdb]'"
+        ) from None
+    return lmdb
+
+
+class _SharedEnv:
+    """One read-only lmdb.Environment per database file in this process.
+
+    py-lmdb refuses to open an environment twice in one process, and a train
+    and a test net may read the same database (the autoencoder's
+    test-on-train), so cursors share it; it closes when the last one goes.
+    """
+
+    _open: weakref.WeakValueDictionary[tuple[int, int], _SharedEnv] = (
+        weakref.WeakValueDictionary()
+    )
+    _lock = threading.Lock()
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+
+    def __del__(self) -> None:
+        self.env.close()
+
+    @classmethod
+    def get(cls, path: str, where: str) -> _SharedEnv:
+        lmdb = _lmdb()
+        subdir = os.path.isdir(path)
+        data_file = os.path.join(path, "data.mdb") if subdir else path
+        try:
+            st = os.stat(data_file)
+        except OSError as e:
+            raise DataError(
+                f"{where}{path}: not an LMDB ({data_file}: {e.strerror or e})"
+            ) from None
+        key = (st.st_dev, st.st_ino)
+        with cls._lock:
+            shared = cls._open.get(key)
+            if shared is None:
+                try:
+                    env = lmdb.open(
+                        path,
+                        readonly=True,
+                        lock=False,
+                        readahead=False,
+                        subdir=subdir,
+                    )
+                except lmdb.Error as e:
+                    raise DataError(f"{where}{path}: cannot open LMDB ({e})") from None
+                shared = cls(env)
+                cls._open[key] = shared
+            return shared
+
+
+class LMDBCursor:
+    """A read-only cursor over an LMDB that wraps from the last key to the first."""
+
+    def __init__(self, path: str | os.PathLike[str], where: str = "") -> None:
+        self.path = str(path)
+        prefix = f"{where}: " if where else ""
+        self.shared = _SharedEnv.get(self.path, prefix)
+        self.env = self.shared.env
+        self.txn = self.env.begin(buffers=False)
+        self.cursor = self.txn.cursor()
+        if not self.cursor.first():
+            raise DataError(f"{prefix}{self.path}: the LMDB holds no records")
+        self.entries = int(self.env.stat()["entries"])
+        LOG.info("db_lmdb.cpp:35", f"Opened lmdb {self.path}")
+
+    def key(self) -> bytes:
+        return bytes(self.cursor.key())
+
+    def value(self) -> bytes:
+        return bytes(self.cursor.value())
+
+    def next(self) -> None:
+        """Caffe's DataLayer::Next: advance, back to the first key at the end."""
+        if not self.cursor.next():
+            LOG.info("data_layer.cpp:65", "Restarting data prefetching from start.")
+            self.cursor.first()
+
+    def skip(self, n: int) -> None:
+        """Advance n records (wrapping)."""
+        for _ in range(n % self.entries):
+            self.next()
+
+    def read(self, n: int) -> list[bytes]:
+        """The next n values in key order, wrapping; the cursor ends past them."""
+        out = []
+        for _ in range(n):
+            out.append(self.cursor.value())
+            self.next()
+        return out
+
+    def seek(self, key: bytes) -> None:
+        """Position on `key` (resume), or the first key after it, or the first."""
+        if not self.cursor.set_range(key):
+            self.cursor.first()
+
+    def close(self) -> None:
+        """Drop this cursor (the environment closes with its last cursor)."""
+        self.cursor.close()
+        self.txn.abort()
+
+
+def decode_image(data: bytes, force_color: bool, force_gray: bool) -> npt.NDArray[Any]:
+    """An encoded (JPEG/PNG) Datum as a (C, H, W) uint8 array, BGR like OpenCV.
+
+    Native decode keeps grayscale images 1-channel and makes others 3-channel
+    (cv::IMREAD_COLOR); force_color / force_gray ask for 3 / 1 channels.
+    """
+    try:
+        from PIL import Image
+    except ModuleNotFoundError:
+        raise DataError(
+            "encoded Datum (JPEG/PNG) needs Pillow to decode: "
+            "pip install 'caffesolve[image]'"
+        ) from None
+    img = Image.open(io.BytesIO(data))
+    gray = force_gray or (not force_color and img.mode in ("1", "L", "I;16", "I"))
+    img = img.convert("L" if gray else "RGB")
+    arr = np.asarray(img, np.uint8)
+    if gray:
+        return arr[None]
+    return np.ascontiguousarray(arr[:, :, ::-1].transpose(2, 0, 1))
+
+
+def decode_datums(
+    values: Iterable[bytes],
+    source: str,
+    force_color: bool = False,
+    force_gray: bool = False,
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.float32]]:
+    """Serialized Datums -> data (N, C, H, W) uint8 or float32, labels (N,).
+
+    Every Datum must have the shape of the first (Caffe shapes the batch from
+    its first datum and checks the others against it).
+    """
+    datums = []
+    for v in values:
+        d = caffe_pb2.Datum()
+        d.ParseFromString(v)
+        datums.append(d)
+    labels = np.fromiter((d.label for d in datums), F32, len(datums))
+    first = datums[0]
+    if first.encoded:
+        images = [decode_image(d.data, force_color, force_gray) for d in datums]
+        shape = images[0].shape
+        bad = next((i for i, im in enumerate(images) if im.shape != shape), None)
+        if bad is not None:
+            raise DataError(
+                f"{source}: encoded images of different sizes in one batch "
+                f"({'x'.join(map(str, shape))} and "
+                f"{'x'.join(map(str, images[bad].shape))}); resize them when "
+                "creating the database"
+            )
+        return np.stack(images), labels
+    chw = (first.channels, first.height, first.width)
+    shapes = np.array([(d.channels, d.height, d.width) for d in datums])
+    if (shapes != chw).any():
+        i = int(np.flatnonzero((shapes != chw).any(axis=1))[0])
+        raise DataError(
+            f"{source}: Datum {i} of the batch is "
+            f"{'x'.join(map(str, shapes[i]))}, the first is "
+            f"{'x'.join(map(str, chw))}; every record must have the same shape"
+        )
+    n, size = len(datums), int(np.prod(chw))
+    if first.data:
+        joined = b"".join(d.data for d in datums)
+        if len(joined) != n * size:
+            raise DataError(
+                f"{source}: a Datum's data has the wrong length for "
+                f"{'x'.join(map(str, chw))}"
+            )
+        return np.frombuffer(joined, np.uint8).reshape(n, *chw), labels
+    flat = np.concatenate([np.asarray(d.float_data, F32) for d in datums])
+    if flat.size != n * size:
+        raise DataError(
+            f"{source}: a Datum's float_data has the wrong length for "
+            f"{'x'.join(map(str, chw))} (and no uint8 data)"
+        )
+    return flat.reshape(n, *chw), labels
+
+
+def mnist_datum_bytes(image: npt.NDArray[np.uint8], label: int) -> bytes:
+    """One Datum as convert_mnist_data.cpp serializes it (1xHxW uint8, label)."""
+    d = caffe_pb2.Datum()
+    d.channels = 1
+    d.height, d.width = image.shape
+    d.data = image.tobytes()
+    d.label = int(label)
+    return d.SerializeToString()
+
+
+def write_datum_lmdb(
+    path: str | os.PathLike[str],
+    images: npt.NDArray[np.uint8],
+    labels: npt.NDArray[np.uint8],
+) -> None:
+    """A new LMDB at `path` with keys "%08d" and 1xHxW Datums (convert_mnist_data).
+
+    `path` must not exist. The map is sized from the data (4x the payload plus
+    64 MiB; LMDB files are sparse, so only what is written takes disk space).
+    """
+    lmdb = _lmdb()
+    n = int(images.shape[0])
+    payload = n * (int(np.prod(images.shape[1:])) + 64)
+    env = lmdb.open(str(path), map_size=4 * payload + (64 << 20), subdir=True)
+    try:
+        step = 1000  # convert_mnist_data commits every 1000 records
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            with env.begin(write=True) as txn:
+                with txn.cursor() as cur:
+                    cur.putmulti(
+                        (
+                            (
+                                f"{i:08d}".encode(),
+                                mnist_datum_bytes(images[i], labels[i]),
+                            )
+                            for i in range(start, stop)
+                        ),
+                        append=True,
+                    )
+        env.sync(True)
+    finally:
+        env.close()
+
+
+def lmdb_exists(path: str | os.PathLike[str]) -> bool:
+    """True if `path` looks like an LMDB directory (holds data.mdb)."""
+    return (Path(path) / "data.mdb").is_file()

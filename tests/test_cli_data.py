@@ -1,0 +1,92 @@
+"""`caffesolve data mnist | fashion-mnist` through click's CliRunner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+from test_datasets import TRAIN, Server, check_dbs, tiny_files
+
+from caffesolve.cli import cli
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_from_dir_then_refuse_then_force(tmp_path: Path) -> None:
+    tiny_files(tmp_path / "src", gz=False)
+    out = tmp_path / "data" / "mnist"
+    args = ["data", "mnist", "--from", str(tmp_path / "src"), "--out", str(out)]
+    code, stdout, stderr = run(*args, "--skip-checksum")
+    assert code == 0, stderr
+    assert stdout.split() == [
+        str(out / "mnist_train_lmdb"),
+        str(out / "mnist_test_lmdb"),
+    ]
+    assert f"A total of {len(TRAIN[1])} items. Rows: 28 Cols: 28" in stderr
+    check_dbs({"train": out / "mnist_train_lmdb", "test": out / "mnist_test_lmdb"})
+    code, _, stderr = run(*args, "--skip-checksum")
+    assert code == 1
+    assert "already exist; pass --force" in stderr
+    assert len(stderr.strip().splitlines()) == 1  # one line, no traceback
+    code, _, stderr = run(*args, "--skip-checksum", "--force")
+    assert code == 0, stderr
+
+
+def test_checksums_are_checked_by_default(tmp_path: Path) -> None:
+    tiny_files(tmp_path / "src")
+    code, _, stderr = run(
+        "data", "mnist", "--from", str(tmp_path / "src"), "--out", str(tmp_path / "o")
+    )
+    assert code == 1
+    assert "checksum mismatch" in stderr and "train-images-idx3-ubyte.gz" in stderr
+
+
+def test_corrupt_idx_is_one_line_error(tmp_path: Path) -> None:
+    tiny_files(tmp_path / "src", gz=False)
+    p = tmp_path / "src" / "train-labels-idx1-ubyte"
+    p.write_bytes(b"\0\0\x08\x03" + p.read_bytes()[4:])  # image magic on labels
+    code, _, stderr = run(
+        "data",
+        "fashion-mnist",
+        "--from",
+        str(tmp_path / "src"),
+        "--out",
+        str(tmp_path / "o"),
+        "--skip-checksum",
+    )
+    assert code == 1
+    assert "train-labels-idx1-ubyte: bad magic number 2051, expected 2049" in stderr
+
+
+def test_download_with_mirror_option(tmp_path: Path) -> None:
+    files = tiny_files(tmp_path / "src")
+    server = Server(files)
+    try:
+        out = tmp_path / "m"
+        code, stdout, stderr = run(
+            "data",
+            "mnist",
+            "--mirror",
+            server.url + "/missing/",
+            "--mirror",
+            server.url + "/good/",
+            "--out",
+            str(out),
+            "--skip-checksum",
+        )
+    finally:
+        server.close()
+    assert code == 0, stderr
+    dbs = stdout.split()
+    assert [Path(p).name for p in dbs] == ["mnist_train_lmdb", "mnist_test_lmdb"]
+    assert "HTTP 404" in stderr and "Downloading" in stderr
+    check_dbs({"train": Path(dbs[0]), "test": Path(dbs[1])})
+    assert sorted(p.name for p in out.glob("*.gz")) == sorted(files)
+
+
+def test_missing_from_folder_is_a_usage_error(tmp_path: Path) -> None:
+    code, _, stderr = run("data", "mnist", "--from", str(tmp_path / "nope"))
+    assert code == 2 and "does not exist" in stderr
