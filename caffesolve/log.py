@@ -35,11 +35,21 @@ def glog_prefix(severity: str = "I", source: str = "solver.cpp:0") -> str:
     )
 
 
+class _Stderr:
+    """sys.stderr as it is at each write (not as it was at import)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 class Log:
-    """Where caffesolve's glog-style lines go: stderr, plus an optional file."""
+    """Where caffesolve's glog-style lines go: stderr, plus optional files."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        self.streams: list[TextIO] = [stream if stream is not None else sys.stderr]
+        self.streams: list[TextIO] = [stream if stream is not None else _Stderr()]
         self.quiet = False
 
     def add_file(self, stream: TextIO) -> None:
