@@ -41,12 +41,8 @@ def create_layer(
     return cls(param, phase, rng)
 
 
-# Layer families; a module missing here is simply not registered yet.
+# Importing each family registers its layers.
 for _module in ("data", "neuron", "vision", "common", "loss"):
-    try:
-        importlib.import_module(f"caffesolve.layers.{_module}")
-    except ModuleNotFoundError as _e:  # pragma: no cover - during development
-        if _e.name != f"caffesolve.layers.{_module}":
-            raise
+    importlib.import_module(f"caffesolve.layers.{_module}")
 
 __all__ = ["LAYERS", "Layer", "create_layer", "register"]

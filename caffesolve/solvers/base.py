@@ -88,11 +88,13 @@ class Solver:
         self.action_function = action_function
         self.log.info(*msg.initializing_solver(text_format.MessageToString(param)))
         self.check_param()
-        snap.check_snapshot_write_permissions(param, source)
         seed = param.random_seed if param.random_seed >= 0 else None
         self.rng = np.random.default_rng(seed)
         self.net: Net = self.init_train_net()
         self.test_nets: list[Net] = self.init_test_nets()
+        # After the nets (Caffe checks before): a missing data source, which
+        # comes with the command that makes it, is the more useful first error.
+        snap.check_snapshot_write_permissions(param, source)
         self.log.info(*msg.scaffolding_done())
         self.iter = 0
         self.current_step = 0
