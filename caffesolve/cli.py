@@ -1,12 +1,14 @@
 """The `caffesolve` command line: parse options, call the library, report.
 
 Each subcommand lives here as a small function. The library raises
-CaffesolveError for bad input; `main` turns it into one line on stderr and exit
-status 1 (a traceback only with --debug). Usage errors exit 2 (click).
+CaffesolveError for bad input; the group turns it into one line on stderr and
+exit status 1 (a traceback only with --debug). Usage errors exit 2 (click).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -40,6 +42,38 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+
+
+_set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a solver field, e.g. --set lr_policy=step "
+    "--set stepsize=2000 (repeatable).",
+)
+_log_option = click.option(
+    "--log",
+    "log_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also append the log to this file (for Caffe's parse_log.py).",
+)
+
+
+@contextlib.contextmanager
+def _logging_to(log_file: str | None) -> Iterator[None]:
+    """Copy the glog lines to `log_file` (--log) while the block runs."""
+    from caffesolve.log import LOG
+    from caffesolve.solvers import tools
+
+    stream = tools.open_log_file(log_file) if log_file else None
+    try:
+        yield
+    finally:
+        if stream is not None:
+            LOG.streams.remove(stream)
+            stream.close()
 
 
 @cli.group("data")
@@ -256,14 +290,7 @@ def _plot_schedule(path: str, title: str, iters: Any, columns: dict[str, Any]) -
     show_default=True,
     help="Output format (stdout).",
 )
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a solver field, e.g. --set lr_policy=step "
-    "--set stepsize=2000 (repeatable).",
-)
+@_set_option
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False),
@@ -444,20 +471,8 @@ _SIGNAL_EFFECTS = click.Choice(["stop", "snapshot", "none"])
     metavar="A.caffemodel[,B.caffemodel]",
     help="Finetune: copy these weights by layer name (not with --snapshot).",
 )
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a solver field, e.g. --set base_lr=0.001 (repeatable).",
-)
-@click.option(
-    "--log",
-    "log_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also append the log to this file (for Caffe's parse_log.py).",
-)
+@_set_option
+@_log_option
 @click.option(
     "--iterations",
     type=click.IntRange(min=0),
@@ -495,11 +510,9 @@ def train(
     caffesolve train SOLVER --snapshot lenet_iter_5000.solverstate
     caffesolve train SOLVER --weights pretrained.caffemodel --log train.log
     """
-    from caffesolve.log import LOG
     from caffesolve.solvers import tools
 
-    stream = tools.open_log_file(log_file) if log_file else None
-    try:
+    with _logging_to(log_file):
         tools.train(
             solver,
             snapshot=snapshot,
@@ -509,10 +522,6 @@ def train(
             sigint_effect=sigint_effect,
             sighup_effect=sighup_effect,
         )
-    finally:
-        if stream is not None:
-            LOG.streams.remove(stream)
-            stream.close()
 
 
 @cli.command("test")
@@ -535,13 +544,7 @@ def train(
     show_default=True,
     help="Number of batches to score.",
 )
-@click.option(
-    "--log",
-    "log_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Also append the log to this file.",
-)
+@_log_option
 def test(model: str, weights: str, iterations: int, log_file: str | None) -> None:
     """Score a model, as `caffe test`: each batch's outputs, then the means.
 
@@ -549,16 +552,10 @@ def test(model: str, weights: str, iterations: int, log_file: str | None) -> Non
     caffesolve test --model lenet_train_test.prototxt \\
         --weights lenet_iter_10000.caffemodel --iterations 100
     """
-    from caffesolve.log import LOG
     from caffesolve.solvers import tools
 
-    stream = tools.open_log_file(log_file) if log_file else None
-    try:
+    with _logging_to(log_file):
         tools.score(model, weights, iterations)
-    finally:
-        if stream is not None:
-            LOG.streams.remove(stream)
-            stream.close()
 
 
 def main() -> None:
