@@ -1,25 +1,29 @@
 """ms per forward and backward of LeNet's vision layers at batch 64.
 
     python benchmarks/bench_vision.py [--batch 64] [--runs 50] [--dtype float32]
+                                      [--threads 1,2]
 
 (with caffesolve installed, or PYTHONPATH=. from the repository root).
 
 Times conv1 (64x1x28x28 -> 20, kernel 5), pool1 (MAX 2/2), conv2 (20 -> 50,
 kernel 5 on 12x12) and pool2 as LeNet's lenet_train_test.prototxt builds them,
 in the TRAIN phase (pooling keeps its argmax). conv1's backward skips the
-bottom diff, as in a net whose first layer reads the data. Runs of all layers
-are interleaved so load on a shared machine hits them alike; prints the median
-and minimum of --runs and, for the convolutions, the time of their GEMMs alone
-at the same shapes (the floor for this lowering). BLAS threads follow
-OPENBLAS_NUM_THREADS as usual.
+bottom diff, as in a net whose first layer reads the data. For each BLAS
+thread count (set with threadpoolctl, installed with numpy's usual extras),
+runs of all layers are interleaved so load on a shared machine hits them
+alike; prints the median and minimum of --runs per layer and pass, and for
+the convolutions the time of Caffe's GEMMs alone at the same shapes (one
+forward, weight and data GEMM on a full column matrix: the floor for an
+im2col lowering).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -76,9 +80,10 @@ def timed(fn: Callable[[], None]) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def gemm_only(layer: Layer, dtype: type) -> Callable[[], None]:
-    """The forward GEMM, weight GEMM and (for conv2) data GEMM at the layer's
-    shapes, with preallocated outputs."""
+def gemm_only(layer: Layer, dtype: type, with_data: bool) -> Callable[[], None]:
+    """Caffe's forward GEMM, weight GEMM and (with_data) data GEMM at the
+    layer's shapes, on a full (K, N*oh*ow) column matrix, outputs
+    preallocated."""
     g = layer.geometry
     w = layer.blobs[0].data.reshape(layer.num_output, -1)
     col = np.ones((g.kernel_dim, g.col_cols), dtype)
@@ -88,10 +93,56 @@ def gemm_only(layer: Layer, dtype: type) -> Callable[[], None]:
     def run() -> None:
         np.matmul(w, col, out=y)
         np.matmul(y, col.T, out=dw)
-        if layer.name == "conv2":
+        if with_data:
             np.matmul(w.T, y, out=col)
 
     return run
+
+
+@contextlib.contextmanager
+def blas_threads(n: int) -> Iterator[bool]:
+    """Limit BLAS to n threads for the block; yields False (and changes
+    nothing) when threadpoolctl is missing."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield False
+        return
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield True
+
+
+def measure(built: dict, runs: int, dtype: type) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {}
+    gemms = {
+        name: gemm_only(layer, dtype, down)
+        for name, (layer, _, _, down) in built.items()
+        if name.startswith("conv")
+    }
+    for r in range(runs + 3):  # 3 warm-up runs, dropped
+        for name, (layer, bottom, top, down) in built.items():
+            fwd = timed(lambda: layer.forward([bottom], [top]))  # noqa: B023
+            bwd = timed(lambda: layer.backward([top], [down], [bottom]))  # noqa: B023
+            gemm = timed(gemms[name]) if name in gemms else None
+            if r < 3:
+                continue
+            times.setdefault(f"{name} forward", []).append(fwd)
+            times.setdefault(f"{name} backward", []).append(bwd)
+            if gemm is not None:
+                times.setdefault(f"{name} GEMMs only", []).append(gemm)
+    return times
+
+
+def report(times: dict[str, list[float]], threads: int) -> None:
+    print(f"  {threads} BLAS thread(s)      median      min")
+    total = total_min = 0.0
+    for key, values in times.items():
+        ms, best = statistics.median(values), min(values)
+        if "GEMMs" not in key:
+            total += ms
+            total_min += best
+        print(f"    {key:<18} {ms:8.3f} {best:8.3f}")
+    print(f"    {'total fwd+bwd':<18} {total:8.3f} {total_min:8.3f}")
 
 
 def main() -> None:
@@ -99,38 +150,30 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", default="1,2", help="BLAS thread counts")
     args = parser.parse_args()
     dtype = np.dtype(args.dtype).type
     built = {}
     for name, (text, shape, down) in LAYERS.items():
         built[name] = (*build(text, (args.batch, *shape), dtype), down)
-    times: dict[str, list[float]] = {}
-    for _ in range(args.runs + 3):  # 3 warm-up runs, dropped below
-        for name, (layer, bottom, top, down) in built.items():
-            fwd = timed(lambda: layer.forward([bottom], [top]))  # noqa: B023
-            bwd = timed(lambda: layer.backward([top], [down], [bottom]))  # noqa: B023
-            times.setdefault(f"{name} forward", []).append(fwd)
-            times.setdefault(f"{name} backward", []).append(bwd)
-            if name.startswith("conv"):
-                gemm = gemm_only(layer, dtype)
-                times.setdefault(f"{name} GEMMs only", []).append(timed(gemm))
     print(
-        f"LeNet vision layers, batch {args.batch}, {args.dtype}, {args.runs} runs "
-        "(ms; min shows the cost without interference on a shared machine):"
+        f"LeNet vision layers, batch {args.batch}, {args.dtype}, {args.runs} runs, "
+        "ms (min: the cost without interference on a shared machine)"
     )
-    print(f"  {'':<18} {'median':>8} {'min':>8}")
-    total = total_min = 0.0
-    for key, values in times.items():
-        ms, best = statistics.median(values[3:]), min(values[3:])
-        if "GEMMs" not in key:
-            total += ms
-            total_min += best
-        print(f"  {key:<18} {ms:8.3f} {best:8.3f}")
-    print(f"  {'total fwd+bwd':<18} {total:8.3f} {total_min:8.3f}")
     for name in ("conv1", "conv2"):
         layer = built[name][0]
-        layout = "batch inner" if layer.batch_inner else "batch outer"
+        if not layer.batch_inner:
+            layout = "per-image columns"
+        elif layer.row_shift:
+            layout = "batch inner, row shift"
+        else:
+            layout = "batch inner"
         print(f"  {name} lowering: {layout}")
+    for threads in (int(t) for t in args.threads.split(",")):
+        with blas_threads(threads) as limited:
+            if not limited:
+                print("  (threadpoolctl missing: BLAS threads left as they are)")
+            report(measure(built, args.runs, dtype), threads)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,20 @@ layout choice, by `batch_inner`:
   and the NCHW <-> (.., N) conversions are 2-D transposes. Good when output
   planes are small (LeNet conv2), where batch-outer runs would be a few floats.
 
-`prefer_batch_inner` picks one from the shapes. Every function keeps the
-dtype of its inputs (float32 in nets, float64 in gradient checks) and takes
-optional preallocated buffers so a layer reuses them across iterations.
+`prefer_batch_inner` picks one from the shapes. The Convolution layer runs
+each through a faster variant defined below: batch outer as per-image
+columns (N, K, oh*ow), whose stacked GEMMs write NCHW with no transpose;
+batch inner, when the vertical stride and dilation are 1, as the row-shift
+matrix, which copies each value kw rather than kh*kw times and needs no
+col2im scatter of a full column matrix. Every function keeps the dtype of
+its inputs (float32 in nets, float64 in gradient checks) and takes optional
+preallocated buffers so a layer reuses them across iterations.
 
 Pooling follows pooling_layer.cpp: MAX keeps the first maximum in window
 order (row-major, strict `>`), AVE divides by the window size clipped to
-height + pad (padding counts, the area past it does not).
+height + pad (padding counts, the area past it does not). Windows that tile
+the image (LeNet's 2x2 stride 2) take a path that first sorts the window
+elements into contiguous planes; the comparisons are the same.
 """
 
 from __future__ import annotations
@@ -344,6 +351,208 @@ def col2im_finish(work: Array, g: ConvGeometry, batch_inner: bool, out: Array) -
         xp.copyto(out, work[:, :, ph : ph + g.height, pw : pw + g.width])
 
 
+# -- per-image columns (batch outer, as the layer uses them) -----------------------
+#
+# The column matrices of the images stacked: col[n, (c, i, j), (y, x)], which
+# is Caffe's own per-image im2col buffer for every n at once. A stacked
+# matmul W (M, K) x col (N, K, oh*ow) then yields (N, M, oh*ow), the top in
+# NCHW with no transpose, and each image's GEMM is small enough for BLAS to
+# run it on one thread.
+
+
+def per_image_shape(g: ConvGeometry) -> tuple[int, int, int]:
+    """Shape of the per-image column stack: (N, C*kh*kw, oh*ow)."""
+    return (g.num, g.kernel_dim, g.out_h * g.out_w)
+
+
+def _per_image_windows(padded: Array, g: ConvGeometry) -> Array:
+    """Read-only view (N, C, kh, kw, oh, ow) of every window of the padded
+    NCHW image."""
+    sn, sc, sh, sw = padded.strides
+    shape = (g.num, g.channels, g.kernel_h, g.kernel_w, g.out_h, g.out_w)
+    strides = (
+        sn,
+        sc,
+        g.dilation_h * sh,
+        g.dilation_w * sw,
+        g.stride_h * sh,
+        g.stride_w * sw,
+    )
+    return strided_view(padded, shape, strides)
+
+
+def im2col_per_image(
+    x: Array, g: ConvGeometry, out: Array | None = None, work: Array | None = None
+) -> Array:
+    """Caffe's im2col_cpu for each image: x (N, C, H, W) -> col
+    (N, C*kh*kw, oh*ow); padding reads as zero. `work`: the zero-bordered
+    padded (N, C, Hp, Wp) buffer, needed only when g.has_pad."""
+    xp = array_module(x)
+    if out is None:
+        out = xp.empty(per_image_shape(g), x.dtype)
+    padded = _padded_input(x, g, False, work)
+    if xp is np and g.stride_w == 1 and padded.flags.c_contiguous:
+        # Each window row is a run of ow contiguous values: copy whole runs
+        # as single records (one loop call per kernel offset, not per row).
+        record = np.dtype((np.void, g.out_w * padded.itemsize))
+        sn, sc, sh, sw = padded.strides
+        runs = np.ndarray(
+            shape=(g.num, g.channels, g.kernel_h, g.kernel_w, g.out_h),
+            dtype=record,
+            buffer=padded,
+            strides=(sn, sc, g.dilation_h * sh, g.dilation_w * sw, g.stride_h * sh),
+        )
+        np.copyto(out.reshape(-1).view(record).reshape(runs.shape), runs)
+        return out
+    windows = _per_image_windows(padded, g)
+    xp.copyto(out.reshape(windows.shape), windows)
+    return out
+
+
+def col2im_per_image(
+    col: Array, g: ConvGeometry, out: Array, work: Array | None = None
+) -> Array:
+    """Caffe's col2im_cpu for each image: the adjoint of im2col_per_image,
+    into out (N, C, H, W). `work`: a padded (N, C, Hp, Wp) buffer, needed
+    only when g.has_pad."""
+    xp = array_module(col)
+    acc = out if not g.has_pad else work
+    if acc is None:
+        acc = xp.empty(padded_shape(g, False), col.dtype)
+    acc[...] = 0
+    cols = col.reshape(g.num, g.channels, g.kernel_h, g.kernel_w, g.out_h, g.out_w)
+    span_h = g.stride_h * (g.out_h - 1) + 1
+    span_w = g.stride_w * (g.out_w - 1) + 1
+    for i in range(g.kernel_h):
+        h0 = i * g.dilation_h
+        rows = slice(h0, h0 + span_h, g.stride_h)
+        for j in range(g.kernel_w):
+            w0 = j * g.dilation_w
+            acc[:, :, rows, w0 : w0 + span_w : g.stride_w] += cols[:, :, i, j]
+    if acc is not out:
+        ph, pw = g.pad_h, g.pad_w
+        xp.copyto(out, acc[:, :, ph : ph + g.height, pw : pw + g.width])
+    return out
+
+
+# -- row-shift lowering (batch inner, vertical stride and dilation 1) -------------
+#
+# A column matrix per padded image row h instead of per window:
+#
+#     rows[h, (c, j), (x, n)] = x_padded[c, h, x*stride_w + j*dilation_w, n]
+#
+# With vertical stride and dilation 1, the column matrix of output row y is
+# rows[y : y + kh] read as one (kh*C*kw, ow*N) matrix, rows ordered
+# (i, c, j): a contiguous block that BLAS reads in place. So the lowering
+# copies each image value kw times instead of kh*kw times, and each output
+# row is one full-depth GEMM that writes its block of the result directly.
+
+
+def row_shift_ok(g: ConvGeometry) -> bool:
+    """True when the row-shift lowering applies (vertical stride and
+    dilation 1)."""
+    return g.stride_h == 1 and g.dilation_h == 1
+
+
+def shifted_shape(g: ConvGeometry) -> tuple[int, int, int]:
+    """Shape of the row-shift matrix: (Hp, C*kw, ow*N)."""
+    return (g.padded_h, g.channels * g.kernel_w, g.out_w * g.num)
+
+
+def row_shift_columns(x: Array, g: ConvGeometry, out: Array, work: Array) -> Array:
+    """Fill the row-shift matrix `out` (shifted_shape) from x (N, C, H, W).
+    `work` is the padded (C, Hp, Wp, N) image buffer (zero borders kept)."""
+    xp = array_module(x)
+    padded = _padded_input(x, g, True, work)
+    span = g.stride_w * (g.out_w - 1) + 1
+    rows = out.reshape(g.padded_h, g.channels, g.kernel_w, g.out_w, g.num)
+    for j in range(g.kernel_w):
+        w0 = j * g.dilation_w
+        part = padded[:, :, w0 : w0 + span : g.stride_w, :]
+        xp.copyto(rows[:, :, j], part.transpose(1, 0, 2, 3))
+    return out
+
+
+def row_shift_weights(w: Array) -> Array:
+    """Weights (M, C, kh, kw) -> (M, kh*C*kw), columns ordered (i, c, j)
+    like a block of the row-shift matrix."""
+    xp = array_module(w)
+    return xp.ascontiguousarray(w.transpose(0, 2, 1, 3)).reshape(w.shape[0], -1)
+
+
+def row_shift_forward(
+    w_rows: Array, shifted: Array, g: ConvGeometry, out: Array
+) -> None:
+    """out (M, oh*ow*N), columns (y, x, n) = W x column matrix: one GEMM per
+    output row y, of depth kh*C*kw (Caffe's forward GEMM, split by columns)."""
+    xp = array_module(out)
+    width = shifted.shape[2]
+    for y in range(g.out_h):
+        block = shifted[y : y + g.kernel_h].reshape(-1, width)
+        xp.matmul(w_rows, block, out=out[:, y * width : (y + 1) * width])
+
+
+def row_shift_weight_gemm(dy: Array, shifted: Array, g: ConvGeometry) -> Array:
+    """Weight gradient (M, C, kh, kw) = dY x (column matrix)^T, summed over
+    output rows y (one GEMM each, Caffe's weight GEMM split along its
+    depth)."""
+    xp = array_module(dy)
+    m, width = dy.shape[0], shifted.shape[2]
+    total = part = None
+    for y in range(g.out_h):
+        block = shifted[y : y + g.kernel_h].reshape(-1, width)
+        part = xp.matmul(dy[:, y * width : (y + 1) * width], block.T, out=part)
+        if total is None:
+            total, part = part, None
+        else:
+            total += part
+    assert total is not None
+    return total.reshape(m, g.kernel_h, g.channels, g.kernel_w).transpose(0, 2, 1, 3)
+
+
+def row_shift_backward_data(
+    w: Array,
+    dy_rows: Array,
+    g: ConvGeometry,
+    shifted_diff: Array,
+    work: Array,
+    out: Array,
+) -> None:
+    """Bottom diff (N, C, H, W) = col2im(W^T x dY). dy_rows is the top diff
+    as (oh, M, ow*N). Each padded row h of the row-shift matrix's diff gets
+    sum over kernel rows i of W_i^T x dY[h - i]: one GEMM over the output
+    rows that reach it, of depth (rows)*M. Its kernel columns are then added
+    back into the padded image `work` (C, Hp, Wp, N) and cropped into `out`."""
+    xp = array_module(dy_rows)
+    m = w.shape[0]
+    kh = g.kernel_h
+    # (C*kw, kh*M), column blocks for kernel rows kh-1 .. 0: output rows
+    # y0 .. y1 (ascending) meet kernel rows h-y0 .. h-y1 (descending).
+    w_desc = xp.ascontiguousarray(w[:, :, ::-1, :].transpose(1, 3, 2, 0)).reshape(
+        g.channels * g.kernel_w, kh * m
+    )
+    width = dy_rows.shape[2]
+    for h in range(g.padded_h):
+        y0, y1 = max(0, h - kh + 1), min(g.out_h - 1, h)
+        if y0 > y1:
+            shifted_diff[h] = 0
+            continue
+        k0 = kh - 1 - (h - y0)
+        stack = dy_rows[y0 : y1 + 1].reshape(-1, width)
+        xp.matmul(
+            w_desc[:, k0 * m : (k0 + y1 - y0 + 1) * m], stack, out=shifted_diff[h]
+        )
+    rows = shifted_diff.reshape(g.padded_h, g.channels, g.kernel_w, g.out_w, g.num)
+    span = g.stride_w * (g.out_w - 1) + 1
+    work[...] = 0
+    for j in range(g.kernel_w):
+        w0 = j * g.dilation_w
+        work[:, :, w0 : w0 + span : g.stride_w, :] += rows[:, :, j].transpose(
+            1, 0, 2, 3
+        )
+    col2im_finish(work, g, True, out)
+
+
 def col2im_row_block(
     g: ConvGeometry, itemsize: int, target_bytes: int = 1 << 21
 ) -> int:
@@ -524,6 +733,145 @@ def max_pool_backward(
     if canvas is not out:
         ph, pw = g.pad_h, g.pad_w
         xp.copyto(out, canvas[:, :, ph : ph + g.height, pw : pw + g.width])
+
+
+# Tiling windows (kernel == stride, no pad, no remainder; LeNet's 2x2 stride 2):
+# every window element is copied once into a contiguous "plane" per window
+# position (i, j), so the comparisons below run on long contiguous arrays
+# instead of one short strided row at a time.
+
+
+def pool_tiles(g: PoolGeometry) -> bool:
+    """True when the windows cover the image exactly once, without padding."""
+    return (
+        g.kernel_h == g.stride_h
+        and g.kernel_w == g.stride_w
+        and not g.pad_h
+        and not g.pad_w
+        and g.out_h * g.kernel_h == g.height
+        and g.out_w * g.kernel_w == g.width
+    )
+
+
+@dataclass
+class TileBuffers:
+    """Work arrays of the tiling pooling path, kept by the layer.
+
+    rows (kh, N*C*oh*W): image rows sorted by their row within a window;
+    planes (kh*kw, N*C*oh*ow): window element (i, j) of every window;
+    floor: -FLT_MAX in every element; mask, better, step: per-output
+    scratch."""
+
+    rows: Array
+    planes: Array
+    floor: Array
+    mask: Array
+    better: npt.NDArray[np.bool_]
+    step: npt.NDArray[np.integer]
+
+
+def tile_buffers(g: PoolGeometry, dtype: type, argmax_dtype: type) -> TileBuffers:
+    """Allocate TileBuffers for `g` (NumPy arrays: the row records below
+    are a NumPy view)."""
+    outputs = g.num * g.channels * g.out_h * g.out_w
+    area = g.kernel_h * g.kernel_w
+    return TileBuffers(
+        rows=np.empty((g.kernel_h, outputs * g.kernel_w), dtype),
+        planes=np.empty((area, outputs), dtype),
+        floor=np.full(outputs, -np.finfo(np.float32).max, dtype),
+        mask=np.empty(outputs, dtype),
+        better=np.empty(outputs, bool),
+        step=np.empty(outputs, argmax_dtype),
+    )
+
+
+def _row_records(a: Array, width: int) -> Array:
+    """1-D view of the contiguous array `a` with one element (a NumPy void
+    record) per row of `width` values: picking rows is then one long copy
+    loop, not one call per short row."""
+    record = np.dtype((np.void, width * a.itemsize))
+    return a.reshape(-1, width).view(record).reshape(-1)
+
+
+def _tile_rows(g: PoolGeometry, a: Array, rows: Array, to_rows: bool) -> None:
+    """Move image rows between `a` (N, C, H, W) and `rows` (kh, N*C*oh*W),
+    where rows[i] holds row i of every window row-band, in order."""
+    bands = g.num * g.channels * g.out_h
+    image = _row_records(a, g.width).reshape(bands, g.kernel_h).T
+    sorted_rows = _row_records(rows, g.width).reshape(g.kernel_h, bands)
+    if to_rows:
+        np.copyto(sorted_rows, image)
+    else:
+        np.copyto(image, sorted_rows)
+
+
+def tile_planes(x: Array, g: PoolGeometry, buf: TileBuffers) -> Array:
+    """planes[i*kw + j, (n, c, y, x)] = x[n, c, y*kh + i, x*kw + j]: two
+    passes, one moving whole rows, one splitting columns."""
+    kh, kw = g.kernel_h, g.kernel_w
+    if kh == 1:
+        rows = x.reshape(1, -1)
+    else:
+        _tile_rows(g, x, buf.rows, True)
+        rows = buf.rows
+    planes = buf.planes.reshape(kh, kw, -1)
+    for i in range(kh):
+        np.copyto(planes[i], rows[i].reshape(-1, kw).T)
+    return buf.planes
+
+
+def max_pool_tiles_forward(
+    x: Array,
+    g: PoolGeometry,
+    out: Array,
+    argmax: npt.NDArray[np.integer] | None,
+    buf: TileBuffers,
+) -> None:
+    """max_pool_forward for tiling windows (pool_tiles): the same sequence
+    of strict `>` comparisons in window order, from -FLT_MAX, so values and
+    first-maximum offsets are the same."""
+    planes = tile_planes(x, g, buf)
+    top = out.reshape(-1)
+    np.fmax(planes[0], buf.floor, out=top)  # state after element 0
+    if argmax is not None:
+        index = argmax.reshape(-1)
+        index[...] = 0
+        step = buf.step
+        # bool as 0/1 bytes: the offset arithmetic stays one byte wide.
+        better = buf.better.view(np.uint8) if step.dtype == np.uint8 else buf.better
+    for k in range(1, planes.shape[0]):
+        v = planes[k]
+        if argmax is not None:
+            np.greater(v, top, out=buf.better)
+            # Offsets grow in window order: a later winner has the larger one.
+            np.multiply(better, step.dtype.type(k), out=step)
+            np.maximum(index, step, out=index)
+        np.fmax(top, v, out=top)
+
+
+def max_pool_tiles_backward(
+    dy: Array,
+    argmax: npt.NDArray[np.integer],
+    g: PoolGeometry,
+    out: Array,
+    buf: TileBuffers,
+) -> None:
+    """max_pool_backward for tiling windows: each window element gets its
+    top diff where it is the argmax, else 0 (no window overlaps another)."""
+    kh, kw = g.kernel_h, g.kernel_w
+    rows = out.reshape(1, -1) if kh == 1 else buf.rows
+    top_diff, index = dy.reshape(-1), argmax.reshape(-1)
+    mask = buf.mask
+    k = 0
+    for i in range(kh):
+        columns = rows[i].reshape(-1, kw)
+        for j in range(kw):
+            np.equal(index, k, out=buf.better)
+            np.copyto(mask, buf.better)
+            np.multiply(top_diff, mask, out=columns[:, j])
+            k += 1
+    if kh > 1:
+        _tile_rows(g, out, buf.rows, False)
 
 
 def argmax_to_caffe_mask(

@@ -259,6 +259,7 @@ def test_gradient_bottom_diff_in_row_pieces(
     # Backward folds the column matrix back a few output rows at a time
     # (one row per piece, or 2 rows with a shorter last piece of 1 row).
     monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: True)
+    monkeypatch.setattr(lowering, "row_shift_ok", lambda g: False)
     monkeypatch.setattr(vision, "COL_PIECE_BYTES", piece_bytes)
     layer = conv_layer("num_output: 2 kernel_size: 2 pad: 1 stride: 1 " + GAUSS)
     rng = np.random.default_rng(8)
@@ -267,6 +268,83 @@ def test_gradient_bottom_diff_in_row_pieces(
     g = layer.geometry
     block = lowering.col2im_row_block(g, 8, piece_bytes)
     assert block == (1 if piece_bytes == 1 else 2) and g.out_h == 5
+
+
+@pytest.mark.parametrize("params,shape", FORWARD_CASES)
+def test_forward_batch_inner_without_row_shift(
+    params: str, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The full batch-inner column matrix (used when stride_h > 1 or
+    # group > 1) on every case, against the direct reference.
+    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: True)
+    monkeypatch.setattr(lowering, "row_shift_ok", lambda g: False)
+    layer = conv_layer(params + " " + GAUSS)
+    bottom, top = run_forward(layer, shape)
+    assert layer.batch_inner and not layer.row_shift
+    p = layer.layer_param.convolution_param
+    bias = layer.blobs[1].data if p.bias_term else None
+    ref = reference_conv(
+        bottom.data, layer.blobs[0].data, bias,
+        layer.stride, layer.pad, layer.dilation, layer.group,
+    )  # fmt: skip
+    np.testing.assert_allclose(top.data, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("params,shape", GRADIENT_CASES)
+def test_gradient_batch_inner_without_row_shift(
+    params: str, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: True)
+    monkeypatch.setattr(lowering, "row_shift_ok", lambda g: False)
+    layer = conv_layer(params + " " + GAUSS)
+    rng = np.random.default_rng(5)
+    bottom, top = make_blob(shape, rng, name="x"), Blob(dtype=np.float64)
+    assert check_gradient(layer, [bottom], [top]) > 0
+    assert layer.batch_inner and not layer.row_shift
+
+
+def test_lenet_lowerings() -> None:
+    # LeNet's conv1 (one channel, large planes): per-image columns; conv2:
+    # batch-inner with the row-shift matrix.
+    for params, shape, inner in (
+        ("num_output: 20 kernel_size: 5", (4, 1, 28, 28), False),
+        ("num_output: 50 kernel_size: 5", (64, 20, 12, 12), True),
+    ):
+        layer = conv_layer(params + " " + GAUSS)
+        bottom = Blob(shape, dtype=np.float32)
+        layer.setup([bottom], [Blob(dtype=np.float32)])
+        assert layer.batch_inner is inner
+        assert layer.row_shift is inner
+
+
+@pytest.mark.parametrize("batch_inner", [False, True])
+def test_float32_lenet_conv_matches_float64_reference(
+    batch_inner: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # float32 end to end (the run-copy im2col, per-image or row-shift
+    # GEMMs): forward, bias/weight diffs and bottom diff close to a float64
+    # computation of the same layer.
+    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: batch_inner)
+    shape = (3, 2, 9, 8)
+    grads = {}
+    for dtype in (np.float32, np.float64):
+        layer = conv_layer("num_output: 4 kernel_size: 3 pad: 1 " + GAUSS)
+        bottom, top = Blob(shape, dtype=dtype), Blob(dtype=dtype)
+        bottom.data[...] = np.random.default_rng(3).normal(size=shape)
+        layer.setup([bottom], [top])
+        if dtype == np.float32:
+            weights = [b.data.astype(np.float64) for b in layer.blobs]
+        else:
+            for blob, w in zip(layer.blobs, weights):
+                blob.data[...] = w
+        layer.forward([bottom], [top])
+        top.diff[...] = np.random.default_rng(4).normal(size=top.shape)
+        layer.backward([top], [True], [bottom])
+        grads[dtype] = (top.data, bottom.diff, *(b.diff for b in layer.blobs))
+        assert layer.row_shift is batch_inner
+    for got, ref in zip(grads[np.float32], grads[np.float64]):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_gradient_two_bottoms() -> None:

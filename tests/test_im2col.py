@@ -163,3 +163,181 @@ def test_argmax_to_caffe_mask() -> None:
     mask = lw.argmax_to_caffe_mask(argmax, g, np.float32)
     # output (1, 1) starts at (1*2 - 1, 1*2 - 1) = (1, 1): element (2, 3)
     assert mask[0, 0, 1, 1] == 2 * 5 + 3
+
+
+# -- per-image columns and the row-shift lowering -------------------------------------
+
+
+@pytest.mark.parametrize("g", GEOMETRIES)
+def test_im2col_per_image_elements(g: ConvGeometry) -> None:
+    # col[n] is Caffe's im2col of image n: row (c, i, j), column (y, x).
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(g.num, g.channels, g.height, g.width))
+    work = np.zeros(lw.padded_shape(g, False)) if g.has_pad else None
+    col = lw.im2col_per_image(x, g, work=work)
+    assert col.shape == (g.num, g.kernel_dim, g.out_h * g.out_w)
+    for n, c, i, j, y, xx in itertools.product(
+        range(g.num), range(g.channels), range(g.kernel_h), range(g.kernel_w),
+        range(g.out_h), range(g.out_w),
+    ):  # fmt: skip
+        h = y * g.stride_h - g.pad_h + i * g.dilation_h
+        w = xx * g.stride_w - g.pad_w + j * g.dilation_w
+        inside = 0 <= h < g.height and 0 <= w < g.width
+        expect = x[n, c, h, w] if inside else 0.0
+        row = (c * g.kernel_h + i) * g.kernel_w + j
+        assert col[n, row, y * g.out_w + xx] == expect
+    # the same numbers as the (K, N*P) batch-outer matrix, image by image
+    flat = lw.im2col(x, g, False).reshape(g.kernel_dim, g.num, -1)
+    np.testing.assert_array_equal(col, flat.transpose(1, 0, 2))
+
+
+@pytest.mark.parametrize("g", GEOMETRIES)
+def test_col2im_per_image_is_adjoint(g: ConvGeometry) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(g.num, g.channels, g.height, g.width))
+    c = rng.normal(size=lw.per_image_shape(g))
+    work = np.full(lw.padded_shape(g, False), 7.0) if g.has_pad else None
+    dx = np.full_like(x, np.nan)  # must be overwritten everywhere
+    lw.col2im_per_image(c, g, dx, work)
+    lhs = np.sum(lw.im2col_per_image(x, g) * c)
+    assert lhs == pytest.approx(np.sum(x * dx), rel=1e-12)
+
+
+def test_im2col_per_image_float32_runs_copy() -> None:
+    # stride_w 1 in float32: the run-copy path (rows as records) on a padded
+    # and an unpadded image, against the strided-window definition.
+    rng = np.random.default_rng(6)
+    for g in (
+        ConvGeometry(3, 2, 9, 8, 3, 2, 2, 1, 1, 2, 1, 2),
+        ConvGeometry(2, 1, 7, 7, 5, 5),
+    ):
+        x = rng.normal(size=(g.num, g.channels, g.height, g.width)).astype(np.float32)
+        work = np.zeros(lw.padded_shape(g, False), np.float32) if g.has_pad else None
+        col = lw.im2col_per_image(x, g, work=work)
+        assert col.dtype == np.float32
+        flat = lw.im2col(x.astype(np.float64), g, False)
+        expect = flat.reshape(g.kernel_dim, g.num, -1).transpose(1, 0, 2)
+        np.testing.assert_array_equal(col, expect.astype(np.float32))
+
+
+ROW_SHIFT_GEOMETRIES = [g for g in GEOMETRIES if lw.row_shift_ok(g)] + [
+    ConvGeometry(3, 2, 6, 7, 2, 3, 1, 2, 1, 0, 1, 2),  # stride_w 2, dilation_w 2
+    ConvGeometry(2, 2, 6, 5, 3, 3, 1, 1, 2, 1),  # pad 2 rows, 1 column
+]
+
+
+@pytest.mark.parametrize("g", ROW_SHIFT_GEOMETRIES)
+def test_row_shift_matches_im2col(g: ConvGeometry) -> None:
+    # Forward, weight gradient and bottom diff through the row-shift matrix
+    # equal the ones through the full batch-inner column matrix.
+    rng = np.random.default_rng(7)
+    m = 3
+    x = rng.normal(size=(g.num, g.channels, g.height, g.width))
+    w = rng.normal(size=(m, g.channels, g.kernel_h, g.kernel_w))
+    dy = rng.normal(size=(m, g.col_cols))
+    col = lw.im2col(x, g, True)
+
+    shifted = np.empty(lw.shifted_shape(g))
+    work = np.zeros(lw.padded_shape(g, True))
+    lw.row_shift_columns(x, g, shifted, work)
+    rows = shifted.reshape(g.padded_h, g.channels, g.kernel_w, g.out_w, g.num)
+    for h, j, xx in itertools.product(
+        range(g.padded_h), range(g.kernel_w), range(g.out_w)
+    ):  # the definition, element by element
+        hh = h - g.pad_h
+        ww = xx * g.stride_w + j * g.dilation_w - g.pad_w
+        inside = 0 <= hh < g.height and 0 <= ww < g.width
+        expect = x[:, :, hh, ww].T if inside else 0.0
+        np.testing.assert_array_equal(rows[h, :, j, xx], expect)
+
+    y = np.full((m, g.col_cols), np.nan)
+    lw.row_shift_forward(lw.row_shift_weights(w), shifted, g, y)
+    np.testing.assert_allclose(y, w.reshape(m, -1) @ col, rtol=1e-12, atol=1e-12)
+
+    dw = lw.row_shift_weight_gemm(dy, shifted, g)
+    np.testing.assert_allclose(
+        dw, (dy @ col.T).reshape(w.shape), rtol=1e-12, atol=1e-12
+    )
+
+    dx = np.full_like(x, np.nan)
+    dy_rows = dy.reshape(m, g.out_h, -1).transpose(1, 0, 2).copy()
+    acc = np.full(lw.padded_shape(g, True), 5.0)  # dirty on purpose
+    sdiff = np.full(lw.shifted_shape(g), np.nan)
+    lw.row_shift_backward_data(w, dy_rows, g, sdiff, acc, dx)
+    expect = lw.col2im(w.reshape(m, -1).T @ dy, g, True)
+    np.testing.assert_allclose(dx, expect, rtol=1e-12, atol=1e-12)
+
+
+def test_row_shift_only_for_vertical_stride_and_dilation_one() -> None:
+    assert lw.row_shift_ok(ConvGeometry(1, 1, 5, 5, 3, 3, 1, 2))
+    assert not lw.row_shift_ok(ConvGeometry(1, 1, 5, 5, 3, 3, 2, 1))
+    assert not lw.row_shift_ok(ConvGeometry(1, 1, 9, 9, 3, 3, 1, 1, 0, 0, 2, 1))
+
+
+# -- pooling over tiling windows ------------------------------------------------------
+
+
+TILE_CASES = [
+    PoolGeometry(2, 3, 6, 8, 2, 2, 2, 2),  # LeNet's 2x2 stride 2
+    PoolGeometry(2, 2, 6, 6, 3, 2, 3, 2),  # non-square
+    PoolGeometry(1, 2, 4, 6, 1, 3, 1, 3),  # one kernel row
+    PoolGeometry(1, 2, 6, 4, 3, 1, 3, 1),  # one kernel column
+    PoolGeometry(1, 1, 17, 17, 17, 17, 17, 17),  # 289 offsets: uint16 argmax
+]
+
+
+def test_pool_tiles_detects_tilings() -> None:
+    for g in TILE_CASES:
+        assert lw.pool_tiles(g)
+    assert not lw.pool_tiles(PoolGeometry(1, 1, 5, 5, 2, 2, 2, 2))  # ceil window
+    assert not lw.pool_tiles(PoolGeometry(1, 1, 6, 6, 3, 3, 2, 2))  # overlap
+    assert not lw.pool_tiles(PoolGeometry(1, 1, 6, 6, 2, 2, 2, 2, 1, 1))  # pad
+
+
+def tricky_values(shape: tuple[int, ...], dtype: type, seed: int) -> np.ndarray:
+    """Few distinct values (many ties), with NaN, -inf and -FLT_MAX."""
+    rng = np.random.default_rng(seed)
+    flt_max = float(np.finfo(np.float32).max)
+    pool = np.array([np.nan, -np.inf, -flt_max, -1.0, 0.0, 0.5, 2.0, np.inf])
+    return rng.choice(
+        pool, size=shape, p=[0.1, 0.1, 0.1, 0.2, 0.2, 0.1, 0.15, 0.05]
+    ).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("g", TILE_CASES)
+def test_tiled_max_pool_matches_general_path(g: PoolGeometry, dtype: type) -> None:
+    # Same values (bitwise, NaN where NaN), same first-maximum offsets and
+    # same bottom diff as the general strided path, on data full of ties.
+    area = g.kernel_h * g.kernel_w
+    index_dtype = np.uint8 if area <= 256 else np.uint16
+    out_shape = (g.num, g.channels, g.out_h, g.out_w)
+    buf = lw.tile_buffers(g, dtype, index_dtype)
+    for seed in range(3):
+        x = tricky_values((g.num, g.channels, g.height, g.width), dtype, seed)
+        top, index = np.empty(out_shape, dtype), np.empty(out_shape, index_dtype)
+        lw.max_pool_tiles_forward(x, g, top, index, buf)
+        ref_top, ref_index = np.empty_like(top), np.empty_like(index)
+        lw.max_pool_forward(x, g, ref_top, ref_index)
+        np.testing.assert_array_equal(top, ref_top)
+        np.testing.assert_array_equal(index, ref_index)
+        no_index = np.empty_like(top)
+        lw.max_pool_tiles_forward(x, g, no_index, None, buf)
+        np.testing.assert_array_equal(no_index, ref_top)
+
+        dy = np.random.default_rng(seed).normal(size=out_shape).astype(dtype)
+        dx = np.full_like(x, np.nan)
+        lw.max_pool_tiles_backward(dy, index, g, dx, buf)
+        ref_dx = np.empty_like(x)
+        lw.max_pool_backward(dy, ref_index, g, ref_dx)
+        np.testing.assert_array_equal(dx, ref_dx)
+
+
+def test_tile_planes_definition() -> None:
+    g = PoolGeometry(2, 2, 6, 6, 3, 2, 3, 2)
+    x = np.arange(2 * 2 * 6 * 6, dtype=np.float64).reshape(2, 2, 6, 6)
+    planes = lw.tile_planes(x, g, lw.tile_buffers(g, np.float64, np.uint8))
+    for i in range(3):
+        for j in range(2):
+            expect = x[:, :, i::3, j::2].reshape(-1)
+            np.testing.assert_array_equal(planes[i * 2 + j], expect)

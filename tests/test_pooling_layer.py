@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from gradient_check import check_gradient
 
+from caffesolve import im2col as lowering
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
 from caffesolve.layers import create_layer
@@ -353,3 +354,59 @@ def test_blob_count_and_shape_errors() -> None:
     layer = pool_layer("kernel_size: 5", name="p")
     with pytest.raises(ShapeError, match="larger than the padded bottom"):
         layer.setup([Blob((1, 1, 4, 4))], [Blob()])
+
+
+# -- the tiling path (kernel == stride, no pad, sizes divisible) ---------------------
+
+
+def lenet_like(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """float32 values with many ties (zeros, as after a ReLU, and repeats),
+    a few NaN and -inf."""
+    rng = np.random.default_rng(seed)
+    x = np.maximum(np.round(rng.normal(size=shape), 1), 0).astype(np.float32)
+    x.reshape(-1)[rng.choice(x.size, x.size // 20, replace=False)] = np.nan
+    x.reshape(-1)[rng.choice(x.size, x.size // 20, replace=False)] = -np.inf
+    return x
+
+
+@pytest.mark.parametrize("phase", [caffe_pb2.TRAIN, caffe_pb2.TEST])
+@pytest.mark.parametrize(
+    "params,shape",
+    [
+        ("kernel_size: 2 stride: 2", (4, 3, 8, 6)),
+        ("kernel_h: 3 kernel_w: 2 stride_h: 3 stride_w: 2", (2, 2, 9, 4)),
+    ],
+)
+def test_tiling_path_matches_general_path_bitwise(
+    params: str, shape: tuple[int, ...], phase: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = []
+    for tiles in (True, False):
+        monkeypatch.setattr(lowering, "pool_tiles", lambda g, t=tiles: t)
+        layer = pool_layer(params, phase=phase)
+        bottom, top, mask = Blob(shape), Blob(), Blob()
+        bottom.data[...] = lenet_like(shape, 0)
+        layer.setup([bottom], [top, mask])
+        layer.forward([bottom], [top, mask])
+        top.diff[...] = np.random.default_rng(1).normal(size=top.shape)
+        bottom.diff[...] = np.nan
+        layer.backward([top, mask], [True], [bottom])
+        plain = Blob(shape)  # one top: backward routes by the argmax
+        layer2 = pool_layer(params, phase=phase)
+        out2 = Blob()
+        plain.data[...] = bottom.data
+        layer2.setup([plain], [out2])
+        layer2.forward([plain], [out2])
+        out2.diff[...] = top.diff
+        layer2.backward([out2], [True], [plain])
+        assert (layer2._tiles(np.float32) is not None) is tiles
+        results.append((top.data, mask.data, bottom.diff, out2.data, plain.diff))
+    for got, ref in zip(*results):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, ref)
+    kernel = (2, 2) if "kernel_size" in params else (3, 2)
+    x = lenet_like(shape, 0).astype(float)
+    ref_top, _, _ = reference_pool(x, kernel, kernel, (0, 0), "MAX")
+    flt_max = float(np.finfo(np.float32).max)
+    ref_top[np.isneginf(ref_top)] = -flt_max  # Caffe starts from -FLT_MAX
+    np.testing.assert_array_equal(results[0][0], ref_top.astype(np.float32))

@@ -2,10 +2,14 @@
 pooling_layer.cpp).
 
 Both keep Caffe's parameters, checks, output sizes and arithmetic; the array
-work lives in caffesolve/im2col.py. Convolution lowers the whole batch into one
-column matrix and runs one GEMM per group (Caffe runs one per image); buffers
-are kept across iterations, and the column matrix built by forward is reused
-by the weight gradient in backward (Caffe rebuilds it from the same bottom).
+work lives in caffesolve/im2col.py. Convolution lowers the whole batch at once,
+in one of three layouts (im2col.py): per-image columns with one stacked GEMM
+call (large planes, LeNet conv1); the row-shift matrix with one GEMM per
+output row (small planes, vertical stride 1, one group: LeNet conv2); or one
+batch-inner column matrix with one GEMM per group otherwise. Results differ
+from Caffe's only in the order of float32 sums. Buffers are kept across
+iterations, and the columns built by forward are reused by the weight
+gradient in backward (Caffe rebuilds them from the same bottom).
 """
 
 from __future__ import annotations
@@ -127,6 +131,48 @@ def conv_data_gemm(w: Array, dy: Array, group: int, out: Array) -> None:
         w.reshape(group, m // group, kg).transpose(0, 2, 1),
         dy.reshape(group, m // group, -1),
         out=out.reshape(group, kg, -1),
+    )
+
+
+def per_image_forward_gemm(w: Array, col: Array, group: int, out: Array) -> None:
+    """out (N, M, P) = W (M, K/group) x col[n] (K, P) for every image n,
+    group by group: forward_cpu_gemm per image, as Caffe runs it."""
+    xp = array_module(w)
+    if group == 1:
+        xp.matmul(w, col, out=out)
+        return
+    m, kg = w.shape
+    n, _, p = col.shape
+    xp.matmul(
+        w.reshape(group, m // group, kg),
+        col.reshape(n, group, kg, p),
+        out=out.reshape(n, group, m // group, p),
+    )
+
+
+def per_image_weight_gemm(dy: Array, col: Array, group: int) -> Array:
+    """dW (M, K/group) = sum over images n of dY[n] (M, P) x col[n]^T,
+    group by group (weight_cpu_gemm, one per image, then added up)."""
+    xp = array_module(dy)
+    n, m, p = dy.shape
+    kg = col.shape[1] // group
+    per_image = xp.matmul(
+        dy.reshape(n, group, m // group, p),
+        col.reshape(n, group, kg, p).transpose(0, 1, 3, 2),
+    )
+    return per_image.sum(axis=0).reshape(m, kg)
+
+
+def per_image_data_gemm(w: Array, dy: Array, group: int, out: Array) -> None:
+    """dcol[n] (K, P) = W^T x dY[n] for every image n, group by group
+    (backward_cpu_gemm)."""
+    xp = array_module(w)
+    m, kg = w.shape
+    n, _, p = dy.shape
+    xp.matmul(
+        w.reshape(group, m // group, kg).transpose(0, 2, 1),
+        dy.reshape(n, group, m // group, p),
+        out=out.reshape(n, group, kg, p),
     )
 
 
@@ -265,6 +311,12 @@ class ConvolutionLayer(Layer):
         if g != self.geometry or len(self._cols) != len(bottom):
             self.geometry = g
             self.batch_inner = lowering.prefer_batch_inner(g, self.num_output)
+            # Batch-inner columns with vertical stride and dilation 1: the
+            # smaller row-shift matrix, one GEMM per output row (im2col.py);
+            # one group only.
+            self.row_shift = (
+                self.batch_inner and self.group == 1 and lowering.row_shift_ok(g)
+            )
             self._buffers = {}
             self._cols = [None] * len(bottom)
             self._col_valid = [False] * len(bottom)
@@ -284,8 +336,14 @@ class ConvolutionLayer(Layer):
         g = self.geometry
         assert g is not None
         col = self._cols[i]
-        if col is None or col.dtype != dtype:
-            col = self.xp.empty((g.kernel_dim, g.col_cols), dtype)
+        if self.row_shift:
+            shape = lowering.shifted_shape(g)
+        elif not self.batch_inner:
+            shape = lowering.per_image_shape(g)
+        else:
+            shape = (g.kernel_dim, g.col_cols)
+        if col is None or col.dtype != dtype or col.shape != shape:
+            col = self.xp.empty(shape, dtype)
             self._cols[i] = col
         return col
 
@@ -297,7 +355,13 @@ class ConvolutionLayer(Layer):
         if g.has_pad or self.batch_inner:
             shape = lowering.padded_shape(g, self.batch_inner)
             work = self._buffer("image", shape, x.dtype)
-        lowering.im2col(x, g, self.batch_inner, out=col, work=work)
+        if self.row_shift:
+            assert work is not None
+            lowering.row_shift_columns(x, g, col, work)
+        elif not self.batch_inner:
+            lowering.im2col_per_image(x, g, out=col, work=work)
+        else:
+            lowering.im2col(x, g, self.batch_inner, out=col, work=work)
         self._col_valid[i] = True
         return col
 
@@ -317,11 +381,28 @@ class ConvolutionLayer(Layer):
         g = self.geometry
         assert g is not None
         w = self.blobs[0].data.reshape(self.num_output, -1)
+        if self.row_shift:
+            w_rows = lowering.row_shift_weights(self.blobs[0].data)
         for i, (b, t) in enumerate(zip(bottom, top)):
             x = self._bottom4(b.data, f"bottom '{b.name}' data")
             col = self._im2col(i, x)
+            if not self.batch_inner:
+                # Per-image GEMMs write the top in NCHW directly.
+                top4 = self._top4(t.data, f"top '{t.name}' data")
+                out = top4.reshape(g.num, self.num_output, -1)
+                per_image_forward_gemm(w, col, self.group, out)
+                if self.bias_term:
+                    # Add a (M, oh*ow) plane of biases: a contiguous add,
+                    # several times faster than broadcasting bias[:, None].
+                    plane = self._buffer("bias_plane", out.shape[1:], x.dtype)
+                    self.xp.copyto(plane, self.blobs[1].data[:, None])
+                    out += plane
+                continue
             y = self._buffer("y", (self.num_output, g.col_cols), x.dtype)
-            conv_forward_gemm(w, col, self.group, y)
+            if self.row_shift:
+                lowering.row_shift_forward(w_rows, col, g, y)
+            else:
+                conv_forward_gemm(w, col, self.group, y)
             if self.bias_term:
                 y += self.blobs[1].data[:, None]
             out = self._top4(t.data, f"top '{t.name}' data")
@@ -335,6 +416,9 @@ class ConvolutionLayer(Layer):
         weight = self.blobs[0]
         w = weight.data.reshape(self.num_output, -1)
         for i, (t, b) in enumerate(zip(top, bottom)):
+            if not self.batch_inner:
+                self._backward_per_image(i, t, propagate_down[i], b)
+                continue
             dtype = b.data.dtype
             dy = self._buffer("dy", (self.num_output, g.col_cols), dtype)
             top_diff = self._top4(t.diff, f"top '{t.name}' diff")
@@ -347,11 +431,46 @@ class ConvolutionLayer(Layer):
                 col = self._cols[i] if self._col_valid[i] else None
                 if col is None:
                     col = self._im2col(i, self._bottom4(b.data, "bottom data"))
-                dw = conv_weight_gemm(dy, col, self.group)
-                weight.diff += dw.reshape(weight.shape)
+                if self.row_shift:
+                    weight.diff += lowering.row_shift_weight_gemm(dy, col, g)
+                else:
+                    dw = conv_weight_gemm(dy, col, self.group)
+                    weight.diff += dw.reshape(weight.shape)
             if propagate_down[i]:
                 bottom_diff = self._bottom4(b.diff, f"bottom '{b.name}' diff")
                 self._backward_data(i, w, dy, bottom_diff)
+
+    def _backward_per_image(
+        self, i: int, t: Blob, propagate_down: bool, b: Blob
+    ) -> None:
+        """Backward with per-image columns: the top diff is already the
+        (N, M, oh*ow) stack the GEMMs read."""
+        g = self.geometry
+        assert g is not None
+        weight = self.blobs[0]
+        w = weight.data.reshape(self.num_output, -1)
+        top_diff = self._top4(t.diff, f"top '{t.name}' diff")
+        dy = top_diff.reshape(g.num, self.num_output, -1)
+        if self.bias_term and self.param_propagate_down[1]:
+            # Caffe's backward_cpu_bias: a GEMV per image with ones.
+            ones = self._buffer("ones", (dy.shape[2],), dy.dtype, fill=1.0)
+            self.blobs[1].diff += self.xp.matmul(dy, ones).sum(axis=0)
+        if self.param_propagate_down[0]:
+            col = self._cols[i] if self._col_valid[i] else None
+            if col is None:
+                col = self._im2col(i, self._bottom4(b.data, "bottom data"))
+            dw = per_image_weight_gemm(dy, col, self.group)
+            weight.diff += dw.reshape(weight.shape)
+        if propagate_down:
+            bottom_diff = self._bottom4(b.diff, f"bottom '{b.name}' diff")
+            self._col_valid[i] = False  # its buffer is reused for the diff
+            dcol = self._col(i, dy.dtype)
+            per_image_data_gemm(w, dy, self.group, dcol)
+            work = None
+            if g.has_pad:
+                shape = lowering.padded_shape(g, False)
+                work = self._buffer("image_diff", shape, dy.dtype)
+            lowering.col2im_per_image(dcol, g, bottom_diff, work)
 
     def _backward_data(self, i: int, w: Array, dy: Array, bottom_diff: Array) -> None:
         """bottom diff = col2im(W^T x dY). With batch-inner columns the column
@@ -360,15 +479,17 @@ class ConvolutionLayer(Layer):
         g = self.geometry
         assert g is not None
         dtype = dy.dtype
-        if not self.batch_inner:
-            self._col_valid[i] = False  # its buffer is reused for the diff
-            dcol = self._col(i, dtype)
-            conv_data_gemm(w, dy, self.group, dcol)
-            work = None
-            if g.has_pad:
-                shape = lowering.padded_shape(g, False)
-                work = self._buffer("image_diff", shape, dtype)
-            lowering.col2im(dcol, g, False, out=bottom_diff, work=work)
+        if self.row_shift:
+            m = self.num_output
+            dy_rows = self._buffer("dy_rows", (g.out_h, m, g.out_w * g.num), dtype)
+            self.xp.copyto(dy_rows, dy.reshape(m, g.out_h, -1).transpose(1, 0, 2))
+            shifted_diff = self._buffer(
+                "shifted_diff", lowering.shifted_shape(g), dtype
+            )
+            acc = self._buffer("image_diff", lowering.padded_shape(g, True), dtype)
+            lowering.row_shift_backward_data(
+                self.blobs[0].data, dy_rows, g, shifted_diff, acc, bottom_diff
+            )
             return
         shape = lowering.padded_shape(g, True)
         acc = self._buffer("image_diff", shape, dtype)
@@ -518,6 +639,7 @@ class PoolingLayer(Layer):
         if g != self.geometry:
             self.geometry = g
             self._buffers = {}
+            self._tile_buffers: lowering.TileBuffers | None = None
             self._argmax_valid = False
             if self.pool == caffe_pb2.PoolingParameter.AVE:
                 divisor = lowering.ave_pool_divisor(g, bottom[0].data.dtype)
@@ -541,13 +663,33 @@ class PoolingLayer(Layer):
         shape = (g.num, g.channels, g.canvas_h, g.canvas_w)
         return self._buffer(name, shape, dtype, fill)
 
+    def _tiles(self, dtype: type) -> lowering.TileBuffers | None:
+        """Buffers of the tiling path (NumPy arrays, windows that tile the
+        bottom: LeNet's 2x2 stride 2), or None for the general path."""
+        g = self.geometry
+        assert g is not None
+        if self.xp is not np or not lowering.pool_tiles(g):
+            return None
+        tiles = self._tile_buffers
+        if tiles is None or tiles.planes.dtype != dtype:
+            area = g.kernel_h * g.kernel_w
+            tiles = lowering.tile_buffers(g, dtype, _argmax_dtype(area))
+            self._tile_buffers = tiles
+        return tiles
+
     def _max_forward(self, x: Array, out: Array, with_argmax: bool) -> None:
         g = self.geometry
         assert g is not None
         argmax = cols = None
+        area = g.kernel_h * g.kernel_w
         if with_argmax:
-            area = g.kernel_h * g.kernel_w
             argmax = self._buffer("argmax", out.shape, _argmax_dtype(area))
+        tiles = self._tiles(x.dtype)
+        if tiles is not None:
+            lowering.max_pool_tiles_forward(x, g, out, argmax, tiles)
+            self._argmax_valid = with_argmax
+            return
+        if with_argmax:
             cols = self._buffer("windows", (area,) + out.shape, x.dtype)
         work = self._canvas("canvas", x.dtype, -np.inf)
         lowering.max_pool_forward(x, g, out, argmax, work, cols)
@@ -590,4 +732,8 @@ class PoolingLayer(Layer):
             scratch = self.xp.empty(top[0].shape, bottom[0].data.dtype)
             self._max_forward(bottom[0].data, scratch, True)
         argmax = self._buffers["argmax"]
+        tiles = self._tiles(dx.dtype)
+        if tiles is not None:
+            lowering.max_pool_tiles_backward(dy, argmax, g, dx, tiles)
+            return
         lowering.max_pool_backward(dy, argmax, g, dx, work)
