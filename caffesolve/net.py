@@ -360,6 +360,10 @@ class Net:
             [(t, w) for t, w in zip(tops, layer.loss) if w]
             for tops, layer in zip(self.top_vecs, self.layers)
         ]
+        # (layer, bottoms, tops, weighted tops): forward_from_to's loop.
+        self._forward_plan = list(
+            zip(self.layers, self.bottom_vecs, self.top_vecs, self._loss_tops)
+        )
         self._log(257, "Network initialization done.")
 
     @classmethod
@@ -768,9 +772,22 @@ class Net:
 
     def forward_from_to(self, start: int, end: int) -> float:
         """Layers start..end inclusive (Caffe's ForwardFromTo); their loss."""
+        if self.debug_info:
+            loss = np.float32(0)
+            for i in range(start, end + 1):
+                loss += np.float32(self.forward_layer(i))
+            return float(loss)
+        # forward_layer without its per-call lookups: the training hot loop.
         loss = np.float32(0)
-        for i in range(start, end + 1):
-            loss += np.float32(self.forward_layer(i))
+        for layer, bottom, top, loss_tops in self._forward_plan[start : end + 1]:
+            layer.reshape(bottom, top)
+            layer.forward(bottom, top)
+            if loss_tops:  # as forward_layer: the layer's loss, then the sum
+                layer_loss = np.float32(0)
+                for blob, weight in loss_tops:
+                    blob.diff[...] = weight
+                    layer_loss += np.dot(blob.data.reshape(-1), blob.diff.reshape(-1))
+                loss += np.float32(float(layer_loss))
         return float(loss)
 
     def forward(self) -> float:

@@ -79,7 +79,9 @@ class _SharedEnv:
                         path,
                         readonly=True,
                         lock=False,
-                        readahead=False,
+                        # records are read in key order, so let the OS
+                        # read ahead (Caffe's default; helps a cold cache)
+                        readahead=True,
                         subdir=subdir,
                     )
                 except lmdb.Error as e:
@@ -113,8 +115,12 @@ class LMDBCursor:
     def next(self) -> None:
         """Caffe's DataLayer::Next: advance, back to the first key at the end."""
         if not self.cursor.next():
-            LOG.info("data_layer.cpp:65", "Restarting data prefetching from start.")
-            self.cursor.first()
+            self.wrap()
+
+    def wrap(self) -> None:
+        """Past the last key: back to the first, as Caffe logs it."""
+        LOG.info("data_layer.cpp:65", "Restarting data prefetching from start.")
+        self.cursor.first()
 
     def skip(self, n: int) -> None:
         """Advance n records (wrapping)."""
@@ -123,10 +129,12 @@ class LMDBCursor:
 
     def read(self, n: int) -> list[bytes]:
         """The next n values in key order, wrapping; the cursor ends past them."""
+        value, advance = self.cursor.value, self.cursor.next
         out = []
         for _ in range(n):
-            out.append(self.cursor.value())
-            self.next()
+            out.append(value())
+            if not advance():
+                self.wrap()
         return out
 
     def seek(self, key: bytes) -> None:
@@ -173,12 +181,9 @@ def decode_datums(
     Every Datum must have the shape of the first (Caffe shapes the batch from
     its first datum and checks the others against it).
     """
-    datums = []
-    for v in values:
-        d = caffe_pb2.Datum()
-        d.ParseFromString(v)
-        datums.append(d)
-    labels = np.fromiter((d.label for d in datums), F32, len(datums))
+    parse = caffe_pb2.Datum.FromString
+    datums = [parse(v) for v in values]
+    labels = np.array([d.label for d in datums], F32)
     first = datums[0]
     if first.encoded:
         images = [decode_image(d.data, force_color, force_gray) for d in datums]
@@ -193,9 +198,9 @@ def decode_datums(
             )
         return np.stack(images), labels
     chw = (first.channels, first.height, first.width)
-    shapes = np.array([(d.channels, d.height, d.width) for d in datums])
-    if (shapes != chw).any():
-        i = int(np.flatnonzero((shapes != chw).any(axis=1))[0])
+    shapes = [(d.channels, d.height, d.width) for d in datums]
+    if shapes.count(chw) != len(shapes):
+        i = next(i for i, shape in enumerate(shapes) if shape != chw)
         raise DataError(
             f"{source}: Datum {i} of the batch is "
             f"{'x'.join(map(str, shapes[i]))}, the first is "

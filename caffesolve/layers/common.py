@@ -110,6 +110,10 @@ class InnerProductLayer(Layer):
             raise self.config_error(f"inner_product_param.axis: {e}") from None
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        shape = bottom[0].data.shape
+        if shape == getattr(self, "_reshaped_for", None):
+            top[0].reshape(self._top_shape)  # the usual case: nothing changed
+            return
         axis = self._axis(bottom[0])
         new_k = bottom[0].count_range(axis)
         if new_k != self.K:
@@ -120,32 +124,60 @@ class InnerProductLayer(Layer):
                 f"but the weights take {self.K}"
             )
         self.M = bottom[0].count_range(0, axis)
-        top[0].reshape(bottom[0].shape[:axis] + (self.num_output,))
+        self._top_shape = bottom[0].shape[:axis] + (self.num_output,)
+        self._reshaped_for = shape
+        top[0].reshape(self._top_shape)
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        """top = x * W^T (+ bias broadcast over the M rows), GEMM straight into
+        top's array (inner_product_layer.cpp Forward_cpu)."""
+        xp = array_module(bottom[0].data)
         x = bottom[0].data.reshape(self.M, self.K)
         w = self.blobs[0].data
-        y = x @ w if self.transpose else x @ w.T
+        out = top[0].data
+        direct = out.flags.c_contiguous  # else a strided view someone set
+        shape = (self.M, self.num_output)
+        y = out.reshape(shape) if direct else xp.empty(shape, out.dtype)
+        xp.matmul(x, w if self.transpose else w.T, out=y)
         if self.bias_term:
             y += self.blobs[1].data
-        top[0].data[...] = y.reshape(top[0].shape)
+        if not direct:
+            out[...] = y.reshape(out.shape)
 
     def backward(
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
     ) -> None:
+        """W diff += dy^T x (x^T dy with `transpose`), bias diff += column sums
+        of dy, bottom diff = dy * W (dy * W^T) (inner_product_layer.cpp)."""
+        xp = array_module(top[0].diff)
         dy = top[0].diff.reshape(self.M, self.num_output)
         x = bottom[0].data.reshape(self.M, self.K)
         if self.param_propagate_down[0]:
+            w_diff = self.blobs[0].diff
+            product = self._scratch(w_diff)
             if self.transpose:
-                self.blobs[0].diff += x.T @ dy
+                xp.matmul(x.T, dy, out=product)
             else:
-                self.blobs[0].diff += dy.T @ x
+                xp.matmul(dy.T, x, out=product)
+            w_diff += product
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
             w = self.blobs[0].data
-            dx = dy @ w.T if self.transpose else dy @ w
-            bottom[0].diff[...] = dx.reshape(bottom[0].shape)
+            w = w.T if self.transpose else w
+            if bottom[0].diff.flags.c_contiguous:
+                xp.matmul(dy, w, out=bottom[0].diff.reshape(self.M, self.K))
+            else:
+                bottom[0].diff[...] = (dy @ w).reshape(bottom[0].shape)
+
+    def _scratch(self, like: Array) -> Array:
+        """A reused buffer shaped like the weight diff, for the GEMM whose
+        result is added to it (Caffe's GEMM with beta = 1)."""
+        buf = getattr(self, "_product", None)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = array_module(like).empty_like(like)
+            self._product = buf
+        return buf
 
 
 # -- view layers: Flatten, Reshape ------------------------------------------------

@@ -139,14 +139,15 @@ def check_labels(
 
 def valid_labels(
     layer: Layer, labels: np.ndarray, ignore_label: int | None, n: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(labels with ignored ones replaced by 0, mask of labels that count);
-    counted labels must lie in [0, n)."""
-    xp = array_module(labels)
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(labels with ignored ones replaced by 0, mask of labels that count, or
+    None when all count); counted labels must lie in [0, n)."""
     if ignore_label is None:
-        valid = xp.ones(labels.shape, bool)
-    else:
-        valid = labels != ignore_label
+        if labels.size and (labels.min() < 0 or labels.max() >= n):
+            check_labels(layer, labels, labels == labels, n)  # names the label
+        return labels, None
+    xp = array_module(labels)
+    valid = labels != ignore_label
     check_labels(layer, labels, valid, n)
     return xp.where(valid, labels, 0), valid
 
@@ -188,6 +189,12 @@ class SoftmaxWithLossLayer(LossLayer):
         self.normalization = normalization_mode(p, Norm.VALID)
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        shapes = (bottom[0].data.shape, bottom[1].data.shape)
+        if shapes == getattr(self, "_reshaped_for", None):
+            top[0].reshape(())  # the usual case: nothing changed
+            if len(top) >= 2:
+                top[1].reshape(shapes[0])
+            return
         super().reshape(bottom, top)
         try:
             self.axis = bottom[0].canonical_axis_index(
@@ -198,29 +205,41 @@ class SoftmaxWithLossLayer(LossLayer):
         self.outer_num, self.inner_num = label_blob_check(self, bottom, self.axis)
         if len(top) >= 2:
             top[1].reshape(bottom[0].shape)
+        self._reshaped_for = shapes
 
-    def _labels(self, bottom: list[Blob]) -> tuple[np.ndarray, np.ndarray]:
+    def _labels(self, bottom: list[Blob]) -> tuple[np.ndarray, np.ndarray | None]:
         """Labels as (outer, 1, inner) ints with ignored ones set to 0, and
-        the (outer, 1, inner) mask of labels that count."""
+        the (outer, 1, inner) mask of labels that count (None: all do)."""
         labels = integer_labels(bottom[1].data).reshape(
             self.outer_num, 1, self.inner_num
         )
         return valid_labels(self, labels, self.ignore_label, bottom[0].shape[self.axis])
 
+    def _label_index(
+        self, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fancy index of prob[i, label[i, j], j] in the (outer, C, inner) view."""
+        xp = array_module(labels)
+        outer = xp.arange(self.outer_num).reshape(-1, 1, 1)
+        inner = xp.arange(self.inner_num).reshape(1, 1, -1)
+        return outer, labels, inner
+
+    def _normalizer(self, valid: np.ndarray | None) -> float:
+        count = -1 if valid is None else int(valid.sum())
+        return get_normalizer(self.normalization, self.outer_num, self.inner_num, count)
+
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         x = bottom[0].data
+        xp = array_module(x)
         self.prob = softmax(x, self.axis)
         prob3 = self.prob.reshape(self.outer_num, -1, self.inner_num)
         labels, valid = self._labels(bottom)
-        xp = array_module(x)
-        p = xp.take_along_axis(prob3, labels, axis=1)
-        logs = xp.log(xp.maximum(p, x.dtype.type(FLT_MIN)))
-        loss = -xp.where(valid, logs, 0).sum(dtype=x.dtype)
-        count = int(valid.sum())
-        normalizer = get_normalizer(
-            self.normalization, self.outer_num, self.inner_num, count
-        )
-        top[0].data[...] = loss / x.dtype.type(normalizer)
+        p = prob3[self._label_index(labels)]
+        logs = xp.log(xp.maximum(p, x.dtype.type(FLT_MIN), out=p), out=p)
+        if valid is not None:
+            logs = xp.where(valid, logs, 0)
+        loss = -logs.sum(dtype=x.dtype)
+        top[0].data[...] = loss / x.dtype.type(self._normalizer(valid))
         if len(top) == 2:
             top[1].data[...] = self.prob
 
@@ -233,19 +252,21 @@ class SoftmaxWithLossLayer(LossLayer):
             )
         if not propagate_down[0]:
             return
-        dx = self.prob.reshape(self.outer_num, -1, self.inner_num).copy()
+        prob3 = self.prob.reshape(self.outer_num, -1, self.inner_num)
+        diff = bottom[0].diff
+        direct = diff.flags.c_contiguous
+        dx = diff.reshape(prob3.shape) if direct else prob3.copy()
+        if direct:
+            dx[...] = prob3
         labels, valid = self._labels(bottom)
-        xp = array_module(dx)
-        classes = xp.arange(dx.shape[1]).reshape(1, -1, 1)
-        dx -= classes == labels  # prob - onehot(label)
-        dx *= valid
-        count = int(valid.sum())
-        normalizer = get_normalizer(
-            self.normalization, self.outer_num, self.inner_num, count
-        )
+        dx[self._label_index(labels)] -= 1  # prob - onehot(label)
+        if valid is not None:
+            dx *= valid
         dtype = dx.dtype.type
-        weight = dtype(top[0].diff.reshape(-1)[0]) / dtype(normalizer)
-        bottom[0].diff[...] = (dx * weight).reshape(bottom[0].shape)
+        weight = dtype(top[0].diff.reshape(-1)[0]) / dtype(self._normalizer(valid))
+        dx *= weight
+        if not direct:
+            diff[...] = dx.reshape(diff.shape)
 
 
 # -- SigmoidCrossEntropyLoss --------------------------------------------------------
@@ -368,13 +389,16 @@ class AccuracyLayer(Layer):
         xp = array_module(scores)
         true_score = xp.take_along_axis(scores, labels, axis=1)
         better = (scores >= true_score).sum(axis=1, keepdims=True) - 1
-        right = (better < self.top_k) & valid
-        count = int(valid.sum())
+        right = better < self.top_k
+        if valid is not None:
+            right &= valid
+        count = right.size if valid is None else int(valid.sum())
         dtype = bottom[0].data.dtype.type
         top[0].data[...] = 0 if count == 0 else dtype(right.sum()) / dtype(count)
         if len(top) > 1:
-            seen = xp.bincount(labels[valid], minlength=num_labels)
-            hits = xp.bincount(labels[right], minlength=num_labels)
+            counted = labels if valid is None else labels[valid]
+            seen = xp.bincount(counted.ravel(), minlength=num_labels)
+            hits = xp.bincount(labels[right].ravel(), minlength=num_labels)
             ratio = hits.astype(dtype) / xp.maximum(seen, 1).astype(dtype)
             top[1].data[...] = xp.where(seen > 0, ratio, 0)
 

@@ -56,15 +56,22 @@ def sigmoid(x: Array) -> Array:
 @register
 class ReLULayer(NeuronLayer):
     """Caffe's ReLU: y = max(x, 0) + negative_slope * min(x, 0);
-    dx = dy * ((x > 0) + negative_slope * (x <= 0)). The (x > 0) mask is
-    kept from forward, so in place works for any negative_slope."""
+    dx = dy * ((x > 0) + negative_slope * (x <= 0)). With negative_slope 0
+    the mask is read off the top (y > 0 exactly where x > 0), so forward
+    allocates nothing; otherwise the (x > 0) mask is kept from forward. In
+    place works either way."""
 
     type = "ReLU"
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         x = bottom[0].data
+        slope = self.layer_param.relu_param.negative_slope
+        if slope == 0:
+            # Backward reads the mask off top: max(x, 0) > 0 exactly where x > 0.
+            array_module(x).maximum(x, x.dtype.type(0), out=top[0].data)
+            return
         self.positive = x > 0
-        top[0].data[...] = relu(x, self.layer_param.relu_param.negative_slope)
+        top[0].data[...] = relu(x, slope)
 
     def backward(
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
@@ -72,11 +79,11 @@ class ReLULayer(NeuronLayer):
         if not propagate_down[0]:
             return
         dy = top[0].diff
+        xp = array_module(dy)
         slope = self.layer_param.relu_param.negative_slope
         if slope == 0:
-            bottom[0].diff[...] = dy * self.positive
+            xp.multiply(dy, top[0].data > 0, out=bottom[0].diff)
         else:
-            xp = array_module(dy)
             factor = xp.where(self.positive, 1, dy.dtype.type(slope))
             bottom[0].diff[...] = dy * factor.astype(dy.dtype, copy=False)
 

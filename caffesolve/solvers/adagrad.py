@@ -15,12 +15,14 @@ def adagrad_update(
     history: npt.NDArray[np.float32],
     local_rate: float,
     delta: float,
+    scratch: npt.NDArray[np.float32] | None = None,
 ) -> None:
     """AdaGrad, in place: history += diff^2;
     diff = local_rate * diff / (sqrt(history) + delta) (adagrad_solver.cpp).
+    `scratch` (shaped like diff) saves allocating the temporary.
     """
-    history += diff * diff
-    update = np.sqrt(history)
+    history += np.multiply(diff, diff, out=scratch)
+    update = np.sqrt(history, out=scratch)
     update += F32(delta)
     np.divide(diff, update, out=update)
     np.multiply(update, F32(local_rate), out=diff)
@@ -44,4 +46,5 @@ class AdaGradSolver(SGDSolver):
             self.history[param_id].data,
             self.local_rate(param_id, rate),
             self.param.delta,
+            self.scratch(param_id),
         )

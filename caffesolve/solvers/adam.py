@@ -28,18 +28,24 @@ def adam_update(
     beta2: float,
     delta: float,
     t: int,
+    scratch: npt.NDArray[np.float32] | None = None,
 ) -> None:
     """Adam, in place (adam_solver.cpp), t = iter + 1:
 
     m = beta1*m + (1-beta1)*diff; v = beta2*v + (1-beta2)*diff^2;
     diff = local_rate * sqrt(1-beta2^t)/(1-beta1^t) * m / (sqrt(v) + delta).
+
+    `scratch` (shaped like diff) saves allocating the temporaries.
     """
     b1, b2 = F32(beta1), F32(beta2)
     m *= b1
-    m += (F32(1) - b1) * diff
+    work = np.multiply(diff, F32(1) - b1, out=scratch)
+    m += work
     v *= b2
-    v += (F32(1) - b2) * (diff * diff)
-    update = np.sqrt(v)
+    np.multiply(diff, diff, out=work)
+    work *= F32(1) - b2
+    v += work
+    update = np.sqrt(v, out=work)
     update += F32(delta)
     np.divide(m, update, out=update)
     step = F32(local_rate) * F32(adam_correction(beta1, beta2, t))
@@ -75,4 +81,5 @@ class AdamSolver(SGDSolver):
             self.param.momentum2,
             self.param.delta,
             self.iter + 1,
+            self.scratch(param_id),
         )

@@ -25,6 +25,7 @@ from google.protobuf import text_format
 
 from caffesolve import log as msg
 from caffesolve import snapshot as snap
+from caffesolve.backend import configure_blas_threads
 from caffesolve.blob import Blob, proto_shape
 from caffesolve.errors import ConfigError, SnapshotError
 from caffesolve.log import LOG, Log
@@ -86,6 +87,9 @@ class Solver:
         self.source = source
         self.log = log
         self.action_function = action_function
+        # BLAS threads: caffesolve.backend's policy (1 unless CAFFESOLVE_THREADS
+        # or OPENBLAS_NUM_THREADS says otherwise), once per process.
+        configure_blas_threads()
         self.log.info(*msg.initializing_solver(text_format.MessageToString(param)))
         self.check_param()
         seed = param.random_seed if param.random_seed >= 0 else None

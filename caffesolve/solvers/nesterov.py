@@ -15,19 +15,27 @@ def nesterov_update(
     history: npt.NDArray[np.float32],
     local_rate: float,
     momentum: float,
+    scratch: npt.NDArray[np.float32] | None = None,
 ) -> None:
     """Nesterov, in place on Caffe's buffers (nesterov_solver.cpp):
 
     h_old = h; h = momentum*h + local_rate*diff;
     diff = (1 + momentum)*h - momentum*h_old.
+
+    `scratch` (shaped like diff) holds h_old; diff holds the temporaries.
     """
     m = F32(momentum)
-    h_old = history.copy()
+    if scratch is None:
+        h_old = history.copy()
+    else:
+        h_old = scratch
+        np.copyto(h_old, history)
     history *= m
-    history += F32(local_rate) * diff
+    diff *= F32(local_rate)
+    history += diff
     h_old *= -m
-    h_old += (F32(1) + m) * history
-    diff[...] = h_old
+    np.multiply(history, F32(1) + m, out=diff)
+    diff += h_old
 
 
 class NesterovSolver(SGDSolver):
@@ -42,4 +50,5 @@ class NesterovSolver(SGDSolver):
             self.history[param_id].data,
             self.local_rate(param_id, rate),
             self.param.momentum,
+            self.scratch(param_id),
         )

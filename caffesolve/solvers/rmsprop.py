@@ -16,14 +16,18 @@ def rmsprop_update(
     local_rate: float,
     rms_decay: float,
     delta: float,
+    scratch: npt.NDArray[np.float32] | None = None,
 ) -> None:
     """RMSProp, in place: history = rms_decay*history + (1-rms_decay)*diff^2;
     diff = local_rate * diff / (sqrt(history) + delta) (rmsprop_solver.cpp).
+    `scratch` (shaped like diff) saves allocating the temporaries.
     """
     decay = F32(rms_decay)
     history *= decay
-    history += (F32(1) - decay) * (diff * diff)
-    update = np.sqrt(history)
+    square = np.multiply(diff, diff, out=scratch)
+    square *= F32(1) - decay
+    history += square
+    update = np.sqrt(history, out=square)
     update += F32(delta)
     np.divide(diff, update, out=update)
     np.multiply(update, F32(local_rate), out=diff)
@@ -50,4 +54,5 @@ class RMSPropSolver(SGDSolver):
             self.local_rate(param_id, rate),
             self.param.rms_decay,
             self.param.delta,
+            self.scratch(param_id),
         )

@@ -27,26 +27,35 @@ def sgd_update(
     history: npt.NDArray[np.float32],
     local_rate: float,
     momentum: float,
+    scratch: npt.NDArray[np.float32] | None = None,
 ) -> None:
     """SGD, in place: history = momentum*history + local_rate*diff;
-    diff = history (sgd_solver.cpp ComputeUpdateValue)."""
+    diff = history (sgd_solver.cpp ComputeUpdateValue). `scratch`, shaped like
+    diff, saves allocating the local_rate*diff temporary."""
     history *= F32(momentum)
-    history += F32(local_rate) * diff
-    diff[...] = history
+    history += np.multiply(diff, F32(local_rate), out=scratch)
+    np.copyto(diff, history)
 
 
 def l2_regularize(
-    diff: npt.NDArray[np.float32], data: npt.NDArray[np.float32], local_decay: float
+    diff: npt.NDArray[np.float32],
+    data: npt.NDArray[np.float32],
+    local_decay: float,
+    scratch: npt.NDArray[np.float32] | None = None,
 ) -> None:
     """L2 weight decay, in place: diff += local_decay * data (sgd_solver.cpp)."""
-    diff += F32(local_decay) * data
+    diff += np.multiply(data, F32(local_decay), out=scratch)
 
 
 def l1_regularize(
-    diff: npt.NDArray[np.float32], data: npt.NDArray[np.float32], local_decay: float
+    diff: npt.NDArray[np.float32],
+    data: npt.NDArray[np.float32],
+    local_decay: float,
+    scratch: npt.NDArray[np.float32] | None = None,
 ) -> None:
     """L1 weight decay, in place: diff += local_decay * sign(data)."""
-    diff += F32(local_decay) * np.sign(data)
+    sign = np.sign(data, out=scratch)
+    diff += np.multiply(sign, F32(local_decay), out=sign)
 
 
 REGULARIZERS = {"L2": l2_regularize, "L1": l1_regularize}
@@ -79,6 +88,16 @@ class SGDSolver(Solver):
             for b in range(self.history_blocks)
             for i, p in enumerate(params)
         ]
+        self._scratch: dict[int, npt.NDArray[np.float32]] = {}
+
+    def scratch(self, param_id: int) -> npt.NDArray[np.float32]:
+        """A work array shaped like learnable param `param_id`, reused by every
+        iteration's update for its temporaries (not solver state: never saved)."""
+        p = self.net.learnable_params[param_id]
+        buf = self._scratch.get(param_id)
+        if buf is None or buf.shape != p.diff.shape or buf.dtype != p.diff.dtype:
+            buf = self._scratch[param_id] = np.empty_like(p.diff)
+        return buf
 
     # -- the update, in Caffe's order ----------------------------------------------
 
@@ -135,12 +154,13 @@ class SGDSolver(Solver):
         if not local_decay:
             return
         kind = self.param.regularization_type
-        if kind not in REGULARIZERS:
+        regularizer = REGULARIZERS.get(kind)
+        if regularizer is None:
             raise self.param_error(
                 "regularization_type", f"Unknown regularization type: {kind}"
             )
         p = self.net.learnable_params[param_id]
-        REGULARIZERS[kind](p.diff, p.data, float(local_decay))
+        regularizer(p.diff, p.data, float(local_decay), self.scratch(param_id))
 
     def local_rate(self, param_id: int, rate: float) -> float:
         """local_rate = rate * lr_mult, in float."""
@@ -153,4 +173,5 @@ class SGDSolver(Solver):
             self.history[param_id].data,
             self.local_rate(param_id, rate),
             self.param.momentum,
+            self.scratch(param_id),
         )

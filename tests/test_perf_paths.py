@@ -1,0 +1,273 @@
+"""Correctness of the fast paths added for issue #6 (no timing here): the BLAS
+threads policy, the update rules with and without their scratch buffers,
+InnerProduct writing through out= buffers, ReLU reading its mask off the
+top, SoftmaxWithLoss with and without ignore_label, and batch decoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from caffesolve import backend
+from caffesolve.blob import Blob
+from caffesolve.data.lmdb_source import decode_datums, mnist_datum_bytes
+from caffesolve.errors import ConfigError, DataError
+from caffesolve.layers import Layer, create_layer
+from caffesolve.proto import caffe_pb2
+from caffesolve.proto.io import parse_prototxt_text
+from caffesolve.solvers.adagrad import adagrad_update
+from caffesolve.solvers.adam import adam_update
+from caffesolve.solvers.nesterov import nesterov_update
+from caffesolve.solvers.rmsprop import rmsprop_update
+from caffesolve.solvers.sgd import l1_regularize, l2_regularize, sgd_update
+
+F32 = np.float32
+
+
+def layer_from(text: str, phase: int = caffe_pb2.TRAIN) -> Layer:
+    param = parse_prototxt_text(text, caffe_pb2.LayerParameter(), "<test>")
+    return create_layer(param, phase, np.random.default_rng(1701))
+
+
+# -- BLAS threads policy ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, 1),
+        ({"CAFFESOLVE_THREADS": "2"}, 2),
+        ({"CAFFESOLVE_THREADS": " 3 ", "OPENBLAS_NUM_THREADS": "1"}, 3),
+        ({"OPENBLAS_NUM_THREADS": "4"}, None),
+        ({"OMP_NUM_THREADS": "2"}, None),
+        ({"OMP_NUM_THREADS": ""}, 1),
+    ],
+)
+def test_threads_policy(environ: dict[str, str], expected: int | None) -> None:
+    assert backend.threads_policy(environ) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_threads_policy_rejects_bad_values(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"CAFFESOLVE_THREADS=.*>= 1"):
+        backend.threads_policy({"CAFFESOLVE_THREADS": value})
+
+
+def test_set_blas_threads_round_trip() -> None:
+    before = backend.blas_threads()
+    if before is None:
+        pytest.skip("NumPy is not linked to OpenBLAS here")
+    try:
+        assert backend.set_blas_threads(1)
+        assert backend.blas_threads() == 1
+        # once chosen explicitly, the policy leaves the count alone
+        assert backend.configure_blas_threads({"CAFFESOLVE_THREADS": "2"}) is None
+        assert backend.blas_threads() == 1
+    finally:
+        backend.set_blas_threads(before)
+    with pytest.raises(ValueError):
+        backend.set_blas_threads(0)
+
+
+# -- update rules: scratch buffers change nothing ---------------------------------
+
+
+def _arrays(seed: int, n: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((7, 5)).astype(F32) for _ in range(n)]
+
+
+def test_sgd_update_matches_formula_with_and_without_scratch() -> None:
+    diff, history, data = _arrays(0)
+    # reference in float64 from the float32 inputs: Caffe's formula
+    h_ref = 0.9 * history.astype(np.float64) + 0.01 * diff.astype(np.float64)
+    results = []
+    for scratch in (None, np.empty_like(diff)):
+        d, h = diff.copy(), history.copy()
+        sgd_update(d, h, 0.01, 0.9, scratch)
+        np.testing.assert_allclose(h, h_ref, rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(d, h)  # diff = history
+        results.append((d, h))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+
+
+@pytest.mark.parametrize("regularize", [l2_regularize, l1_regularize])
+def test_regularizers_same_with_scratch(regularize: object) -> None:
+    diff, _, data = _arrays(1)
+    a, b = diff.copy(), diff.copy()
+    regularize(a, data, 5e-4)  # type: ignore[operator]
+    regularize(b, data, 5e-4, np.empty_like(diff))  # type: ignore[operator]
+    np.testing.assert_array_equal(a, b)
+    sign = np.sign(data) if regularize is l1_regularize else data
+    np.testing.assert_allclose(a, diff + F32(5e-4) * sign, rtol=1e-6)
+
+
+def test_adaptive_updates_same_with_scratch() -> None:
+    diff, h1, h2 = _arrays(2)
+    h1, h2 = np.abs(h1), np.abs(h2)
+    cases = [
+        (lambda d, h, g, s: nesterov_update(d, h, 0.01, 0.9, s), False),
+        (lambda d, h, g, s: adagrad_update(d, h, 0.01, 1e-8, s), False),
+        (lambda d, h, g, s: rmsprop_update(d, h, 0.01, 0.98, 1e-8, s), False),
+        (lambda d, h, g, s: adam_update(d, h, g, 0.01, 0.9, 0.999, 1e-8, 3, s), True),
+    ]
+    for update, _ in cases:
+        out = []
+        for scratch in (None, np.empty_like(diff)):
+            d, a, b = diff.copy(), h1.copy(), h2.copy()
+            update(d, a, b, scratch)
+            out.append((d, a, b))
+        for x, y in zip(*out):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_nesterov_formula() -> None:
+    diff, history, _ = _arrays(3)
+    h64 = history.astype(np.float64)
+    h_new = 0.9 * h64 + 0.01 * diff.astype(np.float64)
+    expected = 1.9 * h_new - 0.9 * h64
+    d, h = diff.copy(), history.copy()
+    nesterov_update(d, h, 0.01, 0.9, np.empty_like(d))
+    np.testing.assert_allclose(h, h_new, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(d, expected, rtol=1e-5, atol=1e-6)
+
+
+# -- InnerProduct through out= ----------------------------------------------------
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_inner_product_forward_backward_reference(transpose: bool) -> None:
+    layer = layer_from(
+        'name: "ip" type: "InnerProduct" inner_product_param { num_output: 4 '
+        f"transpose: {str(transpose).lower()} "
+        'weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } }'
+    )
+    rng = np.random.default_rng(5)
+    bottom, top = Blob((3, 2, 5)), Blob()
+    bottom.data[...] = rng.standard_normal(bottom.shape)
+    layer.setup([bottom], [top])
+    layer.forward([bottom], [top])
+    x = bottom.data.reshape(3, 10).astype(np.float64)
+    w = layer.blobs[0].data.astype(np.float64)
+    w_nk = w.T if transpose else w
+    b = layer.blobs[1].data.astype(np.float64)
+    np.testing.assert_allclose(top.data, x @ w_nk.T + b, rtol=1e-5, atol=1e-5)
+    top.diff[...] = rng.standard_normal(top.shape)
+    bottom.diff[...] = 123.0  # overwritten, not accumulated
+    layer.blobs[0].diff[...] = 1.0  # accumulated
+    layer.blobs[1].diff[...] = 2.0
+    layer.backward([top], [True], [bottom])
+    dy = top.diff.astype(np.float64)
+    dw = dy.T @ x
+    np.testing.assert_allclose(
+        layer.blobs[0].diff, 1.0 + (dw.T if transpose else dw), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(layer.blobs[1].diff, 2.0 + dy.sum(0), rtol=1e-5)
+    np.testing.assert_allclose(
+        bottom.diff.reshape(3, 10), dy @ w_nk, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_inner_product_top_replaced_by_strided_view() -> None:
+    layer = layer_from(
+        'name: "ip" type: "InnerProduct" inner_product_param { num_output: 3 '
+        'weight_filler { type: "constant" value: 1 } }'
+    )
+    bottom, top = Blob((2, 4)), Blob()
+    bottom.data[...] = np.arange(8).reshape(2, 4)
+    layer.setup([bottom], [top])
+    backing = np.zeros((3, 2), F32)
+    top.data = backing.T  # not C-contiguous: the layer must still fill it
+    layer.forward([bottom], [top])
+    np.testing.assert_array_equal(backing.T, [[6, 6, 6], [22, 22, 22]])
+
+
+# -- ReLU mask read off the top ------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_relu_backward_uses_top(in_place: bool) -> None:
+    layer = layer_from('name: "relu" type: "ReLU"')
+    x = np.array([[-2.0, -0.0, 0.0, 1e-30, 3.0]], F32)
+    bottom = Blob(x.shape)
+    bottom.data[...] = x
+    top = bottom if in_place else Blob()
+    layer.setup([bottom], [top])
+    layer.forward([bottom], [top])
+    np.testing.assert_array_equal(top.data, np.array([[0, 0, 0, 1e-30, 3]], F32))
+    top.diff[...] = [[1, 2, 3, 4, 5]]
+    layer.backward([top], [True], [bottom])
+    np.testing.assert_array_equal(bottom.diff, [[0, 0, 0, 4, 5]])
+
+
+# -- SoftmaxWithLoss ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ignore", [None, 2])
+def test_softmax_with_loss_hand_reference(ignore: int | None) -> None:
+    extra = "" if ignore is None else f"loss_param {{ ignore_label: {ignore} }}"
+    layer = layer_from(f'name: "loss" type: "SoftmaxWithLoss" {extra}')
+    x = np.array([[1.0, 2.0, 3.0], [0.5, 0.5, 0.0], [3.0, 1.0, 1.0]], F32)
+    labels = np.array([2, 0, 2], F32)
+    data, label, top = Blob(x.shape), Blob((3,)), Blob()
+    data.data[...], label.data[...] = x, labels
+    layer.setup([data, label], [top])
+    top.diff[...] = 1.0
+    layer.forward([data, label], [top])
+    x64 = x.astype(np.float64)
+    prob = np.exp(x64) / np.exp(x64).sum(1, keepdims=True)
+    counted = [i for i in range(3) if ignore is None or labels[i] != ignore]
+    loss = -sum(np.log(prob[i, int(labels[i])]) for i in counted) / len(counted)
+    assert float(top.data) == pytest.approx(loss, rel=1e-6)
+    layer.backward([top], [True, False], [data, label])
+    expected = prob.copy()
+    for i in range(3):
+        if i in counted:
+            expected[i, int(labels[i])] -= 1
+        else:
+            expected[i] = 0
+    np.testing.assert_allclose(data.diff, expected / len(counted), atol=1e-7)
+
+
+def test_softmax_with_loss_label_out_of_range_named() -> None:
+    layer = layer_from('name: "loss" type: "SoftmaxWithLoss"')
+    data, label, top = Blob((2, 3)), Blob((2,)), Blob()
+    label.data[...] = [1, 3]
+    layer.setup([data, label], [top])
+    with pytest.raises(DataError, match=r"layer 'loss'.*label value 3 out of range"):
+        layer.forward([data, label], [top])
+
+
+# -- batch decoding -----------------------------------------------------------------
+
+
+def test_decode_datums_batch_and_shape_mismatch() -> None:
+    imgs = np.arange(2 * 6, dtype=np.uint8).reshape(2, 2, 3)
+    values = [mnist_datum_bytes(im, i + 4) for i, im in enumerate(imgs)]
+    data, labels = decode_datums(values, "db")
+    np.testing.assert_array_equal(data, imgs[:, None])
+    np.testing.assert_array_equal(labels, [4, 5])
+    assert labels.dtype == F32
+    odd = mnist_datum_bytes(np.zeros((3, 2), np.uint8), 0)
+    with pytest.raises(DataError, match=r"db: Datum 2 of the batch is 1x3x2"):
+        decode_datums([*values, odd], "db")
+
+
+def test_bench_lenet_imports(tmp_path: Path) -> None:
+    """The benchmark's net builder falls back to Input layers without LMDBs."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import bench_lenet
+    finally:
+        sys.path.pop(0)
+    param, where = bench_lenet.lenet_net_param(tmp_path, 16, 10)
+    assert "Input" in where or "random" in where
+    inputs = [lp for lp in param.layer if lp.type == "Input"]
+    assert [list(lp.input_param.shape[0].dim) for lp in inputs] == [
+        [16, 1, 28, 28],
+        [10, 1, 28, 28],
+    ]
