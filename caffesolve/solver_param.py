@@ -285,7 +285,8 @@ UNIMPLEMENTED_FIELDS = (
     (
         "debug_info",
         lambda p: p.debug_info,
-        "per-layer data/diff statistics are not logged",
+        "the [Forward] and [Backward] statistics are logged, the per-param "
+        "[Update] lines are not",
     ),
 )
 
@@ -293,7 +294,7 @@ UNIMPLEMENTED_FIELDS = (
 def warn_unimplemented(param: SolverParameter, source: str = "<solver>") -> list[str]:
     """Log one warning per set field in UNIMPLEMENTED_FIELDS; return the texts."""
     messages = [
-        f"{source}: {name} is not implemented by caffesolve; {instead}"
+        f"{source}: {name} is only partly implemented by caffesolve: {instead}"
         for name, is_set, instead in UNIMPLEMENTED_FIELDS
         if is_set(param)
     ]

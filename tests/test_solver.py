@@ -3,6 +3,7 @@ and test_gradient_based_solver.cpp: smoothed loss, test nets, actions."""
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -235,3 +236,26 @@ def test_step_policy_current_step_is_saved(tmp_path: Path) -> None:
     solver, text = run_logged(param)
     assert solver.current_step == 2  # set at iteration 6: 6 // 3
     assert "Iteration 6, lr = 0.001" in text
+
+
+def test_debug_info_logs_forward_backward_at_display_iterations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Caffe: net_->set_debug_info(display && param_.debug_info()).
+    buffer = io.StringIO()
+    monkeypatch.setattr(LOG, "streams", [buffer])
+    monkeypatch.setattr(LOG, "quiet", False)
+    param = generic(max_iter=4, display=2, debug_info=True)
+    param.ClearField("test_iter")
+    param.test_interval = 0
+    run_logged(param)
+    text = buffer.getvalue()
+    # one warning for the part of debug_info caffesolve leaves out
+    assert len(re.findall(r"^W.*debug_info .*\[Update\]", text, re.M)) == 1
+    # iterations 0 and 2 display, 1 and 3 do not: each line appears twice
+    forward = re.findall(r"\[Forward\] Layer (\S+), top blob (\S+) data: (\S+)", text)
+    half = len(forward) // 2
+    assert half and [f[:2] for f in forward[:half]] == [f[:2] for f in forward[half:]]
+    assert all(float(v) >= 0 for *_, v in forward)
+    backward = re.findall(r"\[Backward\] All net params", text)
+    assert len(backward) == 2

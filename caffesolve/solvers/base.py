@@ -121,6 +121,7 @@ class Solver:
         from caffesolve import solver_param as sp
 
         sp.validate_solver(self.param, self.source)
+        sp.warn_unimplemented(self.param, self.source)
 
     def init_train_net(self) -> Net:
         """Caffe's InitTrainNet (solver_param.train_net_spec), then `weights`."""
@@ -219,6 +220,7 @@ class Solver:
                 if self.requested_early_exit:
                     break
             display = bool(p.display) and self.iter % p.display == 0
+            self.net.debug_info = display and p.debug_info
             loss = F32(0)
             for _ in range(p.iter_size):
                 loss += F32(self.net.forward_backward())
