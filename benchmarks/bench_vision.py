@@ -1,7 +1,7 @@
 """ms per forward and backward of LeNet's vision layers at batch 64.
 
     python benchmarks/bench_vision.py [--batch 64] [--runs 50] [--dtype float32]
-                                      [--threads 1,2]
+                                      [--threads 1] [--workers 1,2]
 
 (with caffesolve installed, or PYTHONPATH=. from the repository root).
 
@@ -9,7 +9,7 @@ Times conv1 (64x1x28x28 -> 20, kernel 5), pool1 (MAX 2/2), conv2 (20 -> 50,
 kernel 5 on 12x12) and pool2 as LeNet's lenet_train_test.prototxt builds them,
 in the TRAIN phase (pooling keeps its argmax). conv1's backward skips the
 bottom diff, as in a net whose first layer reads the data. For each BLAS
-thread count (set with threadpoolctl, installed with numpy's usual extras),
+thread count (set through OpenBLAS) and caffesolve worker count (run_parallel),
 runs of all layers are interleaved so load on a shared machine hits them
 alike; prints the median and minimum of --runs per layer and pass, and for
 the convolutions the time of Caffe's GEMMs alone at the same shapes (one
@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from caffesolve import backend
 from caffesolve.blob import Blob
 from caffesolve.layers import create_layer
 from caffesolve.layers.base import Layer
@@ -101,15 +102,16 @@ def gemm_only(layer: Layer, dtype: type, with_data: bool) -> Callable[[], None]:
 
 @contextlib.contextmanager
 def blas_threads(n: int) -> Iterator[bool]:
-    """Limit BLAS to n threads for the block; yields False (and changes
-    nothing) when threadpoolctl is missing."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
+    """Limit BLAS to n threads for the block (caffesolve.backend's OpenBLAS
+    call); yields False (and changes nothing) when NumPy has no OpenBLAS."""
+    before = backend.blas_threads()
+    if before is None or not backend.set_blas_threads(n):
         yield False
         return
-    with threadpool_limits(limits=n, user_api="blas"):
+    try:
         yield True
+    finally:
+        backend.set_blas_threads(before)
 
 
 def measure(built: dict, runs: int, dtype: type) -> dict[str, list[float]]:
@@ -133,8 +135,8 @@ def measure(built: dict, runs: int, dtype: type) -> dict[str, list[float]]:
     return times
 
 
-def report(times: dict[str, list[float]], threads: int) -> None:
-    print(f"  {threads} BLAS thread(s)      median      min")
+def report(times: dict[str, list[float]], threads: int, workers: int) -> None:
+    print(f"  {threads} BLAS thread(s), {workers} worker(s)   median      min")
     total = total_min = 0.0
     for key, values in times.items():
         ms, best = statistics.median(values), min(values)
@@ -150,7 +152,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--threads", default="1,2", help="BLAS thread counts")
+    parser.add_argument("--threads", default="1", help="BLAS thread counts")
+    parser.add_argument(
+        "--workers", default="1,2", help="caffesolve worker thread counts"
+    )
     args = parser.parse_args()
     dtype = np.dtype(args.dtype).type
     built = {}
@@ -172,8 +177,11 @@ def main() -> None:
     for threads in (int(t) for t in args.threads.split(",")):
         with blas_threads(threads) as limited:
             if not limited:
-                print("  (threadpoolctl missing: BLAS threads left as they are)")
-            report(measure(built, args.runs, dtype), threads)
+                print("  (no OpenBLAS: BLAS threads left as they are)")
+            for workers in (int(w) for w in args.workers.split(",")):
+                backend.set_workers(workers)
+                report(measure(built, args.runs, dtype), threads, workers)
+            backend.set_workers(None)
 
 
 if __name__ == "__main__":

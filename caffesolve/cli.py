@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from caffesolve import __version__
+from caffesolve.backend import configure_blas_threads
 from caffesolve.errors import CaffesolveError
 
 
@@ -42,6 +43,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    configure_blas_threads()  # backend.py's thread policy, for every command
 
 
 _set_option = click.option(

@@ -481,13 +481,20 @@ def row_shift_weights(w: Array) -> Array:
 
 
 def row_shift_forward(
-    w_rows: Array, shifted: Array, g: ConvGeometry, out: Array
+    w_rows: Array,
+    shifted: Array,
+    g: ConvGeometry,
+    out: Array,
+    first_row: int = 0,
+    stop_row: int | None = None,
 ) -> None:
     """out (M, oh*ow*N), columns (y, x, n) = W x column matrix: one GEMM per
-    output row y, of depth kh*C*kw (Caffe's forward GEMM, split by columns)."""
+    output row y, of depth kh*C*kw (Caffe's forward GEMM, split by columns).
+    Only output rows first_row .. stop_row - 1 when given (each row's GEMM
+    is the same either way, so pieces may run on separate threads)."""
     xp = array_module(out)
     width = shifted.shape[2]
-    for y in range(g.out_h):
+    for y in range(first_row, g.out_h if stop_row is None else stop_row):
         block = shifted[y : y + g.kernel_h].reshape(-1, width)
         xp.matmul(w_rows, block, out=out[:, y * width : (y + 1) * width])
 

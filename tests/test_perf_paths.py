@@ -1,7 +1,9 @@
 """Correctness of the fast paths added for issue #6 (no timing here): the BLAS
-threads policy, the update rules with and without their scratch buffers,
-InnerProduct writing through out= buffers, ReLU reading its mask off the
-top, SoftmaxWithLoss with and without ignore_label, and batch decoding."""
+and worker threads policy, the worker pieces of Convolution and InnerProduct
+(bit for bit the results of the inline path), the update rules with and
+without their scratch buffers, InnerProduct writing through out= buffers,
+ReLU reading its mask off the top, SoftmaxWithLoss with and without
+ignore_label, and batch decoding."""
 
 from __future__ import annotations
 
@@ -38,8 +40,9 @@ def layer_from(text: str, phase: int = caffe_pb2.TRAIN) -> Layer:
     ("environ", "expected"),
     [
         ({}, 1),
-        ({"CAFFESOLVE_THREADS": "2"}, 2),
-        ({"CAFFESOLVE_THREADS": " 3 ", "OPENBLAS_NUM_THREADS": "1"}, 3),
+        # CAFFESOLVE_THREADS counts worker threads; BLAS keeps 1 thread
+        ({"CAFFESOLVE_THREADS": "2"}, 1),
+        ({"CAFFESOLVE_THREADS": " 3 ", "OPENBLAS_NUM_THREADS": "1"}, None),
         ({"OPENBLAS_NUM_THREADS": "4"}, None),
         ({"OMP_NUM_THREADS": "2"}, None),
         ({"OMP_NUM_THREADS": ""}, 1),
@@ -271,3 +274,218 @@ def test_bench_lenet_imports(tmp_path: Path) -> None:
         [16, 1, 28, 28],
         [10, 1, 28, 28],
     ]
+
+
+# -- worker threads: the split paths give the same bits as the inline ones --------
+
+
+@pytest.mark.parametrize(
+    ("environ", "cpus", "expected"),
+    [
+        ({}, 2, 2),
+        ({}, 8, 2),
+        ({}, 1, 1),
+        ({}, None, 1),
+        ({"CAFFESOLVE_THREADS": "3"}, 2, 3),
+    ],
+)
+def test_workers_policy(
+    environ: dict[str, str], cpus: int | None, expected: int
+) -> None:
+    assert backend.workers_policy(environ, cpus) == expected
+
+
+def test_workers_policy_rejects_bad_values() -> None:
+    with pytest.raises(ConfigError, match=r"CAFFESOLVE_THREADS='0'"):
+        backend.workers_policy({"CAFFESOLVE_THREADS": "0"}, 2)
+
+
+@pytest.fixture
+def two_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers, and every piece of work big enough to be split."""
+    monkeypatch.setattr(backend, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(backend, "STARVED_INLINE_CALLS", 0)
+    monkeypatch.setattr(backend, "_inline_calls", 0)
+    backend.set_workers(2)
+    yield
+    backend.set_workers(None)
+
+
+def test_split_range() -> None:
+    assert backend.split_range(7, 2) == [(0, 3), (3, 7)]
+    assert backend.split_range(1, 2) == [(0, 1)]
+    assert backend.split_range(5, 1) == [(0, 5)]
+
+
+def test_run_parallel_uses_a_worker_and_keeps_order(two_workers: None) -> None:
+    import threading
+
+    here = threading.get_ident()
+    started = threading.Event()
+
+    def first() -> int:
+        assert started.wait(10)  # the worker runs the second piece meanwhile
+        return threading.get_ident()
+
+    def second() -> int:
+        started.set()
+        return threading.get_ident()
+
+    ids = backend.run_parallel([first, second])
+    assert ids[0] == here and ids[1] != here
+    assert backend.run_parallel([lambda: 1, lambda: 2, lambda: 3]) == [1, 2, 3]
+
+    def boom() -> int:
+        raise ValueError("piece failed")
+
+    with pytest.raises(ValueError, match="piece failed"):
+        backend.run_parallel([lambda: 1, boom])
+
+
+def test_run_parallel_inline_with_one_worker() -> None:
+    import threading
+
+    backend.set_workers(1)
+    try:
+        here = threading.get_ident()
+        assert backend.run_parallel([threading.get_ident] * 2) == [here, here]
+        assert backend.parallel_parts(1 << 30, 2) == 1
+    finally:
+        backend.set_workers(None)
+    with pytest.raises(ValueError):
+        backend.set_workers(0)
+
+
+def _run_layer(
+    text: str, shapes: list[tuple[int, ...]], workers: int, propagate: bool
+) -> list[np.ndarray]:
+    """Forward and backward of a fresh layer (same seeds every time) with
+    `workers` threads: top data, bottom diffs and param diffs, twice (the
+    second pass reuses the layer's buffers)."""
+    backend.set_workers(workers)
+    try:
+        layer = layer_from(text)
+        rng = np.random.default_rng(5)
+        bottom = [Blob(s) for s in shapes]
+        for b in bottom:
+            b.data[...] = rng.standard_normal(b.shape).astype(F32)
+        top = [Blob() for _ in range(len(bottom))]
+        layer.setup(bottom, top)
+        out = []
+        for _ in range(2):
+            layer.forward(bottom, top)
+            for t in top:
+                t.diff[...] = rng.standard_normal(t.shape).astype(F32)
+            layer.backward(top, [propagate] * len(bottom), bottom)
+            out += [t.data.copy() for t in top]
+            if propagate:
+                out += [b.diff.copy() for b in bottom]
+            out += [p.diff.copy() for p in layer.blobs]
+        return out
+    finally:
+        backend.set_workers(None)
+
+
+CONV = """name: "c" type: "Convolution" convolution_param {{ num_output: {m} {extra}
+  weight_filler {{ type: "gaussian" std: 0.1 }}
+  bias_filler {{ type: "gaussian" std: 0.1 }} }}"""
+
+
+@pytest.mark.parametrize(
+    ("m", "extra", "shape"),
+    [
+        (20, "kernel_size: 5", (9, 1, 28, 28)),  # LeNet conv1: per-image columns
+        (50, "kernel_size: 5", (9, 20, 12, 12)),  # LeNet conv2: row shift
+        (6, "kernel_size: 3 pad: 1", (5, 3, 16, 16)),  # padded per-image
+        (8, "kernel_size: 3 pad: 1 group: 2", (7, 4, 6, 6)),  # batch inner
+        (5, "kernel_size: 3 stride: 2", (7, 3, 7, 7)),  # batch inner, stride 2
+    ],
+)
+@pytest.mark.parametrize("propagate", [True, False])
+def test_convolution_two_workers_bitwise_equal(
+    two_workers: None, m: int, extra: str, shape: tuple[int, ...], propagate: bool
+) -> None:
+    text = CONV.format(m=m, extra=extra)
+    inline = _run_layer(text, [shape], 1, propagate)
+    split = _run_layer(text, [shape], 2, propagate)
+    assert len(inline) == len(split)
+    for a, b in zip(inline, split):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("transpose", ["false", "true"])
+@pytest.mark.parametrize("shape", [(64, 50, 4, 4), (7, 13)])
+def test_inner_product_two_workers_bitwise_equal(
+    two_workers: None, transpose: str, shape: tuple[int, ...]
+) -> None:
+    text = f"""name: "ip" type: "InnerProduct" inner_product_param {{
+        num_output: 500 transpose: {transpose}
+        weight_filler {{ type: "xavier" }}
+        bias_filler {{ type: "gaussian" std: 0.1 }} }}"""
+    inline = _run_layer(text, [shape], 1, True)
+    split = _run_layer(text, [shape], 2, True)
+    for a, b in zip(inline, split):
+        assert np.array_equal(a, b)
+
+
+def test_cli_applies_the_thread_policy(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from caffesolve.cli import cli
+
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('base_lr: 0.01 lr_policy: "fixed" max_iter: 10\n')
+    result = CliRunner().invoke(
+        cli, ["lr-schedule", str(solver)], env={"CAFFESOLVE_THREADS": "0"}
+    )
+    assert result.exit_code == 1
+    assert "CAFFESOLVE_THREADS='0'" in result.output
+
+
+def test_run_parallel_runs_unstarted_pieces_itself(two_workers: None) -> None:
+    """With the one worker held up, the calling thread takes the queued
+    piece (else the worker would wait for it for ever)."""
+    import threading
+
+    here = threading.get_ident()
+    released = threading.Event()
+
+    def held_worker() -> bool:
+        return released.wait(10)
+
+    def queued() -> int:
+        released.set()
+        return threading.get_ident()
+
+    result = backend.run_parallel([lambda: 0, held_worker, queued])
+    assert result == [0, True, here]
+
+
+def test_run_parallel_goes_inline_for_a_while_when_starved(
+    two_workers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker much slower than the calling thread (STARVED_IN_A_ROW times)
+    means a busy machine: the next STARVED_INLINE_CALLS calls run inline,
+    then the workers again."""
+    import threading
+    import time
+
+    monkeypatch.setattr(backend, "STARVED_INLINE_CALLS", 2)
+    monkeypatch.setattr(backend, "STARVED_IN_A_ROW", 1)
+    here = threading.get_ident()
+    started = threading.Event()
+
+    def slow() -> int:
+        started.set()
+        time.sleep(0.05)
+        return threading.get_ident()
+
+    def fast() -> int:
+        assert started.wait(10)
+        return 0
+
+    assert backend.run_parallel([fast, slow])[1] != here
+    for _ in range(2):
+        assert backend.run_parallel([fast, slow])[1] == here
+    started.clear()
+    assert backend.run_parallel([fast, slow])[1] != here

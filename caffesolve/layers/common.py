@@ -5,10 +5,17 @@ softmax layers).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import numpy as np
 import numpy.typing as npt
 
-from caffesolve.backend import array_module
+from caffesolve.backend import (
+    array_module,
+    parallel_parts,
+    run_parallel,
+)
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
 from caffesolve.fillers import fill
@@ -51,6 +58,15 @@ class SplitLayer(Layer):
         out[...] = top[0].diff
         for t in top[1:]:
             out += t.diff
+
+
+def inner_product_rows(x: Array, wt: Array, bias: Array | None, out: Array) -> None:
+    """out (rows, N) = x (rows, K) x W^T (K, N) + bias: some rows of Caffe's
+    InnerProduct forward GEMM (inner_product_layer.cpp)."""
+    xp = array_module(x)
+    xp.matmul(x, wt, out=out)
+    if bias is not None:
+        out += bias
 
 
 def fill_blob(
@@ -138,9 +154,14 @@ class InnerProductLayer(Layer):
         direct = out.flags.c_contiguous  # else a strided view someone set
         shape = (self.M, self.num_output)
         y = out.reshape(shape) if direct else xp.empty(shape, out.dtype)
-        xp.matmul(x, w if self.transpose else w.T, out=y)
-        if self.bias_term:
-            y += self.blobs[1].data
+        # One GEMM for the whole batch: OpenBLAS picks its kernels by the
+        # matrix sizes, so halves of the batch would not give the same bits.
+        inner_product_rows(
+            x,
+            w if self.transpose else w.T,
+            self.blobs[1].data if self.bias_term else None,
+            y,
+        )
         if not direct:
             out[...] = y.reshape(out.shape)
 
@@ -148,27 +169,44 @@ class InnerProductLayer(Layer):
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
     ) -> None:
         """W diff += dy^T x (x^T dy with `transpose`), bias diff += column sums
-        of dy, bottom diff = dy * W (dy * W^T) (inner_product_layer.cpp)."""
-        xp = array_module(top[0].diff)
+        of dy, bottom diff = dy * W (dy * W^T) (inner_product_layer.cpp). The
+        weight and the bottom diff GEMMs run on separate workers."""
         dy = top[0].diff.reshape(self.M, self.num_output)
         x = bottom[0].data.reshape(self.M, self.K)
+        pieces: list[Callable[[], None]] = []
         if self.param_propagate_down[0]:
-            w_diff = self.blobs[0].diff
-            product = self._scratch(w_diff)
-            if self.transpose:
-                xp.matmul(x.T, dy, out=product)
-            else:
-                xp.matmul(dy.T, x, out=product)
-            w_diff += product
+            pieces.append(partial(self._backward_weight, dy, x))
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
-            w = self.blobs[0].data
-            w = w.T if self.transpose else w
-            if bottom[0].diff.flags.c_contiguous:
-                xp.matmul(dy, w, out=bottom[0].diff.reshape(self.M, self.K))
-            else:
-                bottom[0].diff[...] = (dy @ w).reshape(bottom[0].shape)
+            pieces.append(partial(self._backward_data, dy, bottom[0]))
+        if parallel_parts(x.nbytes + self.blobs[0].data.nbytes, 2) > 1:
+            run_parallel(pieces)
+        else:
+            for piece in pieces:
+                piece()
+
+    def _backward_weight(self, dy: Array, x: Array) -> None:
+        """W diff += dy^T x (x^T dy with `transpose`), through a scratch
+        product (Caffe's GEMM with beta = 1)."""
+        xp = array_module(dy)
+        w_diff = self.blobs[0].diff
+        product = self._scratch(w_diff)
+        if self.transpose:
+            xp.matmul(x.T, dy, out=product)
+        else:
+            xp.matmul(dy.T, x, out=product)
+        w_diff += product
+
+    def _backward_data(self, dy: Array, b: Blob) -> None:
+        """bottom diff = dy * W (dy * W^T with `transpose`)."""
+        xp = array_module(dy)
+        w = self.blobs[0].data
+        w = w.T if self.transpose else w
+        if b.diff.flags.c_contiguous:
+            xp.matmul(dy, w, out=b.diff.reshape(self.M, self.K))
+        else:
+            b.diff[...] = (dy @ w).reshape(b.shape)
 
     def _scratch(self, like: Array) -> Array:
         """A reused buffer shaped like the weight diff, for the GEMM whose

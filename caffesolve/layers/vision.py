@@ -10,17 +10,31 @@ batch-inner column matrix with one GEMM per group otherwise. Results differ
 from Caffe's only in the order of float32 sums. Buffers are kept across
 iterations, and the columns built by forward are reused by the weight
 gradient in backward (Caffe rebuilds them from the same bottom).
+
+With more than one worker thread (caffesolve.backend.run_parallel), the
+convolution runs in independent pieces: forward by halves of the batch
+(per-image columns) or of the output rows (row shift), backward the weight
+and the data gradient side by side. Each piece writes its own outputs with
+the same GEMMs as the inline path, so results are the same bit for bit.
+Pooling stays inline: measured on 2 cores, splitting it was slower.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
 
 from caffesolve import im2col as lowering
-from caffesolve.backend import array_module
+from caffesolve.backend import (
+    array_module,
+    parallel_parts,
+    run_parallel,
+    split_range,
+)
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
 from caffesolve.im2col import ConvGeometry, PoolGeometry
@@ -150,16 +164,27 @@ def per_image_forward_gemm(w: Array, col: Array, group: int, out: Array) -> None
     )
 
 
+def per_image_weight_products(dy: Array, col: Array, group: int, out: Array) -> None:
+    """out[n] (group, M/group, K/group) = dY[n] (M, P) x col[n]^T for every
+    image n, group by group: Caffe's weight_cpu_gemm of each image."""
+    xp = array_module(dy)
+    n, m, p = dy.shape
+    kg = col.shape[1] // group
+    xp.matmul(
+        dy.reshape(n, group, m // group, p),
+        col.reshape(n, group, kg, p).transpose(0, 1, 3, 2),
+        out=out,
+    )
+
+
 def per_image_weight_gemm(dy: Array, col: Array, group: int) -> Array:
     """dW (M, K/group) = sum over images n of dY[n] (M, P) x col[n]^T,
     group by group (weight_cpu_gemm, one per image, then added up)."""
     xp = array_module(dy)
-    n, m, p = dy.shape
+    n, m, _ = dy.shape
     kg = col.shape[1] // group
-    per_image = xp.matmul(
-        dy.reshape(n, group, m // group, p),
-        col.reshape(n, group, kg, p).transpose(0, 1, 3, 2),
-    )
+    per_image = xp.empty((n, group, m // group, kg), dy.dtype)
+    per_image_weight_products(dy, col, group, per_image)
     return per_image.sum(axis=0).reshape(m, kg)
 
 
@@ -174,6 +199,24 @@ def per_image_data_gemm(w: Array, dy: Array, group: int, out: Array) -> None:
         dy.reshape(n, group, m // group, p),
         out=out.reshape(n, group, kg, p),
     )
+
+
+def _row_shift_rows(
+    w_rows: Array,
+    shifted: Array,
+    g: ConvGeometry,
+    bias: Array | None,
+    out: Array,
+    first_row: int,
+    stop_row: int,
+) -> None:
+    """Output rows first_row .. stop_row - 1 of the row-shift forward GEMM,
+    plus the bias (M, 1): one piece of the forward, writing its own columns
+    of `out`."""
+    lowering.row_shift_forward(w_rows, shifted, g, out, first_row, stop_row)
+    if bias is not None:
+        width = shifted.shape[2]
+        out[:, first_row * width : stop_row * width] += bias
 
 
 def _nchw(a: Array, shape: tuple[int, int, int, int], what: str) -> Array:
@@ -385,28 +428,59 @@ class ConvolutionLayer(Layer):
             w_rows = lowering.row_shift_weights(self.blobs[0].data)
         for i, (b, t) in enumerate(zip(bottom, top)):
             x = self._bottom4(b.data, f"bottom '{b.name}' data")
-            col = self._im2col(i, x)
             if not self.batch_inner:
-                # Per-image GEMMs write the top in NCHW directly.
-                top4 = self._top4(t.data, f"top '{t.name}' data")
-                out = top4.reshape(g.num, self.num_output, -1)
-                per_image_forward_gemm(w, col, self.group, out)
-                if self.bias_term:
-                    # Add a (M, oh*ow) plane of biases: a contiguous add,
-                    # several times faster than broadcasting bias[:, None].
-                    plane = self._buffer("bias_plane", out.shape[1:], x.dtype)
-                    self.xp.copyto(plane, self.blobs[1].data[:, None])
-                    out += plane
+                self._forward_per_image(i, x, t, w)
                 continue
+            col = self._im2col(i, x)
             y = self._buffer("y", (self.num_output, g.col_cols), x.dtype)
+            bias = self.blobs[1].data[:, None] if self.bias_term else None
             if self.row_shift:
-                lowering.row_shift_forward(w_rows, col, g, y)
+                # Halves of the output rows on the workers: each row is its
+                # own GEMM into its own block of y.
+                parts = parallel_parts(y.nbytes, g.out_h)
+                run_parallel(
+                    [
+                        partial(_row_shift_rows, w_rows, col, g, bias, y, y0, y1)
+                        for y0, y1 in split_range(g.out_h, parts)
+                    ]
+                )
             else:
                 conv_forward_gemm(w, col, self.group, y)
-            if self.bias_term:
-                y += self.blobs[1].data[:, None]
+                if bias is not None:
+                    y += bias
             out = self._top4(t.data, f"top '{t.name}' data")
             lowering.columns_to_nchw(y, g.num, self.batch_inner, out)
+
+    def _forward_per_image(self, i: int, x: Array, t: Blob, w: Array) -> None:
+        """Forward with per-image columns: im2col, the GEMMs and the bias for
+        halves of the batch on the workers (every image is independent); the
+        GEMMs write the top in NCHW directly."""
+        g = self.geometry
+        assert g is not None
+        col = self._col(i, x.dtype)
+        work = None
+        if g.has_pad:
+            work = self._buffer("image", lowering.padded_shape(g, False), x.dtype)
+        top4 = self._top4(t.data, f"top '{t.name}' data")
+        out = top4.reshape(g.num, self.num_output, -1)
+        plane = None
+        if self.bias_term:
+            # Add a (M, oh*ow) plane of biases: a contiguous add, several
+            # times faster than broadcasting bias[:, None].
+            plane = self._buffer("bias_plane", out.shape[1:], x.dtype)
+            self.xp.copyto(plane, self.blobs[1].data[:, None])
+
+        def images(n0: int, n1: int) -> None:
+            part = dataclasses.replace(g, num=n1 - n0)
+            part_work = None if work is None else work[n0:n1]
+            lowering.im2col_per_image(x[n0:n1], part, col[n0:n1], part_work)
+            per_image_forward_gemm(w, col[n0:n1], self.group, out[n0:n1])
+            if plane is not None:
+                out[n0:n1] += plane
+
+        parts = parallel_parts(col.nbytes, g.num)
+        run_parallel([partial(images, n0, n1) for n0, n1 in split_range(g.num, parts)])
+        self._col_valid[i] = True
 
     def backward(
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
@@ -427,24 +501,41 @@ class ConvolutionLayer(Layer):
                 # Caffe's backward_cpu_bias: a GEMV of top diff with ones.
                 ones = self._buffer("ones", (g.col_cols,), dtype, fill=1.0)
                 self.blobs[1].diff += self.xp.matmul(dy, ones)
+            # The weight and the data gradient read the same dY and write
+            # different arrays: one on each worker.
+            pieces: list[Callable[[], None]] = []
+            if propagate_down[i]:
+                bottom_diff = self._bottom4(b.diff, f"bottom '{b.name}' diff")
+                pieces.append(partial(self._backward_data, i, w, dy, bottom_diff))
             if self.param_propagate_down[0]:
                 col = self._cols[i] if self._col_valid[i] else None
                 if col is None:
                     col = self._im2col(i, self._bottom4(b.data, "bottom data"))
-                if self.row_shift:
-                    weight.diff += lowering.row_shift_weight_gemm(dy, col, g)
-                else:
-                    dw = conv_weight_gemm(dy, col, self.group)
-                    weight.diff += dw.reshape(weight.shape)
-            if propagate_down[i]:
-                bottom_diff = self._bottom4(b.diff, f"bottom '{b.name}' diff")
-                self._backward_data(i, w, dy, bottom_diff)
+                pieces.append(partial(self._backward_weight, dy, col))
+            if parallel_parts(dy.nbytes, 2) > 1:
+                run_parallel(pieces)
+            else:
+                for piece in pieces:
+                    piece()
+
+    def _backward_weight(self, dy: Array, col: Array) -> None:
+        """weight diff += dY x col^T (batch-inner columns)."""
+        g = self.geometry
+        assert g is not None
+        weight = self.blobs[0]
+        if self.row_shift:
+            weight.diff += lowering.row_shift_weight_gemm(dy, col, g)
+        else:
+            dw = conv_weight_gemm(dy, col, self.group)
+            weight.diff += dw.reshape(weight.shape)
 
     def _backward_per_image(
         self, i: int, t: Blob, propagate_down: bool, b: Blob
     ) -> None:
         """Backward with per-image columns: the top diff is already the
-        (N, M, oh*ow) stack the GEMMs read."""
+        (N, M, oh*ow) stack the GEMMs read. The per-image weight products
+        (halves of the batch, or all of them beside the data gradient) run
+        on the workers and are summed afterwards in image order."""
         g = self.geometry
         assert g is not None
         weight = self.blobs[0]
@@ -455,22 +546,47 @@ class ConvolutionLayer(Layer):
             # Caffe's backward_cpu_bias: a GEMV per image with ones.
             ones = self._buffer("ones", (dy.shape[2],), dy.dtype, fill=1.0)
             self.blobs[1].diff += self.xp.matmul(dy, ones).sum(axis=0)
+        pieces: list[Callable[[], None]] = []
+        products = None
         if self.param_propagate_down[0]:
             col = self._cols[i] if self._col_valid[i] else None
             if col is None:
                 col = self._im2col(i, self._bottom4(b.data, "bottom data"))
-            dw = per_image_weight_gemm(dy, col, self.group)
-            weight.diff += dw.reshape(weight.shape)
+            m, kg = self.num_output // self.group, col.shape[1] // self.group
+            shape = (g.num, self.group, m, kg)
+            products = self._buffer("weight_products", shape, dy.dtype)
+            parts = 1 if propagate_down else parallel_parts(col.nbytes, g.num)
+            for n0, n1 in split_range(g.num, parts):
+                pieces.append(
+                    partial(
+                        per_image_weight_products,
+                        dy[n0:n1],
+                        col[n0:n1],
+                        self.group,
+                        products[n0:n1],
+                    )
+                )
         if propagate_down:
             bottom_diff = self._bottom4(b.diff, f"bottom '{b.name}' diff")
-            self._col_valid[i] = False  # its buffer is reused for the diff
-            dcol = self._col(i, dy.dtype)
-            per_image_data_gemm(w, dy, self.group, dcol)
+            if products is not None:
+                dcol = self._buffer("dcol", lowering.per_image_shape(g), dy.dtype)
+            else:
+                self._col_valid[i] = False  # its buffer is reused for the diff
+                dcol = self._col(i, dy.dtype)
             work = None
             if g.has_pad:
                 shape = lowering.padded_shape(g, False)
                 work = self._buffer("image_diff", shape, dy.dtype)
-            lowering.col2im_per_image(dcol, g, bottom_diff, work)
+
+            def data_gradient() -> None:
+                per_image_data_gemm(w, dy, self.group, dcol)
+                lowering.col2im_per_image(dcol, g, bottom_diff, work)
+
+            pieces.insert(0, data_gradient)
+        run_parallel(pieces)
+        if products is not None:
+            dw = products.sum(axis=0).reshape(weight.shape)
+            weight.diff += dw
 
     def _backward_data(self, i: int, w: Array, dy: Array, bottom_diff: Array) -> None:
         """bottom diff = col2im(W^T x dY). With batch-inner columns the column

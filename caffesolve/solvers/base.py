@@ -87,8 +87,9 @@ class Solver:
         self.source = source
         self.log = log
         self.action_function = action_function
-        # BLAS threads: caffesolve.backend's policy (1 unless CAFFESOLVE_THREADS
-        # or OPENBLAS_NUM_THREADS says otherwise), once per process.
+        # Threads: caffesolve.backend's policy, once per process (BLAS at 1
+        # thread unless OPENBLAS_NUM_THREADS/OMP_NUM_THREADS say otherwise;
+        # CAFFESOLVE_THREADS workers split the big GEMMs).
         configure_blas_threads()
         self.log.info(*msg.initializing_solver(text_format.MessageToString(param)))
         self.check_param()
