@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from caffesolve.backend import blas_threads, set_blas_threads  # noqa: E402
+from caffesolve.backend import blas_threads, set_blas_threads, workers  # noqa: E402
 from caffesolve.data.lmdb_source import lmdb_exists  # noqa: E402
 from caffesolve.log import LOG  # noqa: E402
 from caffesolve.net import Net, time_net  # noqa: E402
@@ -182,7 +182,8 @@ def headline(
     if torch_ok:
         from torch_lenet import TorchLeNet
 
-        n = threads or blas_threads() or os.cpu_count() or 1
+        # torch gets as many threads as caffesolve uses cores (BLAS or workers)
+        n = threads or max(blas_threads() or 1, workers())
         for label, cl in (("torch default", False), ("torch channels_last", True)):
             m = TorchLeNet(64, 100, n, channels_last=cl)
             contenders[label] = (m.train_step, m.test_forward)
@@ -199,7 +200,7 @@ def headline(
             tests[name] += [test_fn() for _ in range(max(1, per_round // 2))]
     result = {}
     print(
-        f"\nthreads: BLAS {blas_threads()}"
+        f"\nthreads: BLAS {blas_threads()}, caffesolve workers {workers()}"
         + (f", torch {n}" if torch_ok else "")
         + f"  ({args.rounds} rounds x {per_round} iterations, medians)"
     )
