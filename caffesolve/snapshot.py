@@ -20,7 +20,6 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,7 @@ import numpy as np
 
 from caffesolve.errors import ConfigError, SnapshotError
 from caffesolve.proto import caffe_pb2
-from caffesolve.proto.io import atomic_write_bytes, read_binaryproto
+from caffesolve.proto.io import atomic_write, atomic_write_bytes, read_binaryproto
 
 if TYPE_CHECKING:
     from caffesolve.net import Net
@@ -115,29 +114,9 @@ def write_model(
     """The learned blobs of `net`: binary NetParameter (Net.to_proto), or for
     `.h5` Caffe's HDF5 layout (Net.to_hdf5); atomic either way."""
     if is_hdf5(path):
-        atomic_write_with(path, lambda tmp: net.to_hdf5(tmp, write_diff))
+        atomic_write(path, lambda tmp: net.to_hdf5(tmp, write_diff))
     else:
         atomic_write_bytes(path, net.to_proto(write_diff).SerializeToString())
-
-
-def atomic_write_with(
-    path: str | os.PathLike[str], write: Callable[[str], None]
-) -> None:
-    """Let `write` fill a temporary file beside `path`, then rename it over
-    `path`; on any failure the temporary file is removed and `path` is as it
-    was."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def load_weights(net: Net, path: str | os.PathLike[str]) -> None:

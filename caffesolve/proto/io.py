@@ -13,6 +13,7 @@ import difflib
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -99,14 +100,16 @@ def read_binaryproto(path: str | os.PathLike[str], message: M) -> M:
     return message
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` to `path` via a temporary file and rename: all or nothing."""
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
+    """Let `write(tmp)` fill a temporary file beside `path`, fsync it, then
+    rename it over `path`: all or nothing. On any failure the temporary file is
+    removed and `path` is as it was."""
     p = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, p)
     except BaseException:
@@ -115,6 +118,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to `path` atomically (atomic_write)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_binaryproto(path: str | os.PathLike[str], message: Message) -> None:
