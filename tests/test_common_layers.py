@@ -166,6 +166,28 @@ def test_flatten_not_in_place() -> None:
         layer_from('name: "f" type: "Flatten"').setup([b], [b])
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        'type: "Split"',
+        'type: "Flatten"',
+        'type: "Reshape" reshape_param { shape { dim: -1 } }',
+        'type: "AbsVal"',
+    ],
+)
+def test_layers_refusing_in_place_say_so_in_caffes_words(text: str) -> None:
+    b = Blob((2, 3))
+    layer_type = text.split('"')[1]
+    with pytest.raises(ConfigError) as e:
+        layer_from(f'name: "x" {text}').setup([b], [b])
+    assert str(e.value) == (
+        f"layer 'x' ({layer_type}): {layer_type} Layer does not allow in-place "
+        "computation."
+    )
+    out = Blob()
+    layer_from(f'name: "x" {text}').setup([b], [out])  # out of place is fine
+
+
 # -- Reshape ----------------------------------------------------------------------
 
 RESHAPE = 'name: "r" type: "Reshape" reshape_param { shape { %s } %s }'

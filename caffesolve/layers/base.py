@@ -38,6 +38,8 @@ class Layer:
     auto_top_blobs: ClassVar[bool] = False
     # Loss layers weigh their first top by 1 unless loss_weight says otherwise.
     is_loss: ClassVar[bool] = False
+    # False for layers whose top must not be their bottom (Split, Flatten...).
+    allow_in_place: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -70,6 +72,10 @@ class Layer:
     def setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         """Caffe's Layer::SetUp."""
         self.check_blob_counts(bottom, top)
+        if not self.allow_in_place and any(t is b for t in top for b in bottom):
+            raise self.config_error(
+                f"{self.layer_param.type} Layer does not allow in-place computation."
+            )
         self.layer_setup(bottom, top)
         self.reshape(bottom, top)
         self.set_loss_weights(top)

@@ -33,15 +33,12 @@ class SplitLayer(Layer):
     a blob feeds several layers."""
 
     type = "Split"
+    allow_in_place = False
     exact_num_bottom_blobs = 1
     min_top_blobs = 1
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         for t in top:
-            if t is bottom[0]:
-                raise self.config_error(
-                    "Split Layer does not allow in-place computation."
-                )
             t.reshape(bottom[0].shape)
             t.share_data(bottom[0])
 
@@ -240,14 +237,11 @@ class FlattenLayer(Layer):
     one; top's data and diff are views of the bottom's."""
 
     type = "Flatten"
+    allow_in_place = False
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
-        if top[0] is bottom[0]:
-            raise self.config_error(
-                "Flatten Layer does not allow in-place computation."
-            )
         p = self.layer_param.flatten_param
         b = bottom[0]
         try:
@@ -327,14 +321,9 @@ class ReshapeLayer(Layer):
     infer) over axes [axis, axis + num_axes); data and diff are shared."""
 
     type = "Reshape"
+    allow_in_place = False
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
-
-    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
-        if top[0] is bottom[0]:
-            raise self.config_error(
-                "Reshape Layer does not allow in-place computation."
-            )
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.layer_param.reshape_param

@@ -170,10 +170,7 @@ class AbsValLayer(NeuronLayer):
     """Caffe's AbsVal: y = |x|; dx = sign(x) * dy; not in place."""
 
     type = "AbsVal"
-
-    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
-        if top[0] is bottom[0]:
-            raise self.config_error("AbsVal Layer does not allow in-place computation.")
+    allow_in_place = False
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         xp = array_module(bottom[0].data)
