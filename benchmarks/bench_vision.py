@@ -2,6 +2,7 @@
 
     python benchmarks/bench_vision.py [--batch 64] [--runs 50] [--dtype float32]
                                       [--threads 1] [--workers 1,2]
+                                      [--kernels compiled,numpy]
 
 (with caffesolve installed, or PYTHONPATH=. from the repository root).
 
@@ -14,7 +15,9 @@ runs of all layers are interleaved so load on a shared machine hits them
 alike; prints the median and minimum of --runs per layer and pass, and for
 the convolutions the time of Caffe's GEMMs alone at the same shapes (one
 forward, weight and data GEMM on a full column matrix: the floor for an
-im2col lowering).
+im2col lowering). --kernels repeats everything with the compiled kernels
+(caffesolve/kernels.py: MAX pooling 2x2/2 forward) and with the NumPy paths
+they replace.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from caffesolve import backend
+from caffesolve import backend, kernels
 from caffesolve.blob import Blob
 from caffesolve.layers import create_layer
 from caffesolve.layers.base import Layer
@@ -135,8 +138,11 @@ def measure(built: dict, runs: int, dtype: type) -> dict[str, list[float]]:
     return times
 
 
-def report(times: dict[str, list[float]], threads: int, workers: int) -> None:
-    print(f"  {threads} BLAS thread(s), {workers} worker(s)   median      min")
+def report(
+    times: dict[str, list[float]], threads: int, workers: int, paths: str
+) -> None:
+    print(f"  {threads} BLAS thread(s), {workers} worker(s), {paths}")
+    print(f"    {'':<18} {'median':>8} {'min':>8}")
     total = total_min = 0.0
     for key, values in times.items():
         ms, best = statistics.median(values), min(values)
@@ -155,6 +161,11 @@ def main() -> None:
     parser.add_argument("--threads", default="1", help="BLAS thread counts")
     parser.add_argument(
         "--workers", default="1,2", help="caffesolve worker thread counts"
+    )
+    parser.add_argument(
+        "--kernels",
+        default="compiled,numpy",
+        help="compiled (numba kernels) and/or numpy (the NumPy paths)",
     )
     args = parser.parse_args()
     dtype = np.dtype(args.dtype).type
@@ -180,8 +191,15 @@ def main() -> None:
                 print("  (no OpenBLAS: BLAS threads left as they are)")
             for workers in (int(w) for w in args.workers.split(",")):
                 backend.set_workers(workers)
-                report(measure(built, args.runs, dtype), threads, workers)
+                for paths in args.kernels.split(","):
+                    kernels.use_numpy(paths == "numpy")
+                    if paths == "compiled" and not kernels.enabled():
+                        print("  (numba is not installed: no compiled kernels)")
+                        continue
+                    times = measure(built, args.runs, dtype)
+                    report(times, threads, workers, f"{paths} paths")
             backend.set_workers(None)
+            kernels.use_numpy(None)
 
 
 if __name__ == "__main__":

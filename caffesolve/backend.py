@@ -76,7 +76,8 @@ _GET_THREADS = (
 
 def _openblas_functions(names: tuple[str, ...]) -> list[Any]:
     """`names`' first match in each OpenBLAS this process has loaded (Linux:
-    found in /proc/self/maps); [] elsewhere or if none is loaded."""
+    found in /proc/self/maps), in the order of `names`; [] elsewhere or if
+    none is loaded."""
     paths: list[str] = []
     try:
         with open("/proc/self/maps") as maps:
@@ -92,12 +93,15 @@ def _openblas_functions(names: tuple[str, ...]) -> list[Any]:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for name in names:
+        for rank, name in enumerate(names):
             fn = getattr(lib, name, None)
             if fn is not None:
-                found.append(fn)
+                found.append((rank, fn))
                 break
-    return found
+    # NumPy's own (the 64-bit interface, first in `names`) before others,
+    # e.g. SciPy's, which numba loads when it compiles a kernel.
+    found.sort(key=lambda item: item[0])
+    return [fn for _, fn in found]
 
 
 def blas_threads() -> int | None:

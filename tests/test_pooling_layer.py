@@ -10,6 +10,7 @@ import pytest
 from gradient_check import check_gradient
 
 from caffesolve import im2col as lowering
+from caffesolve import kernels
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
 from caffesolve.layers import create_layer
@@ -410,3 +411,74 @@ def test_tiling_path_matches_general_path_bitwise(
     flt_max = float(np.finfo(np.float32).max)
     ref_top[np.isneginf(ref_top)] = -flt_max  # Caffe starts from -FLT_MAX
     np.testing.assert_array_equal(results[0][0], ref_top.astype(np.float32))
+
+
+# -- the compiled 2x2 kernel (kernels.py) ----------------------------------------
+
+
+def pool_2x2_all_paths(x: np.ndarray, phase: int) -> list[tuple[np.ndarray, ...]]:
+    """Forward (top, mask top) and backward (bottom diff, through the argmax
+    and through the mask) of 2x2 stride-2 MAX pooling, with the compiled
+    kernel and with the NumPy path."""
+    results = []
+    try:
+        for numpy_path in (False, True):
+            kernels.use_numpy(numpy_path)
+            layer = pool_layer("kernel_size: 2 stride: 2", phase=phase)
+            assert layer is not None
+            bottom = Blob(x.shape, dtype=x.dtype)
+            bottom.data[...] = x
+            top, mask = Blob(dtype=x.dtype), Blob(dtype=x.dtype)
+            layer.setup([bottom], [top])
+            layer.forward([bottom], [top])
+            assert layer._compiled_2x2(bottom.data, top.data) is not numpy_path
+            top.diff[...] = np.random.default_rng(2).normal(size=top.shape)
+            bottom.diff[...] = np.nan
+            layer.backward([top], [True], [bottom])
+            masked = pool_layer("kernel_size: 2 stride: 2", phase=phase)
+            masked_top = Blob(dtype=x.dtype)
+            masked.setup([bottom], [masked_top, mask])
+            masked.forward([bottom], [masked_top, mask])
+            results.append((top.data.copy(), mask.data.copy(), bottom.diff.copy()))
+    finally:
+        kernels.use_numpy(None)
+    return results
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("phase", [caffe_pb2.TRAIN, caffe_pb2.TEST])
+def test_compiled_2x2_kernel_is_caffes_loop(phase: int, dtype: type) -> None:
+    # numba is a dependency, so the kernel path is the one that runs here.
+    assert kernels.enabled()
+    shape = (4, 3, 8, 10)
+    x = lenet_like(shape, 3).astype(dtype)
+    x[0, 0, :2, :2] = [[0.0, -0.0], [-0.0, -1.0]]  # +0 first: Caffe keeps it
+    x[0, 0, :2, 2:4] = [[-0.0, 0.0], [0.0, 0.0]]  # -0 first: Caffe keeps -0
+    x[0, 1, :2, :2] = np.nan  # an all-NaN window stays at -FLT_MAX
+    compiled, numpy_path = pool_2x2_all_paths(x, phase)
+    top, mask, dx = compiled
+    dy = np.random.default_rng(2).normal(size=top.shape)
+    ref_top, ref_mask, _ = reference_pool(
+        x.astype(float), (2, 2), (2, 2), (0, 0), "MAX"
+    )
+    flt_max = float(np.finfo(np.float32).max)
+    none_won = ref_mask < 0  # all NaN or -inf
+    assert none_won[0, 1, 0, 0]
+    ref_top[none_won] = -flt_max  # Caffe starts from -FLT_MAX
+    # and the diff goes to the window's first element
+    oy, ox = np.nonzero(none_won)[2:]
+    ref_mask[none_won] = 2 * oy * shape[3] + 2 * ox
+    np.testing.assert_array_equal(top, ref_top.astype(dtype))
+    assert np.signbit(top[0, 0, 0, :2]).tolist() == [False, True]
+    np.testing.assert_array_equal(mask, ref_mask)
+    # Each top diff lands on its window's maximum (windows do not overlap).
+    ref_dx = np.zeros(shape)
+    planes = ref_dx.reshape(shape[0], shape[1], -1)
+    np.put_along_axis(
+        planes, ref_mask.reshape(shape[0], shape[1], -1).astype(int),
+        dy.reshape(shape[0], shape[1], -1), axis=2,
+    )  # fmt: skip
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-6, atol=0)
+    for got, other in zip(compiled, numpy_path):
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, other)

@@ -16,7 +16,9 @@ convolution runs in independent pieces: forward by halves of the batch
 (per-image columns) or of the output rows (row shift), backward the weight
 and the data gradient side by side. Each piece writes its own outputs with
 the same GEMMs as the inline path, so results are the same bit for bit.
-Pooling stays inline: measured on 2 cores, splitting it was slower.
+MAX pooling forward over 2x2 windows with stride 2 (LeNet's, VGG's) runs a
+compiled kernel (caffesolve/kernels.py); pooling stays inline (measured on
+2 cores, splitting it was no faster).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from caffesolve import im2col as lowering
+from caffesolve import kernels
 from caffesolve.backend import (
     array_module,
     parallel_parts,
@@ -636,6 +639,21 @@ def _argmax_dtype(window: int) -> type:
     return np.uint32
 
 
+def _max_pool_2x2(
+    x: Array, g: PoolGeometry, out: Array, argmax: npt.NDArray[np.integer] | None
+) -> None:
+    """MAX forward with the compiled 2x2 kernel (kernels.py), inline: split
+    between the workers it was no faster (benchmarks/bench_vision.py)."""
+    planes = g.num * g.channels
+    x3 = x.reshape(planes, g.height, g.width)
+    out3 = out.reshape(planes, g.out_h, g.out_w)
+    if argmax is None:
+        kernels.compiled(kernels.max_pool_2x2)(x3, out3)
+    else:
+        a3 = argmax.reshape(out3.shape)
+        kernels.compiled(kernels.max_pool_2x2_argmax)(x3, out3, a3)
+
+
 @register
 class PoolingLayer(Layer):
     """Caffe's Pooling (pooling_layer.cpp), MAX or AVE over kernel windows
@@ -793,6 +811,20 @@ class PoolingLayer(Layer):
             self._tile_buffers = tiles
         return tiles
 
+    def _compiled_2x2(self, x: Array, out: Array) -> bool:
+        """True when MAX forward runs the compiled 2x2 kernel: NumPy arrays,
+        2x2 windows with stride 2 tiling the bottom, numba kernels on."""
+        g = self.geometry
+        assert g is not None
+        return (
+            self.xp is np
+            and g.kernel_h == g.kernel_w == 2
+            and lowering.pool_tiles(g)
+            and x.flags.c_contiguous
+            and out.flags.c_contiguous
+            and kernels.enabled()
+        )
+
     def _max_forward(self, x: Array, out: Array, with_argmax: bool) -> None:
         g = self.geometry
         assert g is not None
@@ -800,6 +832,10 @@ class PoolingLayer(Layer):
         area = g.kernel_h * g.kernel_w
         if with_argmax:
             argmax = self._buffer("argmax", out.shape, _argmax_dtype(area))
+        if self._compiled_2x2(x, out):
+            _max_pool_2x2(x, g, out, argmax)
+            self._argmax_valid = with_argmax
+            return
         tiles = self._tiles(x.dtype)
         if tiles is not None:
             lowering.max_pool_tiles_forward(x, g, out, argmax, tiles)

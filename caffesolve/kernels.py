@@ -1,0 +1,132 @@
+"""Compiled CPU kernels (numba) for the loops NumPy cannot run fast.
+
+NumPy handles everything else; a kernel here exists only where the NumPy
+path was measured at twice its time or more (benchmarks/bench_vision.py
+--kernels compiled,numpy). Each kernel is Caffe's own loop written out
+(same comparisons, same order), compiled once per dtype on first use and
+cached on disk by numba; it runs without the GIL.
+
+`enabled()` says whether the kernels are used: numba must be importable and
+CAFFESOLVE_KERNELS must not be "numpy" (that setting forces the NumPy paths,
+e.g. to compare the two). Callers keep their NumPy path for when it is not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+# Caffe's -FLT_MAX, where MAX pooling starts every output (pooling_layer.cpp).
+FLT_MAX = float(np.finfo(np.float32).max)
+
+_forced_numpy: bool | None = None
+_have_numba: bool | None = None
+_compiled: dict[str, Callable[..., Any]] = {}
+
+
+def enabled() -> bool:
+    """True when the compiled kernels are used (numba installed and not
+    turned off with CAFFESOLVE_KERNELS=numpy)."""
+    global _have_numba
+    if _forced_numpy is not None:
+        wanted = not _forced_numpy
+    else:
+        wanted = os.environ.get("CAFFESOLVE_KERNELS", "").lower() != "numpy"
+    if wanted and _have_numba is None:
+        _have_numba = importlib.util.find_spec("numba") is not None
+    return wanted and bool(_have_numba)
+
+
+def use_numpy(force: bool | None) -> None:
+    """Force the NumPy paths (True), the kernels (False, if numba is
+    installed), or go back to the CAFFESOLVE_KERNELS setting (None)."""
+    global _forced_numpy
+    _forced_numpy = force
+
+
+def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` compiled by numba (without the GIL, cached on disk), made on
+    first use: importing numba costs about half a second, so commands that
+    run no kernel never pay it. Call only when enabled() is True."""
+    kernel = _compiled.get(fn.__name__)
+    if kernel is None:
+        from numba import njit
+
+        kernel = njit(nogil=True, cache=True, boundscheck=False)(fn)
+        _compiled[fn.__name__] = kernel
+    return kernel
+
+
+# -- MAX pooling, 2x2 windows with stride 2 -------------------------------------
+#
+# x (planes, 2*oh, 2*ow) -> out (planes, oh, ow): Caffe's loop for windows that
+# tile the plane. Each output starts at -FLT_MAX and takes an element only if
+# it is strictly greater, visiting (0,0), (0,1), (1,0), (1,1): so NaN never
+# wins, an all-NaN window gives -FLT_MAX, and a tie keeps the first element
+# (+0 before -0 included). argmax gets the window offset i*2 + j of the winner;
+# when nothing beats -FLT_MAX (all NaN or -inf) it is 0, so backward sends the
+# diff to the window's first element, as the NumPy path does (Caffe's mask
+# stays -1 there, and its backward would write outside the plane).
+
+
+def max_pool_2x2(x, out):  # type: ignore[no-untyped-def]
+    """MAX pooling forward, without argmax."""
+    oh, ow = out.shape[1], out.shape[2]
+    floor = out.dtype.type(-FLT_MAX)
+    for p in range(x.shape[0]):
+        for y in range(oh):
+            r0 = x[p, 2 * y]
+            r1 = x[p, 2 * y + 1]
+            o = out[p, y]
+            for c in range(ow):
+                best = floor
+                v = r0[2 * c]
+                if v > best:
+                    best = v
+                v = r0[2 * c + 1]
+                if v > best:
+                    best = v
+                v = r1[2 * c]
+                if v > best:
+                    best = v
+                v = r1[2 * c + 1]
+                if v > best:
+                    best = v
+                o[c] = best
+
+
+def max_pool_2x2_argmax(x, out, argmax):  # type: ignore[no-untyped-def]
+    """MAX pooling forward, with the window offset of each output's first
+    maximum in `argmax`."""
+    oh, ow = out.shape[1], out.shape[2]
+    floor = out.dtype.type(-FLT_MAX)
+    for p in range(x.shape[0]):
+        for y in range(oh):
+            r0 = x[p, 2 * y]
+            r1 = x[p, 2 * y + 1]
+            o = out[p, y]
+            a = argmax[p, y]
+            for c in range(ow):
+                best = floor
+                k = 0
+                v = r0[2 * c]
+                if v > best:
+                    best = v
+                v = r0[2 * c + 1]
+                if v > best:
+                    best = v
+                    k = 1
+                v = r1[2 * c]
+                if v > best:
+                    best = v
+                    k = 2
+                v = r1[2 * c + 1]
+                if v > best:
+                    best = v
+                    k = 3
+                o[c] = best
+                a[c] = k
