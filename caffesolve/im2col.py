@@ -37,6 +37,7 @@ elements into contiguous planes; the comparisons are the same.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,6 +189,19 @@ def columns_to_nchw(y: Array, num: int, batch_inner: bool, out: Array) -> None:
         xp.copyto(out.reshape(num, -1), y.reshape(-1, num).T)
     else:
         xp.copyto(out.reshape(num, m, -1), y.reshape(m, num, -1).transpose(1, 0, 2))
+
+
+def row_block_to_nchw(
+    y: Array, num: int, out_w: int, y0: int, y1: int, out: Array
+) -> None:
+    """Batch-inner GEMM result columns (y, x, n) of output rows y0 .. y1-1
+    -> out[:, :, y0:y1, :] of the top (N, M, oh, ow): one piece of
+    columns_to_nchw, so pieces of the output rows may run on separate
+    threads."""
+    xp = array_module(y)
+    width = out_w * num
+    block = y[:, y0 * width : y1 * width].reshape(y.shape[0], y1 - y0, out_w, num)
+    xp.copyto(out[:, :, y0:y1, :], block.transpose(3, 0, 1, 2))
 
 
 def nchw_to_columns(d: Array, batch_inner: bool, out: Array) -> None:
@@ -459,17 +473,23 @@ def shifted_shape(g: ConvGeometry) -> tuple[int, int, int]:
     return (g.padded_h, g.channels * g.kernel_w, g.out_w * g.num)
 
 
-def row_shift_columns(x: Array, g: ConvGeometry, out: Array, work: Array) -> Array:
+def row_shift_columns(
+    x: Array, g: ConvGeometry, out: Array, work: Array, c0: int = 0, c1: int = -1
+) -> Array:
     """Fill the row-shift matrix `out` (shifted_shape) from x (N, C, H, W).
-    `work` is the padded (C, Hp, Wp, N) image buffer (zero borders kept)."""
+    `work` is the padded (C, Hp, Wp, N) image buffer (zero borders kept).
+    Only channels c0 .. c1-1 (all by default): pieces of the channels write
+    separate parts of `work` and `out`, so they may run on separate threads."""
     xp = array_module(x)
-    padded = _padded_input(x, g, True, work)
+    c1 = g.channels if c1 < 0 else c1
+    part_g = dataclasses.replace(g, channels=c1 - c0)
+    padded = _padded_input(x[:, c0:c1], part_g, True, work[c0:c1])
     span = g.stride_w * (g.out_w - 1) + 1
     rows = out.reshape(g.padded_h, g.channels, g.kernel_w, g.out_w, g.num)
     for j in range(g.kernel_w):
         w0 = j * g.dilation_w
         part = padded[:, :, w0 : w0 + span : g.stride_w, :]
-        xp.copyto(rows[:, :, j], part.transpose(1, 0, 2, 3))
+        xp.copyto(rows[:, c0:c1, j], part.transpose(1, 0, 2, 3))
     return out
 
 

@@ -489,3 +489,22 @@ def test_run_parallel_goes_inline_for_a_while_when_starved(
         assert backend.run_parallel([fast, slow])[1] == here
     started.clear()
     assert backend.run_parallel([fast, slow])[1] != here
+
+
+def test_inner_product_forward_in_halves_matches_reference() -> None:
+    # 64 x 800 x 500 multiply-adds: over SPLIT_MACS, so the GEMM runs as two
+    # halves of the batch; the result is still x W^T + b up to float32 sums.
+    from caffesolve.layers.common import SPLIT_MACS
+
+    assert 64 * 800 * 500 >= SPLIT_MACS
+    layer = layer_from(
+        'name: "ip" type: "InnerProduct" inner_product_param { num_output: 500 '
+        'weight_filler { type: "xavier" } bias_filler { type: "gaussian" } }'
+    )
+    bottom, top = Blob((64, 800)), Blob()
+    bottom.data[...] = np.random.default_rng(3).standard_normal((64, 800))
+    layer.setup([bottom], [top])
+    layer.forward([bottom], [top])
+    w, b = (p.data.astype(np.float64) for p in layer.blobs)
+    expect = bottom.data.astype(np.float64) @ w.T + b
+    np.testing.assert_allclose(top.data, expect, rtol=1e-4, atol=1e-4)

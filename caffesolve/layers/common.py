@@ -15,6 +15,7 @@ from caffesolve.backend import (
     array_module,
     parallel_parts,
     run_parallel,
+    split_range,
 )
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
@@ -24,6 +25,10 @@ from caffesolve.layers.base import Layer
 from caffesolve.proto import caffe_pb2
 
 Array = npt.NDArray[np.float32]
+
+# InnerProduct forward GEMMs of at least this many multiply-adds run as two
+# halves of the batch (LeNet's ip1: 64 x 800 x 500).
+SPLIT_MACS = 1 << 22
 
 
 @register
@@ -151,13 +156,21 @@ class InnerProductLayer(Layer):
         direct = out.flags.c_contiguous  # else a strided view someone set
         shape = (self.M, self.num_output)
         y = out.reshape(shape) if direct else xp.empty(shape, out.dtype)
-        # One GEMM for the whole batch: OpenBLAS picks its kernels by the
-        # matrix sizes, so halves of the batch would not give the same bits.
-        inner_product_rows(
-            x,
-            w if self.transpose else w.T,
-            self.blobs[1].data if self.bias_term else None,
-            y,
+        wt = w if self.transpose else w.T
+        bias = self.blobs[1].data if self.bias_term else None
+        # A large GEMM always runs as two halves of the batch, on two workers
+        # or one after the other: OpenBLAS's blocking follows the matrix
+        # sizes, so a split fixed by the shapes alone keeps the results the
+        # same for any worker count (they differ from one whole GEMM only in
+        # the order of float32 sums).
+        parts = (
+            2 if self.M >= 2 and self.M * self.K * self.num_output >= SPLIT_MACS else 1
+        )
+        run_parallel(
+            [
+                partial(inner_product_rows, x[a:b], wt, bias, y[a:b])
+                for a, b in split_range(self.M, parts)
+            ]
         )
         if not direct:
             out[...] = y.reshape(out.shape)

@@ -209,17 +209,19 @@ def _row_shift_rows(
     shifted: Array,
     g: ConvGeometry,
     bias: Array | None,
-    out: Array,
+    y: Array,
+    top: Array,
     first_row: int,
     stop_row: int,
 ) -> None:
     """Output rows first_row .. stop_row - 1 of the row-shift forward GEMM,
-    plus the bias (M, 1): one piece of the forward, writing its own columns
-    of `out`."""
-    lowering.row_shift_forward(w_rows, shifted, g, out, first_row, stop_row)
+    plus the bias (M, 1), into their columns of `y` and then their rows of
+    the top (N, M, oh, ow): one piece of the forward."""
+    lowering.row_shift_forward(w_rows, shifted, g, y, first_row, stop_row)
     if bias is not None:
         width = shifted.shape[2]
-        out[:, first_row * width : stop_row * width] += bias
+        y[:, first_row * width : stop_row * width] += bias
+    lowering.row_block_to_nchw(y, g.num, g.out_w, first_row, stop_row, top)
 
 
 def _nchw(a: Array, shape: tuple[int, int, int, int], what: str) -> Array:
@@ -394,6 +396,8 @@ class ConvolutionLayer(Layer):
         return col
 
     def _im2col(self, i: int, x: Array) -> Array:
+        if self.row_shift:
+            return self._row_shift_columns(i, x)
         g = self.geometry
         assert g is not None
         col = self._col(i, x.dtype)
@@ -401,13 +405,27 @@ class ConvolutionLayer(Layer):
         if g.has_pad or self.batch_inner:
             shape = lowering.padded_shape(g, self.batch_inner)
             work = self._buffer("image", shape, x.dtype)
-        if self.row_shift:
-            assert work is not None
-            lowering.row_shift_columns(x, g, col, work)
-        elif not self.batch_inner:
+        if not self.batch_inner:
             lowering.im2col_per_image(x, g, out=col, work=work)
         else:
             lowering.im2col(x, g, self.batch_inner, out=col, work=work)
+        self._col_valid[i] = True
+        return col
+
+    def _row_shift_columns(self, i: int, x: Array) -> Array:
+        """The row-shift matrix of bottom i, made by halves of the channels
+        on the workers (each writes its own rows)."""
+        g = self.geometry
+        assert g is not None
+        col = self._col(i, x.dtype)
+        work = self._buffer("image", lowering.padded_shape(g, True), x.dtype)
+        parts = parallel_parts(col.nbytes, g.channels)
+        run_parallel(
+            [
+                partial(lowering.row_shift_columns, x, g, col, work, c0, c1)
+                for c0, c1 in split_range(g.channels, parts)
+            ]
+        )
         self._col_valid[i] = True
         return col
 
@@ -434,24 +452,26 @@ class ConvolutionLayer(Layer):
             if not self.batch_inner:
                 self._forward_per_image(i, x, t, w)
                 continue
-            col = self._im2col(i, x)
             y = self._buffer("y", (self.num_output, g.col_cols), x.dtype)
             bias = self.blobs[1].data[:, None] if self.bias_term else None
+            out = self._top4(t.data, f"top '{t.name}' data")
             if self.row_shift:
-                # Halves of the output rows on the workers: each row is its
-                # own GEMM into its own block of y.
+                # Halves of the channels, then of the output rows, on the
+                # workers: each row is its own GEMM into its own block of y,
+                # moved to its own rows of the top.
+                col = self._im2col(i, x)
                 parts = parallel_parts(y.nbytes, g.out_h)
                 run_parallel(
                     [
-                        partial(_row_shift_rows, w_rows, col, g, bias, y, y0, y1)
+                        partial(_row_shift_rows, w_rows, col, g, bias, y, out, y0, y1)
                         for y0, y1 in split_range(g.out_h, parts)
                     ]
                 )
-            else:
-                conv_forward_gemm(w, col, self.group, y)
-                if bias is not None:
-                    y += bias
-            out = self._top4(t.data, f"top '{t.name}' data")
+                continue
+            col = self._im2col(i, x)
+            conv_forward_gemm(w, col, self.group, y)
+            if bias is not None:
+                y += bias
             lowering.columns_to_nchw(y, g.num, self.batch_inner, out)
 
     def _forward_per_image(self, i: int, x: Array, t: Blob, w: Array) -> None:
