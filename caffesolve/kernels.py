@@ -24,6 +24,7 @@ import numpy as np
 FLT_MAX = float(np.finfo(np.float32).max)
 
 _forced_numpy: bool | None = None
+_env_numpy: bool | None = None
 _have_numba: bool | None = None
 _compiled: dict[str, Callable[..., Any]] = {}
 
@@ -31,11 +32,13 @@ _compiled: dict[str, Callable[..., Any]] = {}
 def enabled() -> bool:
     """True when the compiled kernels are used (numba installed and not
     turned off with CAFFESOLVE_KERNELS=numpy)."""
-    global _have_numba
+    global _have_numba, _env_numpy
     if _forced_numpy is not None:
         wanted = not _forced_numpy
     else:
-        wanted = os.environ.get("CAFFESOLVE_KERNELS", "").lower() != "numpy"
+        if _env_numpy is None:  # read once: the hot paths ask every call
+            _env_numpy = os.environ.get("CAFFESOLVE_KERNELS", "").lower() == "numpy"
+        wanted = not _env_numpy
     if wanted and _have_numba is None:
         _have_numba = importlib.util.find_spec("numba") is not None
     return wanted and bool(_have_numba)
@@ -43,9 +46,10 @@ def enabled() -> bool:
 
 def use_numpy(force: bool | None) -> None:
     """Force the NumPy paths (True), the kernels (False, if numba is
-    installed), or go back to the CAFFESOLVE_KERNELS setting (None)."""
-    global _forced_numpy
-    _forced_numpy = force
+    installed), or go back to the CAFFESOLVE_KERNELS setting (None, read
+    again)."""
+    global _forced_numpy, _env_numpy
+    _forced_numpy, _env_numpy = force, None
 
 
 def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -130,3 +134,27 @@ def max_pool_2x2_argmax(x, out, argmax):  # type: ignore[no-untyped-def]
                     k = 3
                 o[c] = best
                 a[c] = k
+
+
+# -- SGD ---------------------------------------------------------------------------
+#
+# The two element-wise steps of an SGD update in one pass each, over flat
+# contiguous arrays, instead of NumPy's one pass per operation. The operations
+# and their rounding are the NumPy path's (sgd.py): every product is rounded
+# to the array's type before the sum (scalars come as float32, as Caffe's
+# Dtype), so both give the same bits.
+
+
+def l2_regularize(diff, data, local_decay):  # type: ignore[no-untyped-def]
+    """diff += local_decay * data (Caffe's Regularize, L2)."""
+    for k in range(diff.size):
+        diff[k] += local_decay * data[k]
+
+
+def sgd_update(diff, history, local_rate, momentum):  # type: ignore[no-untyped-def]
+    """history = momentum * history + local_rate * diff; diff = history
+    (Caffe's SGD ComputeUpdateValue)."""
+    for k in range(diff.size):
+        h = momentum * history[k] + local_rate * diff[k]
+        history[k] = h
+        diff[k] = h

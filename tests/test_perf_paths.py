@@ -107,6 +107,37 @@ def test_regularizers_same_with_scratch(regularize: object) -> None:
     np.testing.assert_allclose(a, diff + F32(5e-4) * sign, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_sgd_passes_give_the_numpy_bits(dtype: type) -> None:
+    # Large enough for the compiled kernels (kernels.py); the NumPy path is
+    # the reference, bit for bit, and both match Caffe's formula.
+    from caffesolve import kernels
+    from caffesolve.solvers import sgd
+
+    n = sgd.COMPILED_MIN_SIZE + 7
+    rng = np.random.default_rng(4)
+    diff, history, data = (rng.standard_normal(n).astype(dtype) for _ in range(3))
+    assert kernels.enabled() and sgd._compiled_pass(diff, history)
+    out = []
+    for numpy_path in (False, True):
+        kernels.use_numpy(numpy_path)
+        try:
+            assert sgd._compiled_pass(diff, data) is not numpy_path
+            d, h = diff.copy(), history.copy()
+            l2_regularize(d, data, 5e-4, np.empty_like(d))
+            sgd_update(d, h, 0.01, 0.9, np.empty_like(d))
+            out.append((d, h))
+        finally:
+            kernels.use_numpy(None)
+    for got, ref in zip(*out):
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, ref)
+    d64 = diff.astype(np.float64) + 5e-4 * data.astype(np.float64)
+    h_ref = 0.9 * history.astype(np.float64) + 0.01 * d64
+    np.testing.assert_allclose(out[0][1], h_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out[0][0], out[0][1])  # diff = history
+
+
 def test_adaptive_updates_same_with_scratch() -> None:
     diff, h1, h2 = _arrays(2)
     h1, h2 = np.abs(h1), np.abs(h2)

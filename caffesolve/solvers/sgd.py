@@ -14,12 +14,32 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from caffesolve import kernels, lr_policy
 from caffesolve import log as msg
-from caffesolve import lr_policy
 from caffesolve.blob import Blob
 from caffesolve.solvers.base import Solver
 
 F32 = np.float32
+
+
+# Arrays smaller than this are updated by NumPy: a compiled call costs a few
+# microseconds more than an array operation.
+COMPILED_MIN_SIZE = 4096
+
+
+def _compiled_pass(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -> bool:
+    """True when the compiled kernels take an element-wise update of a and b:
+    large contiguous NumPy arrays of one float dtype, kernels enabled."""
+    return (
+        type(a) is np.ndarray
+        and type(b) is np.ndarray
+        and a.size >= COMPILED_MIN_SIZE
+        and a.dtype == b.dtype
+        and a.dtype.kind == "f"
+        and a.flags.c_contiguous
+        and b.flags.c_contiguous
+        and kernels.enabled()
+    )
 
 
 def sgd_update(
@@ -31,7 +51,12 @@ def sgd_update(
 ) -> None:
     """SGD, in place: history = momentum*history + local_rate*diff;
     diff = history (sgd_solver.cpp ComputeUpdateValue). `scratch`, shaped like
-    diff, saves allocating the local_rate*diff temporary."""
+    diff, saves allocating the local_rate*diff temporary. One compiled pass
+    (kernels.py, the same bits) where it applies."""
+    if _compiled_pass(diff, history):
+        kernel = kernels.compiled(kernels.sgd_update)
+        kernel(diff.reshape(-1), history.reshape(-1), F32(local_rate), F32(momentum))
+        return
     history *= F32(momentum)
     history += np.multiply(diff, F32(local_rate), out=scratch)
     np.copyto(diff, history)
@@ -43,7 +68,12 @@ def l2_regularize(
     local_decay: float,
     scratch: npt.NDArray[np.float32] | None = None,
 ) -> None:
-    """L2 weight decay, in place: diff += local_decay * data (sgd_solver.cpp)."""
+    """L2 weight decay, in place: diff += local_decay * data (sgd_solver.cpp).
+    One compiled pass (kernels.py, the same bits) where it applies."""
+    if _compiled_pass(diff, data):
+        kernel = kernels.compiled(kernels.l2_regularize)
+        kernel(diff.reshape(-1), data.reshape(-1), F32(local_decay))
+        return
     diff += np.multiply(data, F32(local_decay), out=scratch)
 
 
