@@ -44,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 
+from caffesolve import kernels
 from caffesolve.backend import array_module
 
 Array = npt.NDArray[np.floating]
@@ -462,6 +463,19 @@ def col2im_per_image(
 # row is one full-depth GEMM that writes its block of the result directly.
 
 
+def _compiled(a: Array, b: Array) -> bool:
+    """True when a row-shift copy between a and b runs the compiled kernel
+    (kernels.py): contiguous NumPy arrays of one dtype, kernels on."""
+    return (
+        type(a) is np.ndarray
+        and type(b) is np.ndarray
+        and a.dtype == b.dtype
+        and a.flags.c_contiguous
+        and b.flags.c_contiguous
+        and kernels.enabled()
+    )
+
+
 def row_shift_ok(g: ConvGeometry) -> bool:
     """True when the row-shift lowering applies (vertical stride and
     dilation 1)."""
@@ -482,10 +496,14 @@ def row_shift_columns(
     separate parts of `work` and `out`, so they may run on separate threads."""
     xp = array_module(x)
     c1 = g.channels if c1 < 0 else c1
+    rows = out.reshape(g.padded_h, g.channels, g.kernel_w, g.out_w, g.num)
+    if _compiled(x, out):
+        kernel = kernels.compiled(kernels.row_shift_columns)
+        kernel(x, rows, g.pad_h, g.pad_w, g.stride_w, g.dilation_w, c0, c1)
+        return out
     part_g = dataclasses.replace(g, channels=c1 - c0)
     padded = _padded_input(x[:, c0:c1], part_g, True, work[c0:c1])
     span = g.stride_w * (g.out_w - 1) + 1
-    rows = out.reshape(g.padded_h, g.channels, g.kernel_w, g.out_w, g.num)
     for j in range(g.kernel_w):
         w0 = j * g.dilation_w
         part = padded[:, :, w0 : w0 + span : g.stride_w, :]
@@ -570,6 +588,10 @@ def row_shift_backward_data(
             w_desc[:, k0 * m : (k0 + y1 - y0 + 1) * m], stack, out=shifted_diff[h]
         )
     rows = shifted_diff.reshape(g.padded_h, g.channels, g.kernel_w, g.out_w, g.num)
+    if _compiled(rows, out):
+        kernel = kernels.compiled(kernels.row_shift_fold)
+        kernel(rows, out, g.pad_h, g.pad_w, g.stride_w, g.dilation_w, 0, g.channels)
+        return
     span = g.stride_w * (g.out_w - 1) + 1
     work[...] = 0
     for j in range(g.kernel_w):

@@ -158,3 +158,64 @@ def sgd_update(diff, history, local_rate, momentum):  # type: ignore[no-untyped-
         h = momentum * history[k] + local_rate * diff[k]
         history[k] = h
         diff[k] = h
+
+
+# -- the row-shift lowering of convolution (im2col.py) ---------------------------
+#
+# rows (Hp, C, kw, ow, N) holds, for padded image row hp, channel c and kernel
+# column j, the values x[n, c, hp - pad_h, x*stride_w + j*dilation_w - pad_w]
+# for every output column x and image n (zero in the padding). Both kernels
+# take the channels c0 .. c1-1, so halves of the channels may run on separate
+# workers.
+
+
+def row_shift_columns(x, rows, pad_h, pad_w, stride_w, dilation_w, c0, c1):  # type: ignore[no-untyped-def]
+    """Fill `rows` from the bottom x (N, C, H, W) in one pass: each image row
+    is transposed once into a (W, N) tile, then copied out kw times."""
+    n_img, _, height, width = x.shape
+    padded_h, _, kw, ow, _ = rows.shape
+    tile = np.empty((width, n_img), x.dtype)
+    for c in range(c0, c1):
+        for hp in range(padded_h):
+            h = hp - pad_h
+            inside = 0 <= h < height
+            if inside:
+                for n in range(n_img):
+                    for w in range(width):
+                        tile[w, n] = x[n, c, h, w]
+            for j in range(kw):
+                for col in range(ow):
+                    w = col * stride_w + j * dilation_w - pad_w
+                    out = rows[hp, c, j, col]
+                    if inside and 0 <= w < width:
+                        src = tile[w]
+                        for n in range(n_img):
+                            out[n] = src[n]
+                    else:
+                        for n in range(n_img):
+                            out[n] = 0
+
+
+def row_shift_fold(rows, out, pad_h, pad_w, stride_w, dilation_w, c0, c1):  # type: ignore[no-untyped-def]
+    """The bottom diff (N, C, H, W) from the row-shift matrix's diff `rows`:
+    every value goes back to the image element it was copied from, and the
+    kernel columns' contributions add up, j ascending from 0 (the NumPy
+    path's order: the same bits). Padding is dropped."""
+    n_img, _, height, width = out.shape
+    kw, ow = rows.shape[2], rows.shape[3]
+    acc = np.empty(n_img, out.dtype)
+    for c in range(c0, c1):
+        for h in range(height):
+            hp = h + pad_h
+            for w in range(width):
+                for n in range(n_img):
+                    acc[n] = 0
+                for j in range(kw):
+                    t = w + pad_w - j * dilation_w
+                    if t < 0 or t % stride_w != 0 or t // stride_w >= ow:
+                        continue
+                    src = rows[hp, c, j, t // stride_w]
+                    for n in range(n_img):
+                        acc[n] += src[n]
+                for n in range(n_img):
+                    out[n, c, h, w] = acc[n]

@@ -6,11 +6,13 @@ output-size formulas, and buffer reuse."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from caffesolve import im2col as lw
+from caffesolve import kernels
 from caffesolve.im2col import ConvGeometry, PoolGeometry
 
 GEOMETRIES = [
@@ -226,8 +228,18 @@ ROW_SHIFT_GEOMETRIES = [g for g in GEOMETRIES if lw.row_shift_ok(g)] + [
 ]
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def paths(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a test with the compiled kernels (kernels.py) and with the NumPy
+    paths they replace."""
+    kernels.use_numpy(request.param == "numpy")
+    assert kernels.enabled() is (request.param == "compiled")
+    yield request.param
+    kernels.use_numpy(None)
+
+
 @pytest.mark.parametrize("g", ROW_SHIFT_GEOMETRIES)
-def test_row_shift_matches_im2col(g: ConvGeometry) -> None:
+def test_row_shift_matches_im2col(g: ConvGeometry, paths: str) -> None:
     # Forward, weight gradient and bottom diff through the row-shift matrix
     # equal the ones through the full batch-inner column matrix.
     rng = np.random.default_rng(7)
@@ -341,3 +353,26 @@ def test_tile_planes_definition() -> None:
         for j in range(2):
             expect = x[:, :, i::3, j::2].reshape(-1)
             np.testing.assert_array_equal(planes[i * 2 + j], expect)
+
+
+@pytest.mark.parametrize("g", ROW_SHIFT_GEOMETRIES)
+def test_row_shift_compiled_kernels_give_the_numpy_bits(g: ConvGeometry) -> None:
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(g.num, g.channels, g.height, g.width)).astype(np.float32)
+    w = rng.normal(size=(3, g.channels, g.kernel_h, g.kernel_w)).astype(np.float32)
+    dy_rows = rng.normal(size=(g.out_h, 3, g.out_w * g.num)).astype(np.float32)
+    results = []
+    for numpy_path in (False, True):
+        kernels.use_numpy(numpy_path)
+        try:
+            shifted = np.full(lw.shifted_shape(g), np.nan, np.float32)
+            work = np.zeros(lw.padded_shape(g, True), np.float32)
+            lw.row_shift_columns(x, g, shifted, work)
+            dx = np.full_like(x, np.nan)
+            sdiff = np.empty(lw.shifted_shape(g), np.float32)
+            lw.row_shift_backward_data(w, dy_rows, g, sdiff, work, dx)
+            results.append((shifted, dx))
+        finally:
+            kernels.use_numpy(None)
+    for got, ref in zip(*results):
+        np.testing.assert_array_equal(got, ref)
