@@ -479,6 +479,8 @@ def test_compiled_2x2_kernel_is_caffes_loop(phase: int, dtype: type) -> None:
         dy.reshape(shape[0], shape[1], -1), axis=2,
     )  # fmt: skip
     np.testing.assert_allclose(dx, ref_dx, rtol=1e-6, atol=0)
+    # Caffe zero-fills the bottom diff and adds: the other elements are +0.
+    assert not np.signbit(dx[ref_dx == 0]).any()
     for got, other in zip(compiled, numpy_path):
         assert got.dtype == dtype
         np.testing.assert_array_equal(got, other)

@@ -16,9 +16,9 @@ convolution runs in independent pieces: forward by halves of the batch
 (per-image columns) or of the output rows (row shift), backward the weight
 and the data gradient side by side. Each piece writes its own outputs with
 the same GEMMs as the inline path, so results are the same bit for bit.
-MAX pooling forward over 2x2 windows with stride 2 (LeNet's, VGG's) runs a
-compiled kernel (caffesolve/kernels.py); pooling stays inline (measured on
-2 cores, splitting it was no faster).
+MAX pooling over 2x2 windows with stride 2 (LeNet's, VGG's) runs compiled
+kernels (caffesolve/kernels.py); pooling stays inline (measured on 2 cores,
+splitting it was no faster).
 """
 
 from __future__ import annotations
@@ -832,8 +832,9 @@ class PoolingLayer(Layer):
         return tiles
 
     def _compiled_2x2(self, x: Array, out: Array) -> bool:
-        """True when MAX forward runs the compiled 2x2 kernel: NumPy arrays,
-        2x2 windows with stride 2 tiling the bottom, numba kernels on."""
+        """True when MAX pooling runs the compiled 2x2 kernels: contiguous
+        NumPy arrays (x and out: bottom and top, or top diff and bottom
+        diff), 2x2 windows with stride 2 tiling the bottom, kernels on."""
         g = self.geometry
         assert g is not None
         return (
@@ -904,6 +905,10 @@ class PoolingLayer(Layer):
             scratch = self.xp.empty(top[0].shape, bottom[0].data.dtype)
             self._max_forward(bottom[0].data, scratch, True)
         argmax = self._buffers["argmax"]
+        if self._compiled_2x2(dy, dx):
+            kernel = kernels.compiled(kernels.max_pool_2x2_backward)
+            kernel(dy.reshape(-1), argmax.reshape(-1), dx.reshape(-1), g.width)
+            return
         tiles = self._tiles(dx.dtype)
         if tiles is not None:
             lowering.max_pool_tiles_backward(dy, argmax, g, dx, tiles)
