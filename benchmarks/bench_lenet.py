@@ -8,9 +8,10 @@ One run prints:
 1. ms per training iteration at batch 64 (forward + backward + SGD update:
    the real Solver's `step(1)` on configs/fashion/lenet_train_test.prototxt
    with lenet_solver.prototxt's settings) and ms per test forward at batch
-   100 (the solver's TEST net), next to PyTorch's same LeNet in its default
-   and channels_last layouts (benchmarks/torch_lenet.py; skipped if torch is
-   not installed). caffesolve and torch alternate in rounds, so load on a
+   100 (the solver's TEST net), also with the compiled kernels turned off
+   ("NumPy only", caffesolve/kernels.py), next to PyTorch's same LeNet in its
+   default and channels_last layouts (benchmarks/torch_lenet.py; skipped if
+   torch is not installed). caffesolve and torch alternate in rounds, so load on a
    shared machine hits both alike; medians are shown. `--threads 1,2` repeats
    this table for each BLAS/torch thread count.
 2. per-layer forward/backward ms (`caffesolve time`'s code, net.time_net).
@@ -50,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from caffesolve import kernels  # noqa: E402
 from caffesolve.backend import blas_threads, set_blas_threads, workers  # noqa: E402
 from caffesolve.data.lmdb_source import lmdb_exists  # noqa: E402
 from caffesolve.log import LOG  # noqa: E402
@@ -158,6 +160,15 @@ def median_ms(fn: Callable[[], object], iters: int, warmup: int = 3) -> float:
     return statistics.median(timed(fn) for _ in range(iters))
 
 
+def numpy_only(fn: Callable[[], object]) -> float:
+    """timed(fn) with the compiled kernels turned off."""
+    kernels.use_numpy(True)
+    try:
+        return timed(fn)
+    finally:
+        kernels.use_numpy(None)
+
+
 def test_forward(solver: Solver) -> Callable[[], float]:
     net = solver.test_nets[0]
     net.share_trained_layers_with(solver.net)
@@ -179,6 +190,15 @@ def headline(
     contenders: dict[str, tuple[Callable[[], float], Callable[[], float]]] = {
         "caffesolve": (lambda: timed(step), lambda: timed(test))
     }
+    if kernels.enabled():
+        # The same run without the compiled kernels (kernels.py).
+        numpy_solver, _ = make_solver(args.data)
+        numpy_step = lambda: numpy_solver.step(1)  # noqa: E731
+        numpy_test = test_forward(numpy_solver)
+        contenders["caffesolve, NumPy only"] = (
+            lambda: numpy_only(numpy_step),
+            lambda: numpy_only(numpy_test),
+        )
     if torch_ok:
         from torch_lenet import TorchLeNet
 
@@ -211,7 +231,7 @@ def headline(
         print(f"{name:22s}{tr:20.2f}{te:20.2f}")
     if torch_ok:
         cs_tr, cs_te = result["caffesolve train"], result["caffesolve test"]
-        for name in list(contenders)[1:]:
+        for name in [c for c in contenders if c.startswith("torch")]:
             print(
                 f"  {name} / caffesolve: train "
                 f"{result[f'{name} train'] / cs_tr:.2f}x, "

@@ -16,8 +16,9 @@ alike; prints the median and minimum of --runs per layer and pass, and for
 the convolutions the time of Caffe's GEMMs alone at the same shapes (one
 forward, weight and data GEMM on a full column matrix: the floor for an
 im2col lowering). --kernels repeats everything with the compiled kernels
-(caffesolve/kernels.py: MAX pooling 2x2/2 forward) and with the NumPy paths
-they replace.
+(caffesolve/kernels.py: MAX pooling 2x2/2 forward and backward, conv2's
+row-shift matrix and bottom-diff fold) and with the NumPy paths they
+replace.
 """
 
 from __future__ import annotations
