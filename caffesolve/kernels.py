@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,7 @@ _forced_numpy: bool | None = None
 _env_numpy: bool | None = None
 _have_numba: bool | None = None
 _compiled: dict[str, Callable[..., Any]] = {}
+_compile_lock = threading.Lock()
 
 
 def enabled() -> bool:
@@ -65,11 +67,18 @@ def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     first use: importing numba costs about half a second, so commands that
     run no kernel never pay it. Call only when enabled() is True."""
     kernel = _compiled.get(fn.__name__)
-    if kernel is None:
-        from numba import njit
+    if kernel is not None:
+        return kernel
+    with _compile_lock:  # worker threads may ask for the same kernel at once
+        kernel = _compiled.get(fn.__name__)
+        if kernel is None:
+            from numba import njit
 
-        kernel = njit(nogil=True, cache=True, boundscheck=False)(fn)
-        _compiled[fn.__name__] = kernel
+            try:
+                kernel = njit(nogil=True, cache=True, boundscheck=False)(fn)
+            except RuntimeError:  # no writable cache folder: compile each run
+                kernel = njit(nogil=True, boundscheck=False)(fn)
+            _compiled[fn.__name__] = kernel
     return kernel
 
 
