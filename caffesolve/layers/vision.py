@@ -660,18 +660,15 @@ def _argmax_dtype(window: int) -> type:
 
 
 def _max_pool_2x2(
-    x: Array, g: PoolGeometry, out: Array, argmax: npt.NDArray[np.integer] | None
+    x: Array, g: PoolGeometry, out: Array, argmax: npt.NDArray[np.integer]
 ) -> None:
     """MAX forward with the compiled 2x2 kernel (kernels.py), inline: split
     between the workers it was no faster (benchmarks/bench_vision.py)."""
     planes = g.num * g.channels
     x3 = x.reshape(planes, g.height, g.width)
     out3 = out.reshape(planes, g.out_h, g.out_w)
-    if argmax is None:
-        kernels.compiled(kernels.max_pool_2x2)(x3, out3)
-    else:
-        a3 = argmax.reshape(out3.shape)
-        kernels.compiled(kernels.max_pool_2x2_argmax)(x3, out3, a3)
+    kernel = kernels.compiled(kernels.max_pool_2x2)
+    kernel(x3, out3, argmax.reshape(out3.shape))
 
 
 @register
@@ -851,11 +848,13 @@ class PoolingLayer(Layer):
         assert g is not None
         argmax = cols = None
         area = g.kernel_h * g.kernel_w
-        if with_argmax:
+        compiled = self._compiled_2x2(x, out)
+        if with_argmax or compiled:
             argmax = self._buffer("argmax", out.shape, _argmax_dtype(area))
-        if self._compiled_2x2(x, out):
-            _max_pool_2x2(x, g, out, argmax)
-            self._argmax_valid = with_argmax
+        if compiled:
+            assert argmax is not None
+            _max_pool_2x2(x, g, out, argmax)  # the argmax costs nothing here
+            self._argmax_valid = True
             return
         tiles = self._tiles(x.dtype)
         if tiles is not None:
