@@ -26,8 +26,11 @@ from caffesolve.proto import caffe_pb2
 
 Array = npt.NDArray[np.float32]
 
-# InnerProduct forward GEMMs of at least this many multiply-adds run as two
-# halves of the batch (LeNet's ip1: 64 x 800 x 500).
+# InnerProduct forward GEMMs of at least SPLIT_ROWS rows and SPLIT_MACS
+# multiply-adds run as two halves of the batch (LeNet's ip1: 64 x 800 x 500).
+# Measured on 2 cores: halves of fewer than 32 rows, each reading the whole
+# weight matrix, were slower than one GEMM.
+SPLIT_ROWS = 64
 SPLIT_MACS = 1 << 22
 
 
@@ -164,7 +167,9 @@ class InnerProductLayer(Layer):
         # same for any worker count (they differ from one whole GEMM only in
         # the order of float32 sums).
         parts = (
-            2 if self.M >= 2 and self.M * self.K * self.num_output >= SPLIT_MACS else 1
+            2
+            if self.M >= SPLIT_ROWS and self.M * self.K * self.num_output >= SPLIT_MACS
+            else 1
         )
         run_parallel(
             [
