@@ -463,19 +463,6 @@ def col2im_per_image(
 # row is one full-depth GEMM that writes its block of the result directly.
 
 
-def _compiled(a: Array, b: Array) -> bool:
-    """True when a row-shift copy between a and b runs the compiled kernel
-    (kernels.py): contiguous NumPy arrays of one dtype, kernels on."""
-    return (
-        type(a) is np.ndarray
-        and type(b) is np.ndarray
-        and a.dtype == b.dtype
-        and a.flags.c_contiguous
-        and b.flags.c_contiguous
-        and kernels.enabled()
-    )
-
-
 def row_shift_ok(g: ConvGeometry) -> bool:
     """True when the row-shift lowering applies (vertical stride and
     dilation 1)."""
@@ -497,7 +484,7 @@ def row_shift_columns(
     xp = array_module(x)
     c1 = g.channels if c1 < 0 else c1
     rows = out.reshape(g.padded_h, g.channels, g.kernel_w, g.out_w, g.num)
-    if _compiled(x, out):
+    if kernels.takes(x, out):
         kernel = kernels.compiled(kernels.row_shift_columns)
         kernel(x, rows, g.pad_h, g.pad_w, g.stride_w, g.dilation_w, c0, c1)
         return out
@@ -588,7 +575,7 @@ def row_shift_backward_data(
             w_desc[:, k0 * m : (k0 + y1 - y0 + 1) * m], stack, out=shifted_diff[h]
         )
     rows = shifted_diff.reshape(g.padded_h, g.channels, g.kernel_w, g.out_w, g.num)
-    if _compiled(rows, out):
+    if kernels.takes(rows, out):
         kernel = kernels.compiled(kernels.row_shift_fold)
         kernel(rows, out, g.pad_h, g.pad_w, g.stride_w, g.dilation_w, 0, g.channels)
         return

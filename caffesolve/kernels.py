@@ -62,6 +62,20 @@ def use_numpy(force: bool | None) -> None:
     _forced_numpy, _env_numpy = force, None
 
 
+def takes(*arrays: Any) -> bool:
+    """True when the kernels run on these arrays: C-contiguous NumPy arrays
+    of one float dtype (not CuPy's, not strided views), kernels enabled."""
+    first = arrays[0]
+    return (
+        all(
+            type(a) is np.ndarray and a.dtype == first.dtype and a.flags.c_contiguous
+            for a in arrays
+        )
+        and first.dtype.kind == "f"
+        and enabled()
+    )
+
+
 def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn` compiled by numba (without the GIL, cached on disk), made on
     first use: importing numba costs about half a second, so commands that

@@ -829,18 +829,15 @@ class PoolingLayer(Layer):
         return tiles
 
     def _compiled_2x2(self, x: Array, out: Array) -> bool:
-        """True when MAX pooling runs the compiled 2x2 kernels: contiguous
-        NumPy arrays (x and out: bottom and top, or top diff and bottom
-        diff), 2x2 windows with stride 2 tiling the bottom, kernels on."""
+        """True when MAX pooling runs the compiled 2x2 kernels: 2x2 windows
+        with stride 2 tiling the bottom, and x and out (bottom and top, or
+        top diff and bottom diff) arrays the kernels take."""
         g = self.geometry
         assert g is not None
         return (
-            self.xp is np
-            and g.kernel_h == g.kernel_w == 2
+            g.kernel_h == g.kernel_w == 2
             and lowering.pool_tiles(g)
-            and x.flags.c_contiguous
-            and out.flags.c_contiguous
-            and kernels.enabled()
+            and kernels.takes(x, out)
         )
 
     def _max_forward(self, x: Array, out: Array, with_argmax: bool) -> None:
