@@ -162,11 +162,8 @@ def median_ms(fn: Callable[[], object], iters: int, warmup: int = 3) -> float:
 
 def numpy_only(fn: Callable[[], object]) -> float:
     """timed(fn) with the compiled kernels turned off."""
-    kernels.use_numpy(True)
-    try:
+    with kernels.forced(True):
         return timed(fn)
-    finally:
-        kernels.use_numpy(None)
 
 
 def test_forward(solver: Solver) -> Callable[[], float]:

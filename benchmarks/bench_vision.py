@@ -193,14 +193,13 @@ def main() -> None:
             for workers in (int(w) for w in args.workers.split(",")):
                 backend.set_workers(workers)
                 for paths in args.kernels.split(","):
-                    kernels.use_numpy(paths == "numpy")
-                    if paths == "compiled" and not kernels.enabled():
-                        print("  (numba is not installed: no compiled kernels)")
-                        continue
-                    times = measure(built, args.runs, dtype)
+                    with kernels.forced(paths == "numpy"):
+                        if paths == "compiled" and not kernels.enabled():
+                            print("  (numba is not installed: no compiled kernels)")
+                            continue
+                        times = measure(built, args.runs, dtype)
                     report(times, threads, workers, f"{paths} paths")
             backend.set_workers(None)
-            kernels.use_numpy(None)
 
 
 if __name__ == "__main__":

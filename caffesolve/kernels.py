@@ -24,7 +24,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -54,12 +55,18 @@ def enabled() -> bool:
     return wanted and bool(_have_numba)
 
 
-def use_numpy(force: bool | None) -> None:
-    """Force the NumPy paths (True), the kernels (False, if numba is
-    installed), or go back to the CAFFESOLVE_KERNELS setting (None, read
-    again)."""
+@contextmanager
+def forced(numpy_paths: bool) -> Iterator[None]:
+    """Within the block, force the NumPy paths (True) or the kernels (False,
+    if numba is installed); afterwards, go back to what was in force before
+    (CAFFESOLVE_KERNELS is read again)."""
     global _forced_numpy, _env_numpy
-    _forced_numpy, _env_numpy = force, None
+    before = _forced_numpy
+    _forced_numpy, _env_numpy = numpy_paths, None
+    try:
+        yield
+    finally:
+        _forced_numpy, _env_numpy = before, None
 
 
 def takes(*arrays: Any) -> bool:

@@ -232,10 +232,9 @@ ROW_SHIFT_GEOMETRIES = [g for g in GEOMETRIES if lw.row_shift_ok(g)] + [
 def paths(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run a test with the compiled kernels (kernels.py) and with the NumPy
     paths they replace."""
-    kernels.use_numpy(request.param == "numpy")
-    assert kernels.enabled() is (request.param == "compiled")
-    yield request.param
-    kernels.use_numpy(None)
+    with kernels.forced(request.param == "numpy"):
+        assert kernels.enabled() is (request.param == "compiled")
+        yield request.param
 
 
 @pytest.mark.parametrize("g", ROW_SHIFT_GEOMETRIES)
@@ -363,8 +362,7 @@ def test_row_shift_compiled_kernels_give_the_numpy_bits(g: ConvGeometry) -> None
     dy_rows = rng.normal(size=(g.out_h, 3, g.out_w * g.num)).astype(np.float32)
     results = []
     for numpy_path in (False, True):
-        kernels.use_numpy(numpy_path)
-        try:
+        with kernels.forced(numpy_path):
             shifted = np.full(lw.shifted_shape(g), np.nan, np.float32)
             work = np.zeros(lw.padded_shape(g, True), np.float32)
             lw.row_shift_columns(x, g, shifted, work)
@@ -372,7 +370,5 @@ def test_row_shift_compiled_kernels_give_the_numpy_bits(g: ConvGeometry) -> None
             sdiff = np.empty(lw.shifted_shape(g), np.float32)
             lw.row_shift_backward_data(w, dy_rows, g, sdiff, work, dx)
             results.append((shifted, dx))
-        finally:
-            kernels.use_numpy(None)
     for got, ref in zip(*results):
         np.testing.assert_array_equal(got, ref)

@@ -120,15 +120,12 @@ def test_compiled_sgd_passes_give_the_numpy_bits(dtype: type) -> None:
     assert kernels.enabled() and sgd._compiled_pass(diff, history)
     out = []
     for numpy_path in (False, True):
-        kernels.use_numpy(numpy_path)
-        try:
+        with kernels.forced(numpy_path):
             assert sgd._compiled_pass(diff, data) is not numpy_path
             d, h = diff.copy(), history.copy()
             l2_regularize(d, data, 5e-4, np.empty_like(d))
             sgd_update(d, h, 0.01, 0.9, np.empty_like(d))
             out.append((d, h))
-        finally:
-            kernels.use_numpy(None)
     for got, ref in zip(*out):
         assert got.dtype == dtype
         np.testing.assert_array_equal(got, ref)

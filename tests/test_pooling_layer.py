@@ -421,9 +421,8 @@ def pool_2x2_all_paths(x: np.ndarray, phase: int) -> list[tuple[np.ndarray, ...]
     and through the mask) of 2x2 stride-2 MAX pooling, with the compiled
     kernel and with the NumPy path."""
     results = []
-    try:
-        for numpy_path in (False, True):
-            kernels.use_numpy(numpy_path)
+    for numpy_path in (False, True):
+        with kernels.forced(numpy_path):
             layer = pool_layer("kernel_size: 2 stride: 2", phase=phase)
             assert layer is not None
             bottom = Blob(x.shape, dtype=x.dtype)
@@ -440,8 +439,6 @@ def pool_2x2_all_paths(x: np.ndarray, phase: int) -> list[tuple[np.ndarray, ...]
             masked.setup([bottom], [masked_top, mask])
             masked.forward([bottom], [masked_top, mask])
             results.append((top.data.copy(), mask.data.copy(), bottom.diff.copy()))
-    finally:
-        kernels.use_numpy(None)
     return results
 
 
