@@ -11,8 +11,11 @@ One run prints:
    100 (the solver's TEST net), also with the compiled kernels turned off
    ("NumPy only", caffesolve/kernels.py), next to PyTorch's same LeNet in its
    default and channels_last layouts (benchmarks/torch_lenet.py; skipped if
-   torch is not installed). caffesolve and torch alternate in rounds, so load on a
-   shared machine hits both alike; medians are shown. `--threads 1,2` repeats
+   torch is not installed), and the net's GEMMs alone: every Convolution and
+   InnerProduct GEMM at its shape, one OpenBLAS call each on all the cores
+   (the floor under any lowering on this BLAS; no Python, data, pooling or
+   update). All of them alternate in rounds, so load on a shared machine
+   hits them alike; medians are shown. `--threads 1,2` repeats
    this table for each BLAS/torch thread count.
 2. per-layer forward/backward ms (`caffesolve time`'s code, net.time_net).
 3. the batch-size sweep 16 ... 512: ms/iteration, images/s, and ms per image
@@ -172,6 +175,74 @@ def test_forward(solver: Solver) -> Callable[[], float]:
     return net.forward
 
 
+def gemm_shapes(net: Net, backward: bool) -> list[tuple[int, int, int]]:
+    """(M, K, N) of every GEMM Caffe runs for the net's Convolution and
+    InnerProduct layers at their shapes: the forward GEMM, and with
+    `backward` the weight GEMM and, where the bottom needs a diff, the data
+    GEMM (Caffe's conv GEMMs taken over the whole batch at once)."""
+    shapes = []
+    for layer, need in zip(net.layers, net.bottom_need_backward):
+        if layer.type == "Convolution":
+            g = layer.geometry
+            m, k, n = layer.num_output, g.kernel_dim // layer.group, g.col_cols
+            shapes += [(m, k, n)] * layer.group
+            if backward:
+                shapes += [(m, n, k)] * layer.group
+                if need and need[0]:
+                    shapes += [(k, m, n)] * layer.group
+        elif layer.type == "InnerProduct":
+            m, k, n = layer.M, layer.K, layer.num_output
+            shapes.append((m, k, n))
+            if backward:
+                shapes.append((n, m, k))
+                if need and need[0]:
+                    shapes.append((m, n, k))
+    return shapes
+
+
+class GemmsAlone:
+    """LeNet's GEMMs alone, each one OpenBLAS call on all the cores: the floor
+    under any im2col/GEMM implementation on this machine's BLAS (no
+    lowering, pooling, data, update or Python around them)."""
+
+    def __init__(self, solver: Solver, threads: int) -> None:
+        rng = np.random.default_rng(0)
+        self.threads = threads
+
+        def operands(shapes: list[tuple[int, int, int]]) -> list[tuple]:
+            return [
+                (
+                    rng.random((m, k), dtype=np.float32),
+                    rng.random((k, n), dtype=np.float32),
+                    np.empty((m, n), np.float32),
+                )
+                for m, k, n in shapes
+            ]
+
+        self.train_ops = operands(gemm_shapes(solver.net, True))
+        self.test_ops = operands(gemm_shapes(solver.test_nets[0], False))
+        self.gflop = {
+            "train": sum(2 * a.size * b.shape[1] for a, b, _ in self.train_ops) / 1e9,
+            "test": sum(2 * a.size * b.shape[1] for a, b, _ in self.test_ops) / 1e9,
+        }
+
+    def _run(self, ops: list[tuple]) -> float:
+        before = blas_threads() or 1
+        set_blas_threads(self.threads)
+        t = time.perf_counter()
+        for a, b, c in ops:
+            np.matmul(a, b, out=c)
+        ms = (time.perf_counter() - t) * 1e3
+        set_blas_threads(before)
+        return ms
+
+    def train_step(self) -> float:
+        return self._run(self.train_ops)
+
+    def test_forward(self) -> float:
+        return self._run(self.test_ops)
+
+
 # -- sections -----------------------------------------------------------------------
 
 
@@ -196,13 +267,15 @@ def headline(
             lambda: numpy_only(numpy_step),
             lambda: numpy_only(numpy_test),
         )
+    cores = threads or max(blas_threads() or 1, workers())
+    gemms = GemmsAlone(solver, cores)
+    contenders["GEMMs alone (floor)"] = (gemms.train_step, gemms.test_forward)
     if torch_ok:
         from torch_lenet import TorchLeNet
 
         # torch gets as many threads as caffesolve uses cores (BLAS or workers)
-        n = threads or max(blas_threads() or 1, workers())
         for label, cl in (("torch default", False), ("torch channels_last", True)):
-            m = TorchLeNet(64, 100, n, channels_last=cl)
+            m = TorchLeNet(64, 100, cores, channels_last=cl)
             contenders[label] = (m.train_step, m.test_forward)
     for train_fn, test_fn in contenders.values():  # warm up
         for _ in range(5):
@@ -218,7 +291,7 @@ def headline(
     result = {}
     print(
         f"\nthreads: BLAS {blas_threads()}, caffesolve workers {workers()}"
-        + (f", torch {n}" if torch_ok else "")
+        + (f", torch {cores}" if torch_ok else "")
         + f"  ({args.rounds} rounds x {per_round} iterations, medians)"
     )
     print(f"{'':22s}{'train ms/iter (64)':>20s}{'test fwd ms (100)':>20s}")
@@ -226,6 +299,12 @@ def headline(
         tr, te = statistics.median(train[name]), statistics.median(tests[name])
         result[f"{name} train"], result[f"{name} test"] = tr, te
         print(f"{name:22s}{tr:20.2f}{te:20.2f}")
+    floor_tr = result["GEMMs alone (floor) train"]
+    print(
+        f"  GEMMs alone: {gemms.gflop['train']:.3f} GFLOP per training iteration "
+        f"({gemms.gflop['train'] / floor_tr * 1e3:.0f} GFLOP/s), "
+        f"{gemms.gflop['test']:.3f} per test forward; OpenBLAS at {cores} threads"
+    )
     if torch_ok:
         cs_tr, cs_te = result["caffesolve train"], result["caffesolve test"]
         for name in [c for c in contenders if c.startswith("torch")]:

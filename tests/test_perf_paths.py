@@ -286,8 +286,7 @@ def test_decode_datums_batch_and_shape_mismatch() -> None:
         decode_datums([*values, odd], "db")
 
 
-def test_bench_lenet_imports(tmp_path: Path) -> None:
-    """The benchmark's net builder falls back to Input layers without LMDBs."""
+def _bench_lenet():  # type: ignore[no-untyped-def]
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -295,6 +294,51 @@ def test_bench_lenet_imports(tmp_path: Path) -> None:
         import bench_lenet
     finally:
         sys.path.pop(0)
+    return bench_lenet
+
+
+def test_bench_lenet_gemm_floor_shapes(tmp_path: Path) -> None:
+    """The GEMMs-alone row times LeNet's GEMMs at Caffe's shapes, worked out
+    by hand from lenet_train_test.prototxt at batch 64: conv1 20 x 25 over
+    64*24*24 columns, conv2 50 x (20*5*5) over 64*8*8, ip1 800 -> 500, ip2
+    500 -> 10; backward adds each weight GEMM and every data GEMM except
+    conv1's (its bottom is the data). 0.844 GFLOP: the issue's 'about 0.84'."""
+    bench_lenet = _bench_lenet()
+    solver, _ = bench_lenet.make_solver(tmp_path, 64, 100)
+    c1, c2 = (20, 25, 64 * 24 * 24), (50, 500, 64 * 8 * 8)
+    ip1, ip2 = (64, 800, 500), (64, 500, 10)
+    forward = [c1, c2, ip1, ip2]
+    assert bench_lenet.gemm_shapes(solver.net, False) == forward
+    assert bench_lenet.gemm_shapes(solver.net, True) == [
+        c1,
+        (20, 64 * 24 * 24, 25),
+        c2,
+        (50, 64 * 8 * 8, 500),
+        (500, 50, 64 * 8 * 8),
+        ip1,
+        (500, 64, 800),
+        (64, 500, 800),
+        ip2,
+        (10, 64, 500),
+        (64, 10, 500),
+    ]
+    test = bench_lenet.gemm_shapes(solver.test_nets[0], False)
+    assert test == [
+        (20, 25, 100 * 576),
+        (50, 500, 100 * 64),
+        (100, 800, 500),
+        (100, 500, 10),
+    ]
+    gemms = bench_lenet.GemmsAlone(solver, 1)
+    assert round(gemms.gflop["train"], 3) == 0.844
+    gemms.train_step()
+    a, b, c = gemms.train_ops[2]
+    np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-4)
+
+
+def test_bench_lenet_imports(tmp_path: Path) -> None:
+    """The benchmark's net builder falls back to Input layers without LMDBs."""
+    bench_lenet = _bench_lenet()
     param, where = bench_lenet.lenet_net_param(tmp_path, 16, 10)
     assert "Input" in where or "random" in where
     inputs = [lp for lp in param.layer if lp.type == "Input"]
