@@ -432,6 +432,7 @@ def pool_2x2_all_paths(x: np.ndarray, phase: int) -> list[tuple[np.ndarray, ...]
             layer.forward([bottom], [top])
             assert layer._compiled_2x2(bottom.data, top.data) is not numpy_path
             top.diff[...] = np.random.default_rng(2).normal(size=top.shape)
+            top.diff[0, 0, 0, 1] = -0.0  # Caffe's 0 + -0: +0 at the argmax too
             bottom.diff[...] = np.nan
             layer.backward([top], [True], [bottom])
             masked = pool_layer("kernel_size: 2 stride: 2", phase=phase)
@@ -452,9 +453,13 @@ def test_compiled_2x2_kernel_is_caffes_loop(phase: int, dtype: type) -> None:
     x[0, 0, :2, :2] = [[0.0, -0.0], [-0.0, -1.0]]  # +0 first: Caffe keeps it
     x[0, 0, :2, 2:4] = [[-0.0, 0.0], [0.0, 0.0]]  # -0 first: Caffe keeps -0
     x[0, 1, :2, :2] = np.nan  # an all-NaN window stays at -FLT_MAX
+    x[0, 1, :2, 2:4] = [[np.nan, -2.0], [-3.0, np.nan]]  # NaN never wins: -2
+    x[0, 1, :2, 4:6] = -np.inf  # nothing beats -FLT_MAX
+    x[0, 1, :2, 6:8] = [[-np.inf, 5.0], [5.0, np.nan]]  # a tie: the first 5
     compiled, numpy_path = pool_2x2_all_paths(x, phase)
     top, mask, dx = compiled
     dy = np.random.default_rng(2).normal(size=top.shape)
+    dy[0, 0, 0, 1] = -0.0
     ref_top, ref_mask, _ = reference_pool(
         x.astype(float), (2, 2), (2, 2), (0, 0), "MAX"
     )
@@ -467,6 +472,7 @@ def test_compiled_2x2_kernel_is_caffes_loop(phase: int, dtype: type) -> None:
     ref_mask[none_won] = 2 * oy * shape[3] + 2 * ox
     np.testing.assert_array_equal(top, ref_top.astype(dtype))
     assert np.signbit(top[0, 0, 0, :2]).tolist() == [False, True]
+    assert top[0, 1, 0, :4].tolist() == [-flt_max, -2.0, -flt_max, 5.0]
     np.testing.assert_array_equal(mask, ref_mask)
     # Each top diff lands on its window's maximum (windows do not overlap).
     ref_dx = np.zeros(shape)
@@ -478,6 +484,9 @@ def test_compiled_2x2_kernel_is_caffes_loop(phase: int, dtype: type) -> None:
     np.testing.assert_allclose(dx, ref_dx, rtol=1e-6, atol=0)
     # Caffe zero-fills the bottom diff and adds: the other elements are +0.
     assert not np.signbit(dx[ref_dx == 0]).any()
+    # The NumPy path gives the same values; of a +0/-0 tie it may keep
+    # either zero, and where the diff is -0 it may leave -0 (its fast
+    # whole-array operations do not order ties the way Caffe's loop does).
     for got, other in zip(compiled, numpy_path):
         assert got.dtype == dtype
         np.testing.assert_array_equal(got, other)

@@ -660,13 +660,17 @@ def _argmax_dtype(window: int) -> type:
 
 
 def _max_pool_2x2(
-    x: Array, g: PoolGeometry, out: Array, argmax: npt.NDArray[np.integer]
+    x: Array, g: PoolGeometry, out: Array, argmax: npt.NDArray[np.integer] | None
 ) -> None:
-    """MAX forward with the compiled 2x2 kernel (kernels.py), inline: split
-    between the workers it was no faster (benchmarks/bench_vision.py)."""
+    """MAX forward with the compiled 2x2 kernels (kernels.py), with the
+    argmax or (None) without it; inline: split between the workers it was no
+    faster (benchmarks/bench_vision.py)."""
     planes = g.num * g.channels
     x3 = x.reshape(planes, g.height, g.width)
     out3 = out.reshape(planes, g.out_h, g.out_w)
+    if argmax is None:
+        kernels.compiled(kernels.max_pool_2x2_max)(x3, out3)
+        return
     kernel = kernels.compiled(kernels.max_pool_2x2)
     kernel(x3, out3, argmax.reshape(out3.shape))
 
@@ -845,13 +849,11 @@ class PoolingLayer(Layer):
         assert g is not None
         argmax = cols = None
         area = g.kernel_h * g.kernel_w
-        compiled = self._compiled_2x2(x, out)
-        if with_argmax or compiled:
+        if with_argmax:
             argmax = self._buffer("argmax", out.shape, _argmax_dtype(area))
-        if compiled:
-            assert argmax is not None
-            _max_pool_2x2(x, g, out, argmax)  # the argmax costs nothing here
-            self._argmax_valid = True
+        if self._compiled_2x2(x, out):
+            _max_pool_2x2(x, g, out, argmax)
+            self._argmax_valid = with_argmax
             return
         tiles = self._tiles(x.dtype)
         if tiles is not None:
