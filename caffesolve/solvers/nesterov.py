@@ -42,13 +42,4 @@ class NesterovSolver(SGDSolver):
     """SGD with Nesterov momentum; only the update value differs."""
 
     type = "Nesterov"
-
-    def compute_update_value(self, param_id: int, rate: float) -> None:
-        param = self.net.learnable_params[param_id]
-        nesterov_update(
-            param.diff,
-            self.history[param_id].data,
-            self.local_rate(param_id, rate),
-            self.param.momentum,
-            self.scratch(param_id),
-        )
+    update_rule = staticmethod(nesterov_update)

@@ -4,7 +4,8 @@ The update order lives only here (sgd_solver.cpp ApplyUpdate): the rate of
 this iteration, ClipGradients over the whole net, then per learnable param
 Normalize (iter_size), Regularize (L2/L1 weight decay), ComputeUpdateValue,
 and finally `net.update()` (data -= diff) and `iter += 1`. Other solvers
-override `compute_update_value` (and `history_blocks`) only.
+override `compute_update_value` (and `history_blocks`) only, or, with SGD's
+arguments, just `update_rule` (Nesterov).
 
 All arithmetic is float32 in place on the params' arrays, as Caffe's CPU path.
 """
@@ -97,6 +98,9 @@ class SGDSolver(Solver):
     """Stochastic gradient descent with momentum (Caffe's SGDSolver)."""
 
     type = "SGD"
+    # The momentum formula, with sgd_update's arguments: (diff, history,
+    # local_rate, momentum, scratch). Nesterov swaps in its own.
+    update_rule = staticmethod(sgd_update)
     # History blobs per learnable param: 1 (SGD ...) or 2 (AdaDelta, Adam),
     # laid out as Caffe does: all first-block blobs, then all second-block.
     history_blocks = 1
@@ -189,7 +193,7 @@ class SGDSolver(Solver):
 
     def compute_update_value(self, param_id: int, rate: float) -> None:
         p = self.net.learnable_params[param_id]
-        sgd_update(
+        self.update_rule(
             p.diff,
             self.history[param_id].data,
             self.local_rate(param_id, rate),
