@@ -31,13 +31,11 @@ def column_index(g: ConvGeometry, n: int, y: int, x: int, batch_inner: bool) -> 
     return (n * g.out_h + y) * g.out_w + x
 
 
-@pytest.mark.parametrize("batch_inner", [False, True])
-@pytest.mark.parametrize("g", GEOMETRIES)
-def test_im2col_elements(g: ConvGeometry, batch_inner: bool) -> None:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(g.num, g.channels, g.height, g.width))
-    col = lw.im2col(x, g, batch_inner)
-    assert col.shape == (g.channels * g.kernel_h * g.kernel_w, g.col_cols)
+def caffe_im2col_values(
+    x: np.ndarray, g: ConvGeometry
+) -> Iterator[tuple[int, int, int, int, float]]:
+    """Every element of Caffe's im2col, from its loop's index arithmetic:
+    (image n, row (c, i, j), output y, output x, value; 0 in the padding)."""
     for n, c, i, j, y, xx in itertools.product(
         range(g.num), range(g.channels), range(g.kernel_h), range(g.kernel_w),
         range(g.out_h), range(g.out_w),
@@ -45,8 +43,18 @@ def test_im2col_elements(g: ConvGeometry, batch_inner: bool) -> None:
         h = y * g.stride_h - g.pad_h + i * g.dilation_h
         w = xx * g.stride_w - g.pad_w + j * g.dilation_w
         inside = 0 <= h < g.height and 0 <= w < g.width
-        expect = x[n, c, h, w] if inside else 0.0
         row = (c * g.kernel_h + i) * g.kernel_w + j
+        yield n, row, y, xx, x[n, c, h, w] if inside else 0.0
+
+
+@pytest.mark.parametrize("batch_inner", [False, True])
+@pytest.mark.parametrize("g", GEOMETRIES)
+def test_im2col_elements(g: ConvGeometry, batch_inner: bool) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(g.num, g.channels, g.height, g.width))
+    col = lw.im2col(x, g, batch_inner)
+    assert col.shape == (g.channels * g.kernel_h * g.kernel_w, g.col_cols)
+    for n, row, y, xx, expect in caffe_im2col_values(x, g):
         assert col[row, column_index(g, n, y, xx, batch_inner)] == expect
 
 
@@ -178,15 +186,7 @@ def test_im2col_per_image_elements(g: ConvGeometry) -> None:
     work = np.zeros(lw.padded_shape(g, False)) if g.has_pad else None
     col = lw.im2col_per_image(x, g, work=work)
     assert col.shape == (g.num, g.kernel_dim, g.out_h * g.out_w)
-    for n, c, i, j, y, xx in itertools.product(
-        range(g.num), range(g.channels), range(g.kernel_h), range(g.kernel_w),
-        range(g.out_h), range(g.out_w),
-    ):  # fmt: skip
-        h = y * g.stride_h - g.pad_h + i * g.dilation_h
-        w = xx * g.stride_w - g.pad_w + j * g.dilation_w
-        inside = 0 <= h < g.height and 0 <= w < g.width
-        expect = x[n, c, h, w] if inside else 0.0
-        row = (c * g.kernel_h + i) * g.kernel_w + j
+    for n, row, y, xx, expect in caffe_im2col_values(x, g):
         assert col[n, row, y * g.out_w + xx] == expect
     # the same numbers as the (K, N*P) batch-outer matrix, image by image
     flat = lw.im2col(x, g, False).reshape(g.kernel_dim, g.num, -1)
