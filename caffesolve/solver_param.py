@@ -63,19 +63,26 @@ class NetSpec(NamedTuple):
 # -- parsing, upgrades, overrides ----------------------------------------------
 
 
-def upgrade_solver_type(param: SolverParameter, source: str = "<solver>") -> bool:
-    """Deprecated `solver_type` enum -> `type` string (UpgradeSolverType).
-
-    Returns True if it upgraded. Both fields set is an error, as in Caffe.
-    """
+def solver_type_name(param: SolverParameter, source: str = "<solver>") -> str:
+    """The solver's `type` string, read from the deprecated `solver_type` enum
+    when that is set (UpgradeSolverType). Both fields set is an error, as in
+    Caffe."""
     if not param.HasField("solver_type"):
-        return False
+        return param.type
     if param.HasField("type"):
         raise ConfigError(
             f"{source}: solver_type (deprecated enum) and type cannot both be "
             f'set; keep only type: "{param.type}"'
         )
-    param.type = SOLVER_TYPE_NAMES[param.solver_type]
+    return SOLVER_TYPE_NAMES[param.solver_type]
+
+
+def upgrade_solver_type(param: SolverParameter, source: str = "<solver>") -> bool:
+    """Deprecated `solver_type` enum -> `type` string, in place
+    (solver_type_name). Returns True if it upgraded."""
+    if not param.HasField("solver_type"):
+        return False
+    param.type = solver_type_name(param, source)
     param.ClearField("solver_type")
     return True
 

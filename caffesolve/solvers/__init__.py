@@ -12,6 +12,7 @@ from typing import Any
 from caffesolve.errors import ConfigError
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import suggest
+from caffesolve.solver_param import solver_type_name
 from caffesolve.solvers.adadelta import AdaDeltaSolver
 from caffesolve.solvers.adagrad import AdaGradSolver
 from caffesolve.solvers.adam import AdamSolver
@@ -32,36 +33,12 @@ SOLVERS: dict[str, type[Solver]] = {
     )
 }
 
-# Caffe's UpgradeSolverType: the legacy enum's values by name.
-_P = caffe_pb2.SolverParameter
-LEGACY_SOLVER_TYPES: dict[int, str] = {
-    _P.SGD: "SGD",
-    _P.NESTEROV: "Nesterov",
-    _P.ADAGRAD: "AdaGrad",
-    _P.RMSPROP: "RMSProp",
-    _P.ADADELTA: "AdaDelta",
-    _P.ADAM: "Adam",
-}
-
-
-def solver_type(param: caffe_pb2.SolverParameter, source: str = "<solver>") -> str:
-    """The solver's type string, upgrading the legacy `solver_type` enum."""
-    if param.HasField("solver_type"):
-        if param.HasField("type"):
-            raise ConfigError(
-                f"{source}: solver_type: Failed to upgrade solver: old solver_type "
-                "field (enum) and new type field (string) cannot be both specified "
-                "(keep only `type`)"
-            )
-        return LEGACY_SOLVER_TYPES[param.solver_type]
-    return param.type
-
 
 def create_solver(
     param: caffe_pb2.SolverParameter, source: str = "<solver>", **kwargs: Any
 ) -> Solver:
     """Caffe's SolverRegistry::CreateSolver; kwargs go to the Solver."""
-    name = solver_type(param, source)
+    name = solver_type_name(param, source)
     cls = SOLVERS.get(name)
     if cls is None:
         known = ", ".join(SOLVERS)
@@ -78,5 +55,5 @@ __all__ = [
     "Solver",
     "SolverAction",
     "create_solver",
-    "solver_type",
+    "solver_type_name",
 ]
