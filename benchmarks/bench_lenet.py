@@ -219,11 +219,12 @@ class GemmsAlone:
                 for m, k, n in shapes
             ]
 
-        self.train_ops = operands(gemm_shapes(solver.net, True))
-        self.test_ops = operands(gemm_shapes(solver.test_nets[0], False))
+        train_shapes = gemm_shapes(solver.net, True)
+        test_shapes = gemm_shapes(solver.test_nets[0], False)
+        self.train_ops, self.test_ops = operands(train_shapes), operands(test_shapes)
         self.gflop = {
-            "train": sum(2 * a.size * b.shape[1] for a, b, _ in self.train_ops) / 1e9,
-            "test": sum(2 * a.size * b.shape[1] for a, b, _ in self.test_ops) / 1e9,
+            "train": sum(2 * m * k * n for m, k, n in train_shapes) / 1e9,
+            "test": sum(2 * m * k * n for m, k, n in test_shapes) / 1e9,
         }
 
     def _run(self, ops: list[tuple]) -> float:

@@ -4,7 +4,7 @@ NumPy and BLAS do everything else. A kernel here replaces a chain of array
 operations (strided window passes, transposes, one pass per arithmetic
 step) with a single loop over memory, and exists only where that measured
 faster on LeNet's shapes (benchmarks/bench_vision.py --kernels
-compiled,numpy): MAX pooling 2x2/2 forward about 2.5x (5x without the
+compiled,numpy): MAX pooling 2x2/2 forward about 2.5x (4x without the
 argmax, in TEST nets) and backward about 2x, conv2's row-shift matrix about
 1.3x and its bottom-diff fold about 3.5x, SGD's decay and momentum steps
 about 2x. Each kernel is Caffe's loop written out, with the comparisons and
@@ -156,7 +156,7 @@ def max_pool_2x2_max(x, out):  # type: ignore[no-untyped-def]
     """MAX pooling forward without the argmax, for nets that run no backward
     (TEST): the same comparisons as max_pool_2x2, written as selects, which
     LLVM turns into vector max instructions (x86's MAXPS is exactly `v > best
-    ? v : best`, NaN and signed zeros included): about 2x faster."""
+    ? v : best`, NaN and signed zeros included): about 2.5x faster."""
     oh, ow = out.shape[1], out.shape[2]
     floor = out.dtype.type(-FLT_MAX)
     for p in range(x.shape[0]):
@@ -179,9 +179,10 @@ def max_pool_2x2_max(x, out):  # type: ignore[no-untyped-def]
 
 def max_pool_2x2_backward(dy, argmax, dx, width):  # type: ignore[no-untyped-def]
     """MAX pooling backward over flat arrays (images of `width` columns):
-    every window of dx is zeroed and its argmax element gets the top diff,
-    Caffe's zero fill and `+=` (0 + -0 is +0; no window overlaps another). Flat indices:
-    numba compiles this loop several times faster than over row views."""
+    every window of dx is zeroed and the top diff is added to its argmax
+    element, as Caffe's zero fill and `+=` (so 0 + -0 gives +0; no window
+    overlaps another). Flat indices: numba compiles this loop several times
+    faster than over row views."""
     ow = width // 2
     for r in range(dy.size // ow):  # output rows, i.e. pairs of image rows
         base = 2 * r * width
