@@ -18,8 +18,9 @@ the global namespace):
 Checked bit for bit against a C++ program compiled with g++ 12 (-std=c++11)
 that evaluates Caffe's expressions with these types, for every iteration of
 0..100000 of each policy (tests/test_lr_policy.py repeats this when g++ is
-there). numpy's array loops call libm's powf and pow; exp goes through
-`_expf`, which asks libm's expf wherever rounding is in doubt. An older
+there). numpy's array loops call libm's pow; powf and expf go through
+`_powf` and `_expf`, which ask libm's own function wherever rounding is in
+doubt. An older
 all-double build (GCC < 6) differs by at most one float32 ulp, visible in the
 printed 6 digits for 1-3% of the iterations of inv, poly and sigmoid.
 """
@@ -49,57 +50,69 @@ def _f32(x: float) -> np.float32:
     return np.float32(x)
 
 
-def _pow(x: npt.ArrayLike, y: float, dtype: type[np.floating]) -> npt.NDArray:
-    """C's pow/powf elementwise: libm's, as numpy's array loop calls it.
-
-    numpy's 0-d scalar math and its scalar-exponent fast paths (square, sqrt,
-    reciprocal) can differ from libm in the last bit, so the base is made at
-    least 1-d and the exponent a full array.
-    """
-    base = np.asarray(x, dtype=dtype)
-    flat = np.atleast_1d(base)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        out = np.power(flat, np.full(flat.shape, y, dtype=dtype))
-    return out.reshape(base.shape)
-
-
-def _load_libm_expf() -> Callable[[float], float] | None:
+def _load_libm(name: str, nargs: int) -> Callable[..., float] | None:
+    """libm's float function `name` (expf, powf) through ctypes, or None."""
     try:
         libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
-        expf = libm.expf
+        fn = getattr(libm, name)
     except (OSError, AttributeError):
         return None
-    expf.restype = ctypes.c_float
-    expf.argtypes = [ctypes.c_float]
-    return expf
+    fn.restype = ctypes.c_float
+    fn.argtypes = [ctypes.c_float] * nargs
+    return fn
 
 
-_LIBM_EXPF = _load_libm_expf()
+_LIBM_EXPF = _load_libm("expf", 1)
+_LIBM_POWF = _load_libm("powf", 2)
 
 
-def _expf(t: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """C's expf(t) elementwise, as the platform's libm rounds it.
+def _as_libm_rounds(
+    e64: npt.NDArray[np.float64],
+    libm_fn: Callable[..., float] | None,
+    *args: npt.NDArray[np.float32],
+) -> npt.NDArray[np.float32]:
+    """A float function's double-precision value `e64` rounded to float32 as
+    the platform's libm rounds it.
 
-    exp in double rounded to float is the correctly rounded result; glibc's
-    expf (error bound 0.502 ulp) differs from it only where the exact value
-    lies within a hair of halfway between two floats, so those few elements
-    (about 1 in 200) are handed to libm's expf itself.
+    The double result rounded to float is the correctly rounded float result;
+    glibc's expf and powf compute in double internally and differ from it only
+    where the exact value lies within a hair of halfway between two floats, so
+    those few elements (1 to 2 in 100) are handed to libm's function itself,
+    called on the float32 `args` (broadcast to e64's shape).
     """
-    with np.errstate(over="ignore"):
-        e64 = np.exp(t.astype(np.float64))
-        e32 = e64.astype(np.float32)
-    if _LIBM_EXPF is None or e32.size == 0:
-        return e32
     with np.errstate(invalid="ignore", over="ignore"):
+        e32 = e64.astype(np.float32)
+        if libm_fn is None or e32.size == 0:
+            return e32
         ulp = np.spacing(e32).astype(np.float64)
         near_half = np.abs(e64 - e32.astype(np.float64)) > 0.495 * ulp
     if np.any(near_half):
-        e32 = np.array(e32, copy=True)
-        flat_t, flat_e = np.atleast_1d(t), np.atleast_1d(e32)
+        flat_e = np.array(np.atleast_1d(e32), copy=True)
         mask = np.atleast_1d(near_half)
-        flat_e[mask] = [_LIBM_EXPF(float(v)) for v in flat_t[mask]]
+        picked = [
+            np.broadcast_to(a, e32.shape).reshape(flat_e.shape)[mask] for a in args
+        ]
+        flat_e[mask] = [libm_fn(*(float(v) for v in vs)) for vs in zip(*picked)]
         e32 = flat_e.reshape(e32.shape)
     return e32
+
+
+def _powf(x: npt.ArrayLike, y: float) -> npt.NDArray[np.float32]:
+    """C's powf(x, y) elementwise, as the platform's libm rounds it (NumPy's
+    own float32 power uses its own SIMD code from NumPy 2.4 on, which differs
+    from glibc's powf in the last bit for about 1 in 5 elements)."""
+    base = np.asarray(x, dtype=np.float32)
+    y32 = np.float32(y)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        e64 = np.power(base.astype(np.float64), np.float64(y32))
+    return _as_libm_rounds(e64, _LIBM_POWF, base, y32)
+
+
+def _expf(t: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """C's expf(t) elementwise, as the platform's libm rounds it."""
+    with np.errstate(over="ignore"):
+        e64 = np.exp(t.astype(np.float64))
+    return _as_libm_rounds(e64, _LIBM_EXPF, t)
 
 
 def _scaled_power(p: SolverParameter, exponent: npt.ArrayLike) -> Rates:
@@ -141,7 +154,7 @@ def exp(p: SolverParameter, it: IterLike) -> Rates:
 def inv(p: SolverParameter, it: IterLike) -> Rates:
     """Caffe lr_policy "inv": base_lr * (1 + gamma * iter) ^ (-power), in float."""
     x = _f32(1) + _f32(p.gamma) * _iters(it).astype(np.float32)
-    return np.asarray(_f32(p.base_lr) * _pow(x, -_f32(p.power), np.float32))
+    return np.asarray(_f32(p.base_lr) * _powf(x, -_f32(p.power)))
 
 
 def multistep(
@@ -167,7 +180,7 @@ def poly(p: SolverParameter, it: IterLike) -> Rates:
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = _iters(it).astype(np.float32) / _f32(p.max_iter)
     base = np.asarray(_f32(1) - frac, dtype=np.float32)
-    return np.asarray(_f32(p.base_lr) * _pow(base, _f32(p.power), np.float32))
+    return np.asarray(_f32(p.base_lr) * _powf(base, _f32(p.power)))
 
 
 def sigmoid(p: SolverParameter, it: IterLike) -> Rates:
