@@ -81,12 +81,13 @@ def _logging_to(log_file: str | None) -> Iterator[None]:
 @cli.group("data")
 def data_group() -> None:
     """Get MNIST / Fashion-MNIST and write Caffe's LMDBs (get_mnist.sh +
-    create_mnist.sh).
+    create_mnist.sh), or make the LSTM example's sine waves.
 
     \b
     caffesolve data mnist                     # -> data/mnist/mnist_{train,test}_lmdb
     caffesolve data mnist --from ~/Downloads  # the four IDX files, .gz or not
     caffesolve data fashion-mnist             # Debian's package if installed
+    caffesolve data sine                      # -> data/sine/{train,test}.h5
     """
 
 
@@ -184,6 +185,25 @@ def data_fashion_mnist(
     package) when present, else downloads.
     """
     _run_data("fashion-mnist", out, from_dir, force, mirrors, skip_checksum)
+
+
+@data_group.command("sine")
+@click.option(
+    "--out",
+    default="data/sine",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for train.h5, test.h5 and their list files.",
+)
+@click.option("--force", is_flag=True, help="Rebuild existing files.")
+@click.option("--seed", default=1701, show_default=True, help="Random seed.")
+def data_sine(out: str, force: bool, seed: int) -> None:
+    """Noisy sine waves as HDF5 for configs/lstm_sine (an LSTM predicting
+    the next value): OUT/train.txt and OUT/test.txt list the .h5 files."""
+    from caffesolve.data.sine import write_sine_dataset
+
+    for path in write_sine_dataset(out, force=force, seed=seed):
+        click.echo(str(path))
 
 
 # -- lr-schedule -----------------------------------------------------------------

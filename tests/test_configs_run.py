@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from caffesolve.data.datasets import write_lmdb_atomic
+from caffesolve.data.sine import write_sine_dataset
 from caffesolve.log import LOG
 from caffesolve.net import Net
 from caffesolve.proto import caffe_pb2
@@ -31,7 +32,8 @@ def _rel(p: Path) -> str:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with configs/ and tiny MNIST-shaped LMDBs under data/."""
+    """A folder with configs/, tiny MNIST-shaped LMDBs and sine waves under
+    data/."""
     root = tmp_path_factory.mktemp("repo")
     shutil.copytree(ROOT / "configs", root / "configs")
     rng = np.random.default_rng(1701)
@@ -42,6 +44,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             labels = rng.integers(0, 10, size=n, dtype=np.uint8)
             write_lmdb_atomic(root / "data" / folder / f"{prefix}_{split}_lmdb",
                               images, labels)  # fmt: skip
+    write_sine_dataset(root / "data" / "sine", steps=(100, 60))
     return root
 
 

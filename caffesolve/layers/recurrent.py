@@ -1,0 +1,753 @@
+"""Recurrent layers: RNN, LSTM and LSTMUnit (Caffe's recurrent_layer.cpp,
+rnn_layer.cpp, lstm_layer.cpp and lstm_unit_layer.cpp).
+
+Caffe's RecurrentLayer builds an unrolled Net inside itself, one group of
+layers per time step, and runs it. caffesolve does not build that Net (so
+this module imports no caffesolve.net): it runs the same recurrence directly,
+a loop over the T time steps with one batched GEMM per step, doing each
+unrolled layer's operations in that layer's order and precision. The input
+projection of all T steps is one InnerProduct over T*N rows, as in Caffe's
+unrolled net (caffesolve's own InnerProductLayer runs it). LSTM, for
+t = 1..T (RNN likewise with W_xh, W_hh and TanH):
+
+    W_xc_x         = x W_xc^T + b_c                  (x_transform, all steps)
+    W_xc_x_static  = x_static W_xc_static^T          (static input, if any)
+    h_conted_{t-1} = cont_t * h_{t-1}                (Scale: reset at cont 0)
+    gate_input_t   = h_conted_{t-1} W_hc^T + W_xc_x_t [+ W_xc_x_static]
+    c_t, h_t       = LSTMUnit(c_{t-1}, gate_input_t, cont_t)
+
+Backward runs the steps from T down to 1 as the unrolled net does: the
+recurrent weights' diffs gain one GEMM per step in that order (the shared
+W_hc of the unrolled net), the static input's diff is the sum of the gate
+diffs for t = 1..T in that order (its Split), nothing flows into `cont`, and
+with expose_hidden no diff flows out of the final-state tops or into the
+initial-state bottoms (Caffe shares only their data with the unrolled net;
+caffesolve zeroes those bottom diffs). Without expose_hidden each forward
+starts from the previous forward's final state (zero at first), which the
+`cont` indicators reset; solver snapshots keep it (get_state).
+
+The param blobs are those of Caffe's unrolled net, in its order, so Caffe's
+.caffemodel files load: LSTM W_xc (4H x K), b_c (4H), [W_xc_static (4H x
+K_static)], W_hc (4H x H), gate rows in the order i, f, o, g; RNN W_xh, b_h,
+[W_xh_static], W_hh, W_ho, b_o.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from caffesolve import kernels
+from caffesolve.backend import array_module
+from caffesolve.blob import Blob
+from caffesolve.errors import ShapeError
+from caffesolve.layers import register
+from caffesolve.layers.base import Layer
+from caffesolve.layers.common import InnerProductLayer, fill_blob
+from caffesolve.log import LOG, fmt32
+from caffesolve.lr_policy import _expf
+from caffesolve.proto import caffe_pb2
+
+Array = npt.NDArray[np.float32]
+
+
+# -- LSTMUnit arithmetic ------------------------------------------------------------
+#
+# lstm_unit_layer.cpp in a C++11 build: sigmoid(x) = 1. / (1. + exp(-x)) is
+# expf for a float x (mkl_alternate.hpp's <math.h> puts std::exp(float) in
+# the global namespace) with the rest in double, rounded to float on return;
+# tanh(x) = 2. * sigmoid(2. * x) - 1. is all double (2. * x is a double).
+# The compiled kernels call libm's expf and exp (numba's math.exp), the NumPy
+# twins the same functions through _expf and np.exp; tests check both paths
+# bit for bit against those expressions compiled with g++.
+
+
+def lstm_unit_forward_kernel(c_prev, x, cont, acts, c, tanh_c, h, zero):  # type: ignore[no-untyped-def]
+    num, dim = c_prev.shape
+    for n in range(num):
+        k = cont[n]
+        for d in range(dim):
+            acts[n, d] = 1.0 / (1.0 + math.exp(-x[n, d]))
+            acts[n, dim + d] = 1.0 / (1.0 + math.exp(-x[n, dim + d]))
+            if k == 0:
+                acts[n, dim + d] = zero
+            else:
+                acts[n, dim + d] = k * acts[n, dim + d]
+            acts[n, 2 * dim + d] = 1.0 / (1.0 + math.exp(-x[n, 2 * dim + d]))
+            acts[n, 3 * dim + d] = (
+                2.0 * (1.0 / (1.0 + math.exp(-(2.0 * x[n, 3 * dim + d])))) - 1.0
+            )
+            cv = acts[n, dim + d] * c_prev[n, d] + acts[n, d] * acts[n, 3 * dim + d]
+            c[n, d] = cv
+            tanh_c[n, d] = 2.0 * (1.0 / (1.0 + math.exp(-(2.0 * cv)))) - 1.0
+            h[n, d] = acts[n, 2 * dim + d] * tanh_c[n, d]
+
+
+def lstm_unit_backward_kernel(
+    c_prev, acts, tanh_c, c_diff, h_diff, c_prev_diff, x_diff, one
+):  # type: ignore[no-untyped-def]
+    num, dim = c_prev.shape
+    for n in range(num):
+        for d in range(dim):
+            i = acts[n, d]
+            f = acts[n, dim + d]
+            o = acts[n, 2 * dim + d]
+            g = acts[n, 3 * dim + d]
+            tc = tanh_c[n, d]
+            hd = h_diff[n, d]
+            c_term = c_diff[n, d] + hd * o * (one - tc * tc)
+            c_prev_diff[n, d] = c_term * f
+            x_diff[n, d] = c_term * g * i * (one - i)
+            x_diff[n, dim + d] = c_term * c_prev[n, d] * f * (one - f)
+            x_diff[n, 2 * dim + d] = hd * tc * o * (one - o)
+            x_diff[n, 3 * dim + d] = c_term * i * (one - g * g)
+
+
+def caffe_sigmoid(x: Array) -> Array:
+    """lstm_unit_layer.cpp's sigmoid: 1. / (1. + exp(-x)), exp in x's
+    precision (expf for float32, as libm rounds it), the rest in double."""
+    with np.errstate(over="ignore"):
+        if x.dtype == np.float32:
+            e = _expf(-x).astype(np.float64)
+        else:
+            e = np.exp(-x.astype(np.float64))
+        return (1.0 / (1.0 + e)).astype(x.dtype)
+
+
+def caffe_tanh(x: Array) -> Array:
+    """lstm_unit_layer.cpp's tanh: 2. * sigmoid(2. * x) - 1., all in double."""
+    with np.errstate(over="ignore"):
+        s = 1.0 / (1.0 + np.exp(-(2.0 * x.astype(np.float64))))
+    return (2.0 * s - 1.0).astype(x.dtype)
+
+
+def lstm_unit_forward(
+    c_prev: Array, x: Array, cont: Array, acts: Array, c: Array, tanh_c: Array, h: Array
+) -> None:
+    """One LSTMUnit step (lstm_unit_layer.cpp Forward_cpu), N x H state:
+    i, f, o = sigmoid(x's first three H columns), g = tanh(the last H);
+    f = 0 where cont == 0, else cont * f; c = f * c_prev + i * g;
+    h = o * tanh(c). Writes acts (i, f, o, g), c, tanh_c and h."""
+    if kernels.takes(c_prev, x, cont, acts, c, tanh_c, h):
+        kernel = kernels.compiled(lstm_unit_forward_kernel)
+        kernel(c_prev, x, cont, acts, c, tanh_c, h, c.dtype.type(0))
+        return
+    dim = c_prev.shape[1]
+    acts[:, : 3 * dim] = caffe_sigmoid(x[:, : 3 * dim])
+    acts[:, 3 * dim :] = caffe_tanh(x[:, 3 * dim :])
+    i, f, o, g = (acts[:, j * dim : (j + 1) * dim] for j in range(4))
+    k = cont[:, None]
+    f[...] = np.where(k == 0, c.dtype.type(0), k * f)
+    c[...] = f * c_prev + i * g
+    tanh_c[...] = caffe_tanh(c)
+    np.multiply(o, tanh_c, out=h)
+
+
+def lstm_unit_backward(
+    c_prev: Array,
+    acts: Array,
+    tanh_c: Array,
+    c_diff: Array,
+    h_diff: Array,
+    c_prev_diff: Array,
+    x_diff: Array,
+) -> None:
+    """LSTMUnit's backward (lstm_unit_layer.cpp Backward_cpu), in float:
+    c_term = dc + dh * o * (1 - tanh_c^2); dc_prev = c_term * f;
+    di = c_term * g * i * (1 - i); df = c_term * c_prev * f * (1 - f);
+    do = dh * tanh_c * o * (1 - o); dg = c_term * i * (1 - g^2)."""
+    one = c_prev.dtype.type(1)
+    if kernels.takes(c_prev, acts, tanh_c, c_diff, h_diff, c_prev_diff, x_diff):
+        kernel = kernels.compiled(lstm_unit_backward_kernel)
+        kernel(c_prev, acts, tanh_c, c_diff, h_diff, c_prev_diff, x_diff, one)
+        return
+    dim = c_prev.shape[1]
+    i, f, o, g = (acts[:, j * dim : (j + 1) * dim] for j in range(4))
+    c_term = c_diff + h_diff * o * (one - tanh_c * tanh_c)
+    c_prev_diff[...] = c_term * f
+    x_diff[:, :dim] = c_term * g * i * (one - i)
+    x_diff[:, dim : 2 * dim] = c_term * c_prev * f * (one - f)
+    x_diff[:, 2 * dim : 3 * dim] = h_diff * tanh_c * o * (one - o)
+    x_diff[:, 3 * dim :] = c_term * i * (one - g * g)
+
+
+@register
+class LSTMUnitLayer(Layer):
+    """Caffe's LSTMUnit (lstm_unit_layer.cpp): bottoms c_prev (1 x N x H),
+    gate inputs X (1 x N x 4H, gates i, f, o, g) and cont (1 x N); tops c and
+    h (1 x N x H). See lstm_unit_forward / lstm_unit_backward. No diff into
+    cont (Caffe: "Cannot backpropagate to sequence indicators")."""
+
+    type = "LSTMUnit"
+    exact_num_bottom_blobs = 3
+    exact_num_top_blobs = 2
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        num = bottom[0].shape[1] if bottom[0].num_axes > 1 else -1
+        for i, b in enumerate(bottom):
+            axes = 2 if i == 2 else 3
+            if b.num_axes != axes or b.shape[0] != 1 or b.shape[1] != num:
+                raise ShapeError(
+                    f"{self.where()}: bottom[{i}] '{b.name}' has shape "
+                    f"{b.shape_string()}; LSTMUnit takes c_prev 1 x N x H, "
+                    "gate inputs 1 x N x 4H and cont 1 x N"
+                )
+        dim = bottom[0].shape[2]
+        if bottom[1].shape[2] != 4 * dim:
+            raise ShapeError(
+                f"{self.where()}: bottom[1] '{bottom[1].name}' has "
+                f"{bottom[1].shape[2]} gate inputs per stream; c_prev's {dim} "
+                f"cells take 4 * {dim} = {4 * dim}"
+            )
+        top[0].reshape(bottom[0].shape)
+        top[1].reshape(bottom[0].shape)
+        dtype = bottom[0].data.dtype
+        self.acts = _buffer(getattr(self, "acts", None), bottom[1].shape[1:], dtype)
+        self.tanh_c = _buffer(getattr(self, "tanh_c", None), bottom[0].shape[1:], dtype)
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        c_prev, x, cont = (b.data[0] for b in bottom)
+        lstm_unit_forward(
+            c_prev, x, cont, self.acts, top[0].data[0], self.tanh_c, top[1].data[0]
+        )
+
+    def backward(
+        self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
+    ) -> None:
+        if propagate_down[2]:
+            raise self.config_error("Cannot backpropagate to sequence indicators.")
+        if not (propagate_down[0] or propagate_down[1]):
+            return
+        lstm_unit_backward(
+            bottom[0].data[0],
+            self.acts,
+            self.tanh_c,
+            top[0].diff[0],
+            top[1].diff[0],
+            bottom[0].diff[0],
+            bottom[1].diff[0],
+        )
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return bottom_index != 2
+
+
+def _buffer(old: Array | None, shape: tuple[int, ...], dtype: Any) -> Array:
+    """`old` if it has this shape and dtype, else a new zeroed array."""
+    if old is not None and old.shape == tuple(shape) and old.dtype == dtype:
+        return old
+    return np.zeros(shape, dtype)
+
+
+def _encode(a: Array) -> dict[str, Any]:
+    """An array as JSON: shape, dtype and its bytes in base64 (exact)."""
+    raw = np.ascontiguousarray(a)
+    return {
+        "shape": list(raw.shape),
+        "dtype": raw.dtype.str,
+        "data": base64.b64encode(raw.tobytes()).decode("ascii"),
+    }
+
+
+def _decode(state: dict[str, Any]) -> Array:
+    data = base64.b64decode(state["data"])
+    return np.frombuffer(data, np.dtype(state["dtype"])).reshape(state["shape"])
+
+
+# -- RecurrentLayer -----------------------------------------------------------------
+
+
+class RecurrentLayer(Layer):
+    """Caffe's RecurrentLayer (recurrent_layer.cpp): bottoms x (T x N x ...),
+    cont (T x N), optional x_static (N x ...), then with expose_hidden the
+    initial states (1 x N x H each); tops the output (T x N x H), then with
+    expose_hidden the final states. Subclasses write the recurrence."""
+
+    # The recurrent states, as Caffe names them (h_0, c_0 -> h_T, c_T).
+    states: ClassVar[tuple[str, ...]] = ()
+    # Rows of the input weights per output (4 gates for LSTM).
+    gates: ClassVar[int] = 1
+    # The unrolled net's names for x_transform's top and the static input's.
+    x_names: ClassVar[tuple[str, str]] = ("", "")
+
+    def __init__(
+        self,
+        param: caffe_pb2.LayerParameter,
+        phase: int = caffe_pb2.TRAIN,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__(param, phase, rng)
+        p = param.recurrent_param
+        self.expose_hidden = bool(p.expose_hidden)
+        self.debug_info = bool(p.debug_info)
+        self.exposed = len(self.states) if self.expose_hidden else 0
+        self.min_bottom_blobs = 2 + self.exposed
+        self.max_bottom_blobs = 3 + self.exposed
+        self.exact_num_top_blobs = 1 + self.exposed
+
+    # -- setup -----------------------------------------------------------------
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        x = bottom[0]
+        if x.num_axes < 2:
+            raise self._shape_error(
+                f"bottom[0] '{x.name}' has shape {x.shape_string()}; it must "
+                "have at least 2 axes -- (#timesteps, #streams, ...)"
+            )
+        self.T, self.N = x.shape[0], x.shape[1]
+        if self.T == 0:
+            raise self._shape_error(f"bottom[0] '{x.name}' has no timesteps")
+        LOG.info(
+            "recurrent_layer.cpp:20",
+            "Initializing recurrent layer: assuming input batch contains "
+            f"{self.T} timesteps of {self.N} independent streams.",
+        )
+        self._check_cont(bottom)
+        p = self.layer_param.recurrent_param
+        if p.num_output == 0:
+            raise self.config_error("recurrent_param.num_output must be positive")
+        self.H = int(p.num_output)
+        self.static_input = len(bottom) > 2 + self.exposed
+        if self.static_input:
+            s = bottom[2]
+            if s.num_axes < 1 or s.shape[0] != self.N:
+                raise self._shape_error(
+                    f"bottom[2] '{s.name}' (the static input) has shape "
+                    f"{s.shape_string()}; its first axis must be the {self.N} "
+                    "streams"
+                )
+        dtype = x.data.dtype
+        self._x, self._xs = Blob(name="x"), Blob(name="x_static")
+        self._xw = Blob(name=self.x_names[0], dtype=dtype)
+        self._xsw = Blob(name=self.x_names[1], dtype=dtype)
+        self._share_inputs(bottom)
+        # Params in the unrolled net's order: x_transform, static, recurrence.
+        self.x_transform = self._inner_product("x_transform", axis=2, bias=True)
+        self.x_transform.setup([self._x], [self._xw])
+        self.blobs = list(self.x_transform.blobs)
+        if self.static_input:
+            self.static_transform = self._inner_product(
+                self.x_names[1], axis=1, bias=False
+            )
+            self.static_transform.setup([self._xs], [self._xsw])
+            self.blobs += self.static_transform.blobs
+        self.first_recurrent = len(self.blobs)
+        self.blobs += self.recurrent_blobs(dtype)
+        for i, name in enumerate(self.param_names()):
+            LOG.info("recurrent_layer.cpp:150", f"Adding parameter {i}: {name}")
+        self.param_propagate_down = [True] * len(self.blobs)
+        self.N = -1  # reshape sizes the state for the streams it sees
+
+    def _inner_product(self, name: str, axis: int, bias: bool) -> InnerProductLayer:
+        """One of the unrolled net's InnerProduct layers (no bias: hidden_param)."""
+        p = self.layer_param.recurrent_param
+        lp = caffe_pb2.LayerParameter(name=f"{self.name}_{name}", type="InnerProduct")
+        ip = lp.inner_product_param
+        ip.num_output = self.gates * self.H
+        ip.bias_term = bias
+        ip.axis = axis
+        ip.weight_filler.CopyFrom(p.weight_filler)
+        if bias:
+            ip.bias_filler.CopyFrom(p.bias_filler)
+        return InnerProductLayer(lp, self.phase, self.rng)
+
+    def weight(self, rows: int, cols: int, dtype: Any, filler: str) -> Blob:
+        """A recurrence param blob filled by recurrent_param's `filler`."""
+        blob = Blob((rows, cols) if cols else (rows,), dtype=dtype)
+        p = self.layer_param.recurrent_param
+        fill_blob(self, blob, getattr(p, filler), f"recurrent_param.{filler}")
+        return blob
+
+    def param_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def recurrent_blobs(self, dtype: Any) -> list[Blob]:
+        raise NotImplementedError
+
+    def _shape_error(self, message: str) -> ShapeError:
+        return ShapeError(f"{self.where()}: {message}")
+
+    def _check_cont(self, bottom: list[Blob]) -> None:
+        cont = bottom[1]
+        if cont.shape != (self.T, bottom[0].shape[1]):
+            raise self._shape_error(
+                f"bottom[1] '{cont.name}' (cont) has shape {cont.shape_string()}; "
+                f"it must be exactly 2 axes -- (#timesteps, #streams) = "
+                f"{self.T} x {bottom[0].shape[1]}"
+            )
+
+    def _share_inputs(self, bottom: list[Blob]) -> None:
+        """The x_transform and static layers read (and write) the bottoms."""
+        self._x.data, self._x.diff = bottom[0].data, bottom[0].diff
+        if self.static_input:
+            self._xs.data, self._xs.diff = bottom[2].data, bottom[2].diff
+
+    def _sync_params(self) -> None:
+        """Give the inner InnerProducts this layer's current param blobs (a
+        Net may have swapped them for shared ones) and propagate flags."""
+        self.x_transform.blobs = self.blobs[:2]
+        self.x_transform.param_propagate_down = self.param_propagate_down[:2]
+        if self.static_input:
+            self.static_transform.blobs = self.blobs[2:3]
+            self.static_transform.param_propagate_down = self.param_propagate_down[2:3]
+
+    # -- reshape, forward, backward ------------------------------------------------
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        x = bottom[0]
+        if x.num_axes < 2 or x.shape[0] != self.T:
+            raise self._shape_error(
+                f"bottom[0] '{x.name}' has shape {x.shape_string()}: input "
+                f"number of timesteps changed (was {self.T})"
+            )
+        self._check_cont(bottom)
+        n = x.shape[1]
+        if self.static_input and bottom[2].shape[0] != n:
+            raise self._shape_error(
+                f"bottom[2] '{bottom[2].name}' (the static input) has shape "
+                f"{bottom[2].shape_string()}; its first axis must be the {n} streams"
+            )
+        state_shape = (1, n, self.H)
+        offset = 2 + self.static_input
+        for i, b in enumerate(bottom[offset:], offset):
+            if b.shape != state_shape:
+                raise self._shape_error(
+                    f"bottom[{i}] '{b.name}' shape must match hidden state input "
+                    f"shape: 1 {n} {self.H} ({n * self.H})"
+                )
+        self._share_inputs(bottom)
+        self.x_transform.reshape([self._x], [self._xw])
+        if self.static_input:
+            self.static_transform.reshape([self._xs], [self._xsw])
+        dtype = x.data.dtype
+        if n != self.N or self.dtype != dtype:
+            self.N, self.dtype = n, dtype
+            self.allocate(self.T, n, dtype)
+        top[0].reshape((self.T, n, self.H))
+        for t in top[1:]:
+            t.reshape(state_shape)
+
+    dtype: Any = None
+
+    def allocate(self, steps: int, num: int, dtype: Any) -> None:
+        """Make the state and work arrays for `num` streams (zero state)."""
+        raise NotImplementedError
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        self._sync_params()
+        self._share_inputs(bottom)
+        self.x_transform.forward([self._x], [self._xw])
+        static = None
+        if self.static_input:
+            self.static_transform.forward([self._xs], [self._xsw])
+            static = self._xsw.data
+        if self.debug_info:
+            names = self.param_names()
+            self.debug("top", "x_transform", self._xw.name, self._xw.data)
+            for j in range(2):
+                self.debug("param", "x_transform", names[j], self.blobs[j].data)
+            if static is not None:
+                self.debug("top", self.x_names[1], self._xsw.name, static)
+                self.debug("param", self.x_names[1], names[2], self.blobs[2].data)
+        offset = 2 + self.static_input
+        initial = [b.data[0] for b in bottom[offset:]] if self.expose_hidden else None
+        top[0].data[...] = self.recurrent_forward(bottom[1].data, static, initial)
+        for t, state in zip(top[1:], self.final_states()):
+            t.data[0] = state
+
+    def backward(
+        self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
+    ) -> None:
+        if propagate_down[1]:
+            raise self.config_error("Cannot backpropagate to sequence indicators.")
+        self._sync_params()
+        self._share_inputs(bottom)
+        # Fills self._xw.diff with the diff of each step's input projection.
+        self.recurrent_backward(top[0].diff, bottom[1].data)
+        if self.static_input:
+            xw_diff, total = self._xw.diff, self._xsw.diff
+            total[...] = xw_diff[0]
+            for s in range(1, self.T):  # the Split's sum, t = 1..T in order
+                total += xw_diff[s]
+            self.static_transform.backward([self._xsw], [propagate_down[2]], [self._xs])
+            self.debug("bottom", self.x_names[1], "x_static", self._xs.diff)
+            self.debug("param_diff", self.x_names[1], "0", self.blobs[2].diff)
+        self.x_transform.backward([self._xw], [propagate_down[0]], [self._x])
+        self.debug("bottom", "x_transform", "x", self._x.diff)
+        for j in range(2):
+            self.debug("param_diff", "x_transform", str(j), self.blobs[j].diff)
+        offset = 2 + self.static_input
+        for i in range(offset, len(bottom)):
+            if propagate_down[i]:
+                bottom[i].diff[...] = 0  # Caffe shares only these bottoms' data
+
+    def recurrent_forward(
+        self, cont: Array, static: Array | None, initial: list[Array] | None
+    ) -> Array:
+        """Run steps 1..T from self._xw.data; return the T x N x H output."""
+        raise NotImplementedError
+
+    def recurrent_backward(self, top_diff: Array, cont: Array) -> None:
+        """Steps T..1: param diffs, and self._xw.diff."""
+        raise NotImplementedError
+
+    def final_states(self) -> list[Array]:
+        """The N x H states after step T, in `states` order."""
+        raise NotImplementedError
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        return bottom_index != 1
+
+    # -- hidden state: Caffe's Reset, and snapshots --------------------------------
+
+    def reset(self) -> None:
+        """Caffe's RecurrentLayer::Reset: zero the state the next forward
+        starts from."""
+        for state in self.final_states():
+            state[...] = 0
+
+    def get_state(self) -> dict[str, Any] | None:
+        """The state the next forward starts from (without expose_hidden), so
+        a resumed run continues exactly; Caffe's solverstate lacks it."""
+        if self.expose_hidden:
+            return None
+        return {"states": [_encode(s) for s in self.final_states()]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for target, saved in zip(self.final_states(), state["states"]):
+            values = _decode(saved)
+            if values.shape != target.shape:
+                raise self.config_error(
+                    f"saved recurrent state has shape {values.shape}, the layer "
+                    f"{target.shape} (streams changed?)"
+                )
+            target[...] = values
+
+    # -- debug_info: the unrolled net's lines (net.cpp Forward/BackwardDebugInfo) ---
+
+    def debug(self, kind: str, layer: str, name: str, values: Array) -> None:
+        """With recurrent_param.debug_info, one of the lines Caffe's unrolled
+        net logs: mean |values| (Blob::asum_data() / count()) of a `kind` in
+        {"top", "param", "bottom", "param_diff"} of the unrolled `layer`."""
+        if not self.debug_info:
+            return
+        stage, what, source = {
+            "top": ("Forward", "top blob", "net.cpp:593"),
+            "param": ("Forward", "param blob", "net.cpp:605"),
+            "bottom": ("Backward", "bottom blob", "net.cpp:621"),
+            "param_diff": ("Backward", "param blob", "net.cpp:632"),
+        }[kind]
+        field = "diff" if stage == "Backward" else "data"
+        mean = float(np.abs(values).sum(dtype=np.float32) / max(values.size, 1))
+        LOG.info(
+            source,
+            f"    [{stage}] Layer {self.name}_{layer}, {what} {name} {field}: "
+            f"{fmt32(mean)}",
+        )
+
+
+def _accumulate(diff: Array, a: Array, b: Array, scratch: Array) -> None:
+    """diff += a^T b through a scratch product (Caffe's GEMM with beta = 1)."""
+    array_module(a).matmul(a.T, b, out=scratch)
+    diff += scratch
+
+
+# -- LSTM -----------------------------------------------------------------------------
+
+
+@register
+class LSTMLayer(RecurrentLayer):
+    """Caffe's LSTM (lstm_layer.cpp), unrolled as in the module docstring;
+    the output is h_1..h_T."""
+
+    type = "LSTM"
+    states = ("h", "c")
+    gates = 4
+    x_names = ("W_xc_x", "W_xc_x_static")
+
+    def param_names(self) -> list[str]:
+        static = ["W_xc_static"] if self.static_input else []
+        return ["W_xc", "b_c", *static, "W_hc"]
+
+    def recurrent_blobs(self, dtype: Any) -> list[Blob]:
+        return [self.weight(4 * self.H, self.H, dtype, "weight_filler")]
+
+    def allocate(self, steps: int, num: int, dtype: Any) -> None:
+        h = self.H
+        self.hs = np.zeros((steps + 1, num, h), dtype)  # h_0 .. h_T
+        self.cs = np.zeros((steps + 1, num, h), dtype)  # c_0 .. c_T
+        self.h_conted = np.zeros((steps, num, h), dtype)
+        self.acts = np.zeros((steps, num, 4 * h), dtype)  # i, f, o, g
+        self.tanh_c = np.zeros((steps, num, h), dtype)
+        self.gate_input = np.zeros((num, 4 * h), dtype)
+        self.scratch = np.zeros((4 * h, h), dtype)
+        self.work = [np.zeros((num, h), dtype) for _ in range(4)]
+
+    def final_states(self) -> list[Array]:
+        return [self.hs[self.T], self.cs[self.T]]
+
+    def recurrent_forward(
+        self, cont: Array, static: Array | None, initial: list[Array] | None
+    ) -> Array:
+        xp = array_module(cont)
+        hs, cs, xw = self.hs, self.cs, self._xw.data
+        if initial is None:  # the previous forward's final state (Caffe's copy)
+            hs[0], cs[0] = hs[self.T], cs[self.T]
+        else:
+            hs[0], cs[0] = initial
+        w = self.blobs[self.first_recurrent]
+        gate = self.gate_input
+        for s in range(self.T):
+            k = cont[s]
+            xp.multiply(hs[s], k[:, None], out=self.h_conted[s])
+            xp.matmul(self.h_conted[s], w.data.T, out=gate)
+            if self.debug_info:
+                self.debug("top", f"h_conted_{s}", f"h_conted_{s}", self.h_conted[s])
+                self.debug("top", f"transform_{s + 1}", f"W_hc_h_{s}", gate)
+                self.debug("param", f"transform_{s + 1}", "W_hc", w.data)
+            gate += xw[s]
+            if static is not None:
+                gate += static
+            self.debug("top", f"gate_input_{s + 1}", f"gate_input_{s + 1}", gate)
+            lstm_unit_forward(
+                cs[s], gate, k, self.acts[s], cs[s + 1], self.tanh_c[s], hs[s + 1]
+            )
+            self.debug("top", f"unit_{s + 1}", f"c_{s + 1}", cs[s + 1])
+            self.debug("top", f"unit_{s + 1}", f"h_{s + 1}", hs[s + 1])
+        self.debug("top", "h_concat", "h", hs[1:])
+        return hs[1:]
+
+    def recurrent_backward(self, top_diff: Array, cont: Array) -> None:
+        xp = array_module(top_diff)
+        w = self.blobs[self.first_recurrent]
+        w_needs_diff = self.param_propagate_down[self.first_recurrent]
+        gate_diff = self._xw.diff
+        dh, dc, dc_prev, dh_conted = self.work
+        dh[...] = top_diff[self.T - 1]  # h_T feeds only the output
+        dc[...] = 0  # c_T's diff: Caffe's c_T top gets none
+        for s in range(self.T - 1, -1, -1):
+            lstm_unit_backward(
+                self.cs[s], self.acts[s], self.tanh_c[s], dc, dh, dc_prev, gate_diff[s]
+            )
+            self.debug("bottom", f"unit_{s + 1}", f"gate_input_{s + 1}", gate_diff[s])
+            if w_needs_diff:
+                _accumulate(w.diff, gate_diff[s], self.h_conted[s], self.scratch)
+                self.debug("param_diff", f"transform_{s + 1}", "0", w.diff)
+            if s == 0:
+                break  # h_0 and c_0 take no diff
+            self.debug("bottom", f"unit_{s + 1}", f"c_{s}", dc_prev)
+            xp.matmul(gate_diff[s], w.data, out=dh_conted)
+            self.debug("bottom", f"transform_{s + 1}", f"h_conted_{s}", dh_conted)
+            # h_{s}'s Split: the Scale's diff (cont * dh_conted) + the output's
+            xp.multiply(dh_conted, cont[s][:, None], out=dh)
+            dh += top_diff[s - 1]
+            dc, dc_prev = dc_prev, dc
+
+
+# -- RNN ------------------------------------------------------------------------------
+
+
+@register
+class RNNLayer(RecurrentLayer):
+    """Caffe's RNN (rnn_layer.cpp): h_t = tanh(cont_t * h_{t-1} W_hh^T +
+    W_xh_x_t [+ W_xh_x_static]) with W_xh_x = x W_xh^T + b_h; output
+    o_t = tanh(h_t W_ho^T + b_o), one GEMM per step. TanH as caffesolve's
+    TanH layer computes it (y = tanh(x), dx = dy * (1 - y^2))."""
+
+    type = "RNN"
+    states = ("h",)
+    gates = 1
+    x_names = ("W_xh_x", "W_xh_x_static")
+
+    def param_names(self) -> list[str]:
+        static = ["W_xh_static"] if self.static_input else []
+        return ["W_xh", "b_h", *static, "W_hh", "W_ho", "b_o"]
+
+    def recurrent_blobs(self, dtype: Any) -> list[Blob]:
+        h = self.H
+        return [
+            self.weight(h, h, dtype, "weight_filler"),  # W_hh
+            self.weight(h, h, dtype, "weight_filler"),  # W_ho
+            self.weight(h, 0, dtype, "bias_filler"),  # b_o
+        ]
+
+    def allocate(self, steps: int, num: int, dtype: Any) -> None:
+        h = self.H
+        self.hs = np.zeros((steps + 1, num, h), dtype)  # h_0 .. h_T
+        self.h_conted = np.zeros((steps, num, h), dtype)
+        self.o = np.zeros((steps, num, h), dtype)
+        self.scratch = np.zeros((h, h), dtype)
+        self.work = [np.zeros((num, h), dtype) for _ in range(4)]
+
+    def final_states(self) -> list[Array]:
+        return [self.hs[self.T]]
+
+    def recurrent_forward(
+        self, cont: Array, static: Array | None, initial: list[Array] | None
+    ) -> Array:
+        xp = array_module(cont)
+        hs, xw = self.hs, self._xw.data
+        hs[0] = hs[self.T] if initial is None else initial[0]
+        w_hh, w_ho, b_o = self.blobs[self.first_recurrent :]
+        pre, z = self.work[:2]
+        for s in range(self.T):
+            t = s + 1
+            xp.multiply(hs[s], cont[s][:, None], out=self.h_conted[s])
+            xp.matmul(self.h_conted[s], w_hh.data.T, out=pre)
+            if self.debug_info:
+                self.debug("top", f"h_conted_{s}", f"h_conted_{s}", self.h_conted[s])
+                self.debug("top", f"W_hh_h_{s}", f"W_hh_h_{s}", pre)
+                self.debug("param", f"W_hh_h_{s}", "W_hh", w_hh.data)
+            pre += xw[s]
+            if static is not None:
+                pre += static
+            self.debug("top", f"h_input_sum_{t}", f"h_neuron_input_{t}", pre)
+            xp.tanh(pre, out=hs[t])
+            self.debug("top", f"h_neuron_{t}", f"h_{t}", hs[t])
+            xp.matmul(hs[t], w_ho.data.T, out=z)
+            z += b_o.data
+            if self.debug_info:
+                self.debug("top", f"W_ho_h_{t}", f"W_ho_h_{t}", z)
+                self.debug("param", f"W_ho_h_{t}", "W_ho", w_ho.data)
+                self.debug("param", f"W_ho_h_{t}", "b_o", b_o.data)
+            xp.tanh(z, out=self.o[s])
+            self.debug("top", f"o_neuron_{t}", f"o_{t}", self.o[s])
+        self.debug("top", "o_concat", "o", self.o)
+        return self.o
+
+    def recurrent_backward(self, top_diff: Array, cont: Array) -> None:
+        xp = array_module(top_diff)
+        first = self.first_recurrent
+        w_hh, w_ho, b_o = self.blobs[first:]
+        need_hh, need_ho, need_bo = self.param_propagate_down[first:]
+        pre_diff = self._xw.diff
+        dz, dh, dh_scale, dh_conted = self.work
+        for s in range(self.T - 1, -1, -1):
+            t = s + 1
+            o = self.o[s]
+            dz[...] = top_diff[s] * (1 - o * o)  # o_neuron_t (TanH)
+            self.debug("bottom", f"o_neuron_{t}", f"W_ho_h_{t}", dz)
+            if need_ho:
+                _accumulate(w_ho.diff, dz, self.hs[t], self.scratch)
+                self.debug("param_diff", f"W_ho_h_{t}", "0", w_ho.diff)
+            if need_bo:
+                b_o.diff += dz.sum(axis=0)
+                self.debug("param_diff", f"W_ho_h_{t}", "1", b_o.diff)
+            xp.matmul(dz, w_ho.data, out=dh)
+            if s < self.T - 1:  # h_t's Split: W_ho_h_t's diff + the Scale's
+                dh += dh_scale
+            self.debug("bottom", f"W_ho_h_{t}", f"h_{t}", dh)
+            h = self.hs[t]
+            pre_diff[s] = dh * (1 - h * h)  # h_neuron_t (TanH)
+            self.debug("bottom", f"h_neuron_{t}", f"h_neuron_input_{t}", pre_diff[s])
+            if need_hh:
+                _accumulate(w_hh.diff, pre_diff[s], self.h_conted[s], self.scratch)
+                self.debug("param_diff", f"W_hh_h_{s}", "0", w_hh.diff)
+            if s > 0:
+                xp.matmul(pre_diff[s], w_hh.data, out=dh_conted)
+                self.debug("bottom", f"W_hh_h_{s}", f"h_conted_{s}", dh_conted)
+                xp.multiply(dh_conted, cont[s][:, None], out=dh_scale)
