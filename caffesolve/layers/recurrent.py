@@ -47,7 +47,7 @@ from caffesolve.blob import Blob
 from caffesolve.errors import ShapeError
 from caffesolve.layers import register
 from caffesolve.layers.base import Layer
-from caffesolve.layers.common import InnerProductLayer, fill_blob
+from caffesolve.layers.common import InnerProductLayer
 from caffesolve.log import LOG, fmt32
 from caffesolve.lr_policy import _expf
 from caffesolve.proto import caffe_pb2
@@ -259,6 +259,48 @@ def _decode(state: dict[str, Any]) -> Array:
 
 
 # -- RecurrentLayer -----------------------------------------------------------------
+class UnrolledInnerProduct:
+    """One InnerProduct layer of Caffe's unrolled net (x_transform, the
+    static input's, or a step's transform), run by caffesolve's own
+    InnerProductLayer on arrays: the recurrent layer's bottoms or the views of
+    one step in its buffers. Its param blobs are the recurrent layer's."""
+
+    def __init__(
+        self,
+        owner: RecurrentLayer,
+        name: str,
+        bottom_shape: tuple[int, ...],
+        num_output: int,
+        axis: int,
+        bias: bool,
+    ) -> None:
+        p = owner.layer_param.recurrent_param
+        lp = caffe_pb2.LayerParameter(name=f"{owner.name}_{name}", type="InnerProduct")
+        ip = lp.inner_product_param
+        ip.num_output, ip.bias_term, ip.axis = num_output, bias, axis
+        ip.weight_filler.CopyFrom(p.weight_filler)
+        if bias:
+            ip.bias_filler.CopyFrom(p.bias_filler)
+        self.layer = InnerProductLayer(lp, owner.phase, owner.rng)
+        self.bottom = Blob(bottom_shape, dtype=owner.dtype)
+        self.top = Blob(dtype=owner.dtype)
+        self.layer.setup([self.bottom], [self.top])  # fills W (and b): Caffe's order
+
+    def reshape(self, bottom_shape: tuple[int, ...]) -> None:
+        self.bottom.reshape(bottom_shape)
+        self.layer.reshape([self.bottom], [self.top])
+
+    def forward(self, x: Array, out: Array) -> None:
+        """out = x W^T (+ b)."""
+        self.bottom.data, self.top.data = x, out
+        self.layer.forward([self.bottom], [self.top])
+
+    def backward(self, x: Array, dy: Array, dx: Array | None) -> None:
+        """W diff += dy^T x (b diff += column sums of dy); dx = dy W if given."""
+        self.bottom.data, self.top.diff = x, dy
+        if dx is not None:
+            self.bottom.diff = dx
+        self.layer.backward([self.top], [dx is not None], [self.bottom])
 
 
 class RecurrentLayer(Layer):
@@ -271,8 +313,10 @@ class RecurrentLayer(Layer):
     states: ClassVar[tuple[str, ...]] = ()
     # Rows of the input weights per output (4 gates for LSTM).
     gates: ClassVar[int] = 1
-    # The unrolled net's names for x_transform's top and the static input's.
+    # The unrolled net's names: x_transform's top, the static input's layer.
     x_names: ClassVar[tuple[str, str]] = ("", "")
+    # The unrolled net's param names (the static input's weight third).
+    param_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -288,6 +332,7 @@ class RecurrentLayer(Layer):
         self.min_bottom_blobs = 2 + self.exposed
         self.max_bottom_blobs = 3 + self.exposed
         self.exact_num_top_blobs = 1 + self.exposed
+        self.N = -1
 
     # -- setup -----------------------------------------------------------------
 
@@ -298,13 +343,13 @@ class RecurrentLayer(Layer):
                 f"bottom[0] '{x.name}' has shape {x.shape_string()}; it must "
                 "have at least 2 axes -- (#timesteps, #streams, ...)"
             )
-        self.T, self.N = x.shape[0], x.shape[1]
+        self.T, num = x.shape[0], x.shape[1]
         if self.T == 0:
             raise self._shape_error(f"bottom[0] '{x.name}' has no timesteps")
         LOG.info(
             "recurrent_layer.cpp:20",
             "Initializing recurrent layer: assuming input batch contains "
-            f"{self.T} timesteps of {self.N} independent streams.",
+            f"{self.T} timesteps of {num} independent streams.",
         )
         self._check_cont(bottom)
         p = self.layer_param.recurrent_param
@@ -313,59 +358,31 @@ class RecurrentLayer(Layer):
         self.H = int(p.num_output)
         self.static_input = len(bottom) > 2 + self.exposed
         if self.static_input:
-            s = bottom[2]
-            if s.num_axes < 1 or s.shape[0] != self.N:
-                raise self._shape_error(
-                    f"bottom[2] '{s.name}' (the static input) has shape "
-                    f"{s.shape_string()}; its first axis must be the {self.N} "
-                    "streams"
-                )
-        dtype = x.data.dtype
-        self._x, self._xs = Blob(name="x"), Blob(name="x_static")
-        self._xw = Blob(name=self.x_names[0], dtype=dtype)
-        self._xsw = Blob(name=self.x_names[1], dtype=dtype)
-        self._share_inputs(bottom)
-        # Params in the unrolled net's order: x_transform, static, recurrence.
-        self.x_transform = self._inner_product("x_transform", axis=2, bias=True)
-        self.x_transform.setup([self._x], [self._xw])
-        self.blobs = list(self.x_transform.blobs)
+            self._check_static(bottom[2], num)
+        self.dtype = x.data.dtype
+        # The unrolled net's InnerProducts in its order, which is the order
+        # of their fills and of the params: x_transform, static, recurrence.
+        rows = self.gates * self.H
+        self.x_transform = UnrolledInnerProduct(
+            self, "x_transform", x.shape, rows, axis=2, bias=True
+        )
+        self.inner = [self.x_transform]
         if self.static_input:
-            self.static_transform = self._inner_product(
-                self.x_names[1], axis=1, bias=False
+            self.static_transform = UnrolledInnerProduct(
+                self, self.x_names[1], bottom[2].shape, rows, axis=1, bias=False
             )
-            self.static_transform.setup([self._xs], [self._xsw])
-            self.blobs += self.static_transform.blobs
-        self.first_recurrent = len(self.blobs)
-        self.blobs += self.recurrent_blobs(dtype)
-        for i, name in enumerate(self.param_names()):
+            self.inner.append(self.static_transform)
+        self.inner += self.make_step_transforms((1, num, self.H))
+        self.blobs = [b for ip in self.inner for b in ip.layer.blobs]
+        names = [n for n in self.param_names if self.static_input or "static" not in n]
+        for i, name in enumerate(names):
             LOG.info("recurrent_layer.cpp:150", f"Adding parameter {i}: {name}")
         self.param_propagate_down = [True] * len(self.blobs)
-        self.N = -1  # reshape sizes the state for the streams it sees
 
-    def _inner_product(self, name: str, axis: int, bias: bool) -> InnerProductLayer:
-        """One of the unrolled net's InnerProduct layers (no bias: hidden_param)."""
-        p = self.layer_param.recurrent_param
-        lp = caffe_pb2.LayerParameter(name=f"{self.name}_{name}", type="InnerProduct")
-        ip = lp.inner_product_param
-        ip.num_output = self.gates * self.H
-        ip.bias_term = bias
-        ip.axis = axis
-        ip.weight_filler.CopyFrom(p.weight_filler)
-        if bias:
-            ip.bias_filler.CopyFrom(p.bias_filler)
-        return InnerProductLayer(lp, self.phase, self.rng)
-
-    def weight(self, rows: int, cols: int, dtype: Any, filler: str) -> Blob:
-        """A recurrence param blob filled by recurrent_param's `filler`."""
-        blob = Blob((rows, cols) if cols else (rows,), dtype=dtype)
-        p = self.layer_param.recurrent_param
-        fill_blob(self, blob, getattr(p, filler), f"recurrent_param.{filler}")
-        return blob
-
-    def param_names(self) -> list[str]:
-        raise NotImplementedError
-
-    def recurrent_blobs(self, dtype: Any) -> list[Blob]:
+    def make_step_transforms(
+        self, step_shape: tuple[int, ...]
+    ) -> list[UnrolledInnerProduct]:
+        """The per-step InnerProducts (shared weights) for bottoms of one step."""
         raise NotImplementedError
 
     def _shape_error(self, message: str) -> ShapeError:
@@ -380,20 +397,24 @@ class RecurrentLayer(Layer):
                 f"{self.T} x {bottom[0].shape[1]}"
             )
 
-    def _share_inputs(self, bottom: list[Blob]) -> None:
-        """The x_transform and static layers read (and write) the bottoms."""
-        self._x.data, self._x.diff = bottom[0].data, bottom[0].diff
-        if self.static_input:
-            self._xs.data, self._xs.diff = bottom[2].data, bottom[2].diff
+    def _check_static(self, b: Blob, num: int) -> None:
+        if b.num_axes < 1 or b.shape[0] != num:
+            raise self._shape_error(
+                f"bottom[2] '{b.name}' (the static input) has shape "
+                f"{b.shape_string()}; its first axis must be the {num} streams"
+            )
 
     def _sync_params(self) -> None:
-        """Give the inner InnerProducts this layer's current param blobs (a
-        Net may have swapped them for shared ones) and propagate flags."""
-        self.x_transform.blobs = self.blobs[:2]
-        self.x_transform.param_propagate_down = self.param_propagate_down[:2]
-        if self.static_input:
-            self.static_transform.blobs = self.blobs[2:3]
-            self.static_transform.param_propagate_down = self.param_propagate_down[2:3]
+        """Hand the inner InnerProducts this layer's current param blobs (a
+        Net may have swapped some for shared ones) and propagate flags."""
+        start = 0
+        for ip in self.inner:
+            count = len(ip.layer.blobs)
+            ip.layer.blobs = self.blobs[start : start + count]
+            ip.layer.param_propagate_down = self.param_propagate_down[
+                start : start + count
+            ]
+            start += count
 
     # -- reshape, forward, backward ------------------------------------------------
 
@@ -406,11 +427,8 @@ class RecurrentLayer(Layer):
             )
         self._check_cont(bottom)
         n = x.shape[1]
-        if self.static_input and bottom[2].shape[0] != n:
-            raise self._shape_error(
-                f"bottom[2] '{bottom[2].name}' (the static input) has shape "
-                f"{bottom[2].shape_string()}; its first axis must be the {n} streams"
-            )
+        if self.static_input:
+            self._check_static(bottom[2], n)
         state_shape = (1, n, self.H)
         offset = 2 + self.static_input
         for i, b in enumerate(bottom[offset:], offset):
@@ -419,19 +437,17 @@ class RecurrentLayer(Layer):
                     f"bottom[{i}] '{b.name}' shape must match hidden state input "
                     f"shape: 1 {n} {self.H} ({n * self.H})"
                 )
-        self._share_inputs(bottom)
-        self.x_transform.reshape([self._x], [self._xw])
+        self.x_transform.reshape(x.shape)
         if self.static_input:
-            self.static_transform.reshape([self._xs], [self._xsw])
-        dtype = x.data.dtype
-        if n != self.N or self.dtype != dtype:
-            self.N, self.dtype = n, dtype
-            self.allocate(self.T, n, dtype)
+            self.static_transform.reshape(bottom[2].shape)
+        if n != self.N:
+            self.N = n
+            for ip in self.inner[1 + self.static_input :]:
+                ip.reshape(state_shape)
+            self.allocate(self.T, n, self.dtype)
         top[0].reshape((self.T, n, self.H))
         for t in top[1:]:
             t.reshape(state_shape)
-
-    dtype: Any = None
 
     def allocate(self, steps: int, num: int, dtype: Any) -> None:
         """Make the state and work arrays for `num` streams (zero state)."""
@@ -439,23 +455,28 @@ class RecurrentLayer(Layer):
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         self._sync_params()
-        self._share_inputs(bottom)
-        self.x_transform.forward([self._x], [self._xw])
+        xw = self.x_transform.top
+        self.x_transform.forward(bottom[0].data, xw.data)
         static = None
         if self.static_input:
-            self.static_transform.forward([self._xs], [self._xsw])
-            static = self._xsw.data
+            static = self.static_transform.top.data
+            self.static_transform.forward(bottom[2].data, static)
         if self.debug_info:
-            names = self.param_names()
-            self.debug("top", "x_transform", self._xw.name, self._xw.data)
+            self.debug("top", "x_transform", self.x_names[0], xw.data)
             for j in range(2):
-                self.debug("param", "x_transform", names[j], self.blobs[j].data)
+                self.debug(
+                    "param", "x_transform", self.param_names[j], self.blobs[j].data
+                )
             if static is not None:
-                self.debug("top", self.x_names[1], self._xsw.name, static)
-                self.debug("param", self.x_names[1], names[2], self.blobs[2].data)
+                top_name = f"{self.x_names[1]}_preshape"
+                self.debug("top", self.x_names[1], top_name, static)
+                self.debug(
+                    "param", self.x_names[1], self.param_names[2], self.blobs[2].data
+                )
         offset = 2 + self.static_input
         initial = [b.data[0] for b in bottom[offset:]] if self.expose_hidden else None
-        top[0].data[...] = self.recurrent_forward(bottom[1].data, static, initial)
+        out = self.recurrent_forward(xw.data, bottom[1].data, static, initial)
+        top[0].data[...] = out
         for t, state in zip(top[1:], self.final_states()):
             t.data[0] = state
 
@@ -465,19 +486,20 @@ class RecurrentLayer(Layer):
         if propagate_down[1]:
             raise self.config_error("Cannot backpropagate to sequence indicators.")
         self._sync_params()
-        self._share_inputs(bottom)
-        # Fills self._xw.diff with the diff of each step's input projection.
-        self.recurrent_backward(top[0].diff, bottom[1].data)
+        xw_diff = self.x_transform.top.diff
+        self.recurrent_backward(top[0].diff, bottom[1].data, xw_diff)
         if self.static_input:
-            xw_diff, total = self._xw.diff, self._xsw.diff
+            total = self.static_transform.top.diff
             total[...] = xw_diff[0]
             for s in range(1, self.T):  # the Split's sum, t = 1..T in order
                 total += xw_diff[s]
-            self.static_transform.backward([self._xsw], [propagate_down[2]], [self._xs])
-            self.debug("bottom", self.x_names[1], "x_static", self._xs.diff)
+            dx = bottom[2].diff if propagate_down[2] else None
+            self.static_transform.backward(bottom[2].data, total, dx)
+            self.debug("bottom", self.x_names[1], "x_static", bottom[2].diff)
             self.debug("param_diff", self.x_names[1], "0", self.blobs[2].diff)
-        self.x_transform.backward([self._xw], [propagate_down[0]], [self._x])
-        self.debug("bottom", "x_transform", "x", self._x.diff)
+        dx = bottom[0].diff if propagate_down[0] else None
+        self.x_transform.backward(bottom[0].data, xw_diff, dx)
+        self.debug("bottom", "x_transform", "x", bottom[0].diff)
         for j in range(2):
             self.debug("param_diff", "x_transform", str(j), self.blobs[j].diff)
         offset = 2 + self.static_input
@@ -486,13 +508,17 @@ class RecurrentLayer(Layer):
                 bottom[i].diff[...] = 0  # Caffe shares only these bottoms' data
 
     def recurrent_forward(
-        self, cont: Array, static: Array | None, initial: list[Array] | None
+        self,
+        xw: Array,
+        cont: Array,
+        static: Array | None,
+        initial: list[Array] | None,
     ) -> Array:
-        """Run steps 1..T from self._xw.data; return the T x N x H output."""
+        """Steps 1..T from the input projections `xw`; the T x N x H output."""
         raise NotImplementedError
 
-    def recurrent_backward(self, top_diff: Array, cont: Array) -> None:
-        """Steps T..1: param diffs, and self._xw.diff."""
+    def recurrent_backward(self, top_diff: Array, cont: Array, xw_diff: Array) -> None:
+        """Steps T..1: param diffs, and the input projections' diff `xw_diff`."""
         raise NotImplementedError
 
     def final_states(self) -> list[Array]:
@@ -550,12 +576,6 @@ class RecurrentLayer(Layer):
         )
 
 
-def _accumulate(diff: Array, a: Array, b: Array, scratch: Array) -> None:
-    """diff += a^T b through a scratch product (Caffe's GEMM with beta = 1)."""
-    array_module(a).matmul(a.T, b, out=scratch)
-    diff += scratch
-
-
 # -- LSTM -----------------------------------------------------------------------------
 
 
@@ -568,82 +588,87 @@ class LSTMLayer(RecurrentLayer):
     states = ("h", "c")
     gates = 4
     x_names = ("W_xc_x", "W_xc_x_static")
+    param_names = ("W_xc", "b_c", "W_xc_static", "W_hc")
 
-    def param_names(self) -> list[str]:
-        static = ["W_xc_static"] if self.static_input else []
-        return ["W_xc", "b_c", *static, "W_hc"]
-
-    def recurrent_blobs(self, dtype: Any) -> list[Blob]:
-        return [self.weight(4 * self.H, self.H, dtype, "weight_filler")]
+    def make_step_transforms(
+        self, step_shape: tuple[int, ...]
+    ) -> list[UnrolledInnerProduct]:
+        self.transform = UnrolledInnerProduct(
+            self, "transform", step_shape, 4 * self.H, axis=2, bias=False
+        )
+        return [self.transform]
 
     def allocate(self, steps: int, num: int, dtype: Any) -> None:
         h = self.H
         self.hs = np.zeros((steps + 1, num, h), dtype)  # h_0 .. h_T
         self.cs = np.zeros((steps + 1, num, h), dtype)  # c_0 .. c_T
-        self.h_conted = np.zeros((steps, num, h), dtype)
+        self.h_conted = np.zeros((steps, 1, num, h), dtype)
         self.acts = np.zeros((steps, num, 4 * h), dtype)  # i, f, o, g
         self.tanh_c = np.zeros((steps, num, h), dtype)
-        self.gate_input = np.zeros((num, 4 * h), dtype)
-        self.scratch = np.zeros((4 * h, h), dtype)
-        self.work = [np.zeros((num, h), dtype) for _ in range(4)]
+        self.gate_input = np.zeros((1, num, 4 * h), dtype)
+        self.work = [np.zeros((num, h), dtype) for _ in range(3)]
+        self.dh_conted = np.zeros((1, num, h), dtype)
 
     def final_states(self) -> list[Array]:
         return [self.hs[self.T], self.cs[self.T]]
 
     def recurrent_forward(
-        self, cont: Array, static: Array | None, initial: list[Array] | None
+        self,
+        xw: Array,
+        cont: Array,
+        static: Array | None,
+        initial: list[Array] | None,
     ) -> Array:
-        xp = array_module(cont)
-        hs, cs, xw = self.hs, self.cs, self._xw.data
+        xp = array_module(xw)
+        hs, cs = self.hs, self.cs
         if initial is None:  # the previous forward's final state (Caffe's copy)
             hs[0], cs[0] = hs[self.T], cs[self.T]
         else:
             hs[0], cs[0] = initial
-        w = self.blobs[self.first_recurrent]
-        gate = self.gate_input
+        gate = self.gate_input[0]
         for s in range(self.T):
-            k = cont[s]
-            xp.multiply(hs[s], k[:, None], out=self.h_conted[s])
-            xp.matmul(self.h_conted[s], w.data.T, out=gate)
+            t, k, h_conted = s + 1, cont[s], self.h_conted[s]
+            xp.multiply(hs[s], k[:, None], out=h_conted[0])
+            self.transform.forward(h_conted, self.gate_input)
             if self.debug_info:
-                self.debug("top", f"h_conted_{s}", f"h_conted_{s}", self.h_conted[s])
-                self.debug("top", f"transform_{s + 1}", f"W_hc_h_{s}", gate)
-                self.debug("param", f"transform_{s + 1}", "W_hc", w.data)
+                self.debug("top", f"h_conted_{s}", f"h_conted_{s}", h_conted)
+                self.debug("top", f"transform_{t}", f"W_hc_h_{s}", gate)
+                self.debug("param", f"transform_{t}", "W_hc", self.blobs[-1].data)
             gate += xw[s]
             if static is not None:
                 gate += static
-            self.debug("top", f"gate_input_{s + 1}", f"gate_input_{s + 1}", gate)
+            self.debug("top", f"gate_input_{t}", f"gate_input_{t}", gate)
             lstm_unit_forward(
-                cs[s], gate, k, self.acts[s], cs[s + 1], self.tanh_c[s], hs[s + 1]
+                cs[s], gate, k, self.acts[s], cs[t], self.tanh_c[s], hs[t]
             )
-            self.debug("top", f"unit_{s + 1}", f"c_{s + 1}", cs[s + 1])
-            self.debug("top", f"unit_{s + 1}", f"h_{s + 1}", hs[s + 1])
+            self.debug("top", f"unit_{t}", f"c_{t}", cs[t])
+            self.debug("top", f"unit_{t}", f"h_{t}", hs[t])
         self.debug("top", "h_concat", "h", hs[1:])
         return hs[1:]
 
-    def recurrent_backward(self, top_diff: Array, cont: Array) -> None:
+    def recurrent_backward(self, top_diff: Array, cont: Array, xw_diff: Array) -> None:
         xp = array_module(top_diff)
-        w = self.blobs[self.first_recurrent]
-        w_needs_diff = self.param_propagate_down[self.first_recurrent]
-        gate_diff = self._xw.diff
-        dh, dc, dc_prev, dh_conted = self.work
+        dh, dc, dc_prev = self.work
+        dh_conted = self.dh_conted
         dh[...] = top_diff[self.T - 1]  # h_T feeds only the output
         dc[...] = 0  # c_T's diff: Caffe's c_T top gets none
         for s in range(self.T - 1, -1, -1):
+            t, gate_diff = s + 1, xw_diff[s : s + 1]
             lstm_unit_backward(
-                self.cs[s], self.acts[s], self.tanh_c[s], dc, dh, dc_prev, gate_diff[s]
+                self.cs[s], self.acts[s], self.tanh_c[s], dc, dh, dc_prev, gate_diff[0]
             )
-            self.debug("bottom", f"unit_{s + 1}", f"gate_input_{s + 1}", gate_diff[s])
-            if w_needs_diff:
-                _accumulate(w.diff, gate_diff[s], self.h_conted[s], self.scratch)
-                self.debug("param_diff", f"transform_{s + 1}", "0", w.diff)
+            self.debug("bottom", f"unit_{t}", f"gate_input_{t}", gate_diff)
+            # transform_t: W_hc diff += (its steps T..t in turn), h_conted diff
+            self.transform.backward(
+                self.h_conted[s], gate_diff, dh_conted if s > 0 else None
+            )
+            self.debug("param_diff", f"transform_{t}", "0", self.blobs[-1].diff)
             if s == 0:
                 break  # h_0 and c_0 take no diff
-            self.debug("bottom", f"unit_{s + 1}", f"c_{s}", dc_prev)
-            xp.matmul(gate_diff[s], w.data, out=dh_conted)
-            self.debug("bottom", f"transform_{s + 1}", f"h_conted_{s}", dh_conted)
-            # h_{s}'s Split: the Scale's diff (cont * dh_conted) + the output's
-            xp.multiply(dh_conted, cont[s][:, None], out=dh)
+            self.debug("bottom", f"unit_{t}", f"c_{s}", dc_prev)
+            self.debug("bottom", f"transform_{t}", f"h_conted_{s}", dh_conted)
+            # h_s's Split: the Scale's diff (cont * dh_conted) + the output's
+            xp.multiply(dh_conted[0], cont[s][:, None], out=dh)
             dh += top_diff[s - 1]
             dc, dc_prev = dc_prev, dc
 
@@ -655,99 +680,86 @@ class LSTMLayer(RecurrentLayer):
 class RNNLayer(RecurrentLayer):
     """Caffe's RNN (rnn_layer.cpp): h_t = tanh(cont_t * h_{t-1} W_hh^T +
     W_xh_x_t [+ W_xh_x_static]) with W_xh_x = x W_xh^T + b_h; output
-    o_t = tanh(h_t W_ho^T + b_o), one GEMM per step. TanH as caffesolve's
-    TanH layer computes it (y = tanh(x), dx = dy * (1 - y^2))."""
+    o_t = tanh(h_t W_ho^T + b_o), per step. TanH as caffesolve's TanH layer
+    computes it (y = tanh(x), dx = dy * (1 - y^2))."""
 
     type = "RNN"
     states = ("h",)
     gates = 1
     x_names = ("W_xh_x", "W_xh_x_static")
+    param_names = ("W_xh", "b_h", "W_xh_static", "W_hh", "W_ho", "b_o")
 
-    def param_names(self) -> list[str]:
-        static = ["W_xh_static"] if self.static_input else []
-        return ["W_xh", "b_h", *static, "W_hh", "W_ho", "b_o"]
-
-    def recurrent_blobs(self, dtype: Any) -> list[Blob]:
+    def make_step_transforms(
+        self, step_shape: tuple[int, ...]
+    ) -> list[UnrolledInnerProduct]:
         h = self.H
-        return [
-            self.weight(h, h, dtype, "weight_filler"),  # W_hh
-            self.weight(h, h, dtype, "weight_filler"),  # W_ho
-            self.weight(h, 0, dtype, "bias_filler"),  # b_o
-        ]
+        self.w_hh = UnrolledInnerProduct(self, "W_hh_h", step_shape, h, 2, False)
+        self.w_ho = UnrolledInnerProduct(self, "W_ho_h", step_shape, h, 2, True)
+        return [self.w_hh, self.w_ho]
 
     def allocate(self, steps: int, num: int, dtype: Any) -> None:
         h = self.H
-        self.hs = np.zeros((steps + 1, num, h), dtype)  # h_0 .. h_T
-        self.h_conted = np.zeros((steps, num, h), dtype)
+        self.hs = np.zeros((steps + 1, 1, num, h), dtype)  # h_0 .. h_T
+        self.h_conted = np.zeros((steps, 1, num, h), dtype)
         self.o = np.zeros((steps, num, h), dtype)
-        self.scratch = np.zeros((h, h), dtype)
-        self.work = [np.zeros((num, h), dtype) for _ in range(4)]
+        self.work = [np.zeros((1, num, h), dtype) for _ in range(4)]
 
     def final_states(self) -> list[Array]:
-        return [self.hs[self.T]]
+        return [self.hs[self.T, 0]]
 
     def recurrent_forward(
-        self, cont: Array, static: Array | None, initial: list[Array] | None
+        self,
+        xw: Array,
+        cont: Array,
+        static: Array | None,
+        initial: list[Array] | None,
     ) -> Array:
-        xp = array_module(cont)
-        hs, xw = self.hs, self._xw.data
-        hs[0] = hs[self.T] if initial is None else initial[0]
-        w_hh, w_ho, b_o = self.blobs[self.first_recurrent :]
+        xp = array_module(xw)
+        hs = self.hs
+        hs[0, 0] = hs[self.T, 0] if initial is None else initial[0]
         pre, z = self.work[:2]
         for s in range(self.T):
-            t = s + 1
-            xp.multiply(hs[s], cont[s][:, None], out=self.h_conted[s])
-            xp.matmul(self.h_conted[s], w_hh.data.T, out=pre)
+            t, h_conted = s + 1, self.h_conted[s]
+            xp.multiply(hs[s, 0], cont[s][:, None], out=h_conted[0])
+            self.w_hh.forward(h_conted, pre)
             if self.debug_info:
-                self.debug("top", f"h_conted_{s}", f"h_conted_{s}", self.h_conted[s])
+                self.debug("top", f"h_conted_{s}", f"h_conted_{s}", h_conted)
                 self.debug("top", f"W_hh_h_{s}", f"W_hh_h_{s}", pre)
-                self.debug("param", f"W_hh_h_{s}", "W_hh", w_hh.data)
+                self.debug("param", f"W_hh_h_{s}", "W_hh", self.blobs[-3].data)
             pre += xw[s]
             if static is not None:
                 pre += static
             self.debug("top", f"h_input_sum_{t}", f"h_neuron_input_{t}", pre)
             xp.tanh(pre, out=hs[t])
             self.debug("top", f"h_neuron_{t}", f"h_{t}", hs[t])
-            xp.matmul(hs[t], w_ho.data.T, out=z)
-            z += b_o.data
+            self.w_ho.forward(hs[t], z)
             if self.debug_info:
                 self.debug("top", f"W_ho_h_{t}", f"W_ho_h_{t}", z)
-                self.debug("param", f"W_ho_h_{t}", "W_ho", w_ho.data)
-                self.debug("param", f"W_ho_h_{t}", "b_o", b_o.data)
-            xp.tanh(z, out=self.o[s])
+                self.debug("param", f"W_ho_h_{t}", "W_ho", self.blobs[-2].data)
+                self.debug("param", f"W_ho_h_{t}", "b_o", self.blobs[-1].data)
+            xp.tanh(z[0], out=self.o[s])
             self.debug("top", f"o_neuron_{t}", f"o_{t}", self.o[s])
         self.debug("top", "o_concat", "o", self.o)
         return self.o
 
-    def recurrent_backward(self, top_diff: Array, cont: Array) -> None:
+    def recurrent_backward(self, top_diff: Array, cont: Array, xw_diff: Array) -> None:
         xp = array_module(top_diff)
-        first = self.first_recurrent
-        w_hh, w_ho, b_o = self.blobs[first:]
-        need_hh, need_ho, need_bo = self.param_propagate_down[first:]
-        pre_diff = self._xw.diff
         dz, dh, dh_scale, dh_conted = self.work
         for s in range(self.T - 1, -1, -1):
-            t = s + 1
-            o = self.o[s]
-            dz[...] = top_diff[s] * (1 - o * o)  # o_neuron_t (TanH)
+            t, o, h = s + 1, self.o[s], self.hs[s + 1]
+            dz[0] = top_diff[s] * (1 - o * o)  # o_neuron_t (TanH)
             self.debug("bottom", f"o_neuron_{t}", f"W_ho_h_{t}", dz)
-            if need_ho:
-                _accumulate(w_ho.diff, dz, self.hs[t], self.scratch)
-                self.debug("param_diff", f"W_ho_h_{t}", "0", w_ho.diff)
-            if need_bo:
-                b_o.diff += dz.sum(axis=0)
-                self.debug("param_diff", f"W_ho_h_{t}", "1", b_o.diff)
-            xp.matmul(dz, w_ho.data, out=dh)
+            self.w_ho.backward(h, dz, dh)
+            self.debug("param_diff", f"W_ho_h_{t}", "0", self.blobs[-2].diff)
+            self.debug("param_diff", f"W_ho_h_{t}", "1", self.blobs[-1].diff)
             if s < self.T - 1:  # h_t's Split: W_ho_h_t's diff + the Scale's
                 dh += dh_scale
             self.debug("bottom", f"W_ho_h_{t}", f"h_{t}", dh)
-            h = self.hs[t]
-            pre_diff[s] = dh * (1 - h * h)  # h_neuron_t (TanH)
-            self.debug("bottom", f"h_neuron_{t}", f"h_neuron_input_{t}", pre_diff[s])
-            if need_hh:
-                _accumulate(w_hh.diff, pre_diff[s], self.h_conted[s], self.scratch)
-                self.debug("param_diff", f"W_hh_h_{s}", "0", w_hh.diff)
+            pre_diff = xw_diff[s : s + 1]
+            pre_diff[...] = dh * (1 - h * h)  # h_neuron_t (TanH)
+            self.debug("bottom", f"h_neuron_{t}", f"h_neuron_input_{t}", pre_diff)
+            self.w_hh.backward(self.h_conted[s], pre_diff, dh_conted if s else None)
+            self.debug("param_diff", f"W_hh_h_{s}", "0", self.blobs[-3].diff)
             if s > 0:
-                xp.matmul(pre_diff[s], w_hh.data, out=dh_conted)
                 self.debug("bottom", f"W_hh_h_{s}", f"h_conted_{s}", dh_conted)
-                xp.multiply(dh_conted, cont[s][:, None], out=dh_scale)
+                xp.multiply(dh_conted[0], cont[s][:, None], out=dh_scale[0])
