@@ -44,7 +44,7 @@ class Blob:
 
     def shape_string(self) -> str:
         """Caffe's `Blob::shape_string`: '64 1 28 28 (50176)'."""
-        return " ".join(str(d) for d in self.shape) + f" ({self.count})"
+        return shape_string(self.shape)
 
     def canonical_axis_index(self, axis: int) -> int:
         """Caffe's CanonicalAxisIndex: a negative axis counts from the end."""
@@ -96,7 +96,7 @@ class Blob:
         shape = proto_shape(proto)
         if reshape:
             self.reshape(shape)
-        elif not _shape_equals(shape, self.shape):
+        elif not shape_equals(shape, self.shape):
             raise ShapeError(
                 f"blob shape {' '.join(map(str, shape))} from file does not "
                 f"match {self.shape_string()}"
@@ -129,8 +129,15 @@ def proto_shape(proto: caffe_pb2.BlobProto) -> tuple[int, ...]:
     return (len(proto.data) or len(proto.double_data),)
 
 
-def _shape_equals(file_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+def shape_string(shape: Sequence[int]) -> str:
+    """Blob::shape_string for a bare shape: '10 500 (5000)'."""
+    count = int(np.prod(shape, dtype=np.int64))
+    return " ".join(str(d) for d in shape) + f" ({count})"
+
+
+def shape_equals(file_shape: Sequence[int], shape: Sequence[int]) -> bool:
     """Caffe's Blob::ShapeEquals: legacy 4-D shapes match with leading 1s."""
+    file_shape, shape = tuple(file_shape), tuple(shape)
     if file_shape == shape:
         return True
     if len(file_shape) == 4 and len(shape) <= 4:

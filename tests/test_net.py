@@ -16,8 +16,8 @@ from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
 from caffesolve.layers import LAYERS
 from caffesolve.layers.base import Layer
-from caffesolve.net import (
-    Net,
+from caffesolve.net import Net
+from caffesolve.net_param import (
     filter_net,
     insert_splits,
     split_blob_name,

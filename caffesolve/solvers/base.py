@@ -30,6 +30,7 @@ from caffesolve.blob import Blob, proto_shape
 from caffesolve.errors import ConfigError, SnapshotError
 from caffesolve.log import LOG, Log
 from caffesolve.proto import caffe_pb2
+from caffesolve.weights import load_weights
 
 if TYPE_CHECKING:
     from caffesolve.net import Net
@@ -155,7 +156,7 @@ class Solver:
                 path = path.strip()
                 if path:
                     self.log.info(*msg.finetuning_from(path))
-                    snap.load_weights(net, path)
+                    load_weights(net, path)
 
     def pre_solve(self) -> None:
         """Allocate the history blobs (SGDSolver and subclasses)."""
@@ -320,10 +321,10 @@ class Solver:
         prefix = self.param.snapshot_prefix
         model_path = snap.model_filename(prefix, self.iter, fmt)
         self.log.info(*msg.snapshotting_model(model_path, hdf5))
-        snap.write_model(model_path, self.net, self.param.snapshot_diff)
+        snap.write_model(model_path, self.net, self.param.snapshot_diff, fmt)
         state_path = snap.state_filename(prefix, self.iter, fmt)
         self.log.info(*msg.snapshotting_solver_state(state_path, hdf5))
-        snap.write_solver_state(state_path, self.solver_state(model_path))
+        snap.write_solver_state(state_path, self.solver_state(model_path), fmt)
         self.last_snapshot_iter = self.iter
 
     def solver_state(self, model_path: str) -> caffe_pb2.SolverState:
@@ -350,7 +351,7 @@ class Solver:
         self.iter = state.iter
         if state.learned_net:
             model = snap.resolve_learned_net(state.learned_net, state_file)
-            snap.load_weights(self.net, model)
+            load_weights(self.net, model)
         self.current_step = state.current_step
         if len(state.history) != len(self.history):
             raise SnapshotError(
