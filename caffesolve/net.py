@@ -20,7 +20,7 @@ that need it in reverse; param diffs accumulate until `clear_param_diffs`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -132,6 +132,7 @@ class Net:
         self.has_params_lr: list[bool] = []
         self.has_params_decay: list[bool] = []
         self.memory_used = 0
+        self.after_backward: list[Callable[[int], None]] = []
 
         self._blob_name_to_idx: dict[str, int] = {}
         self._available: set[str] = set()
@@ -610,7 +611,8 @@ class Net:
             )
 
     def backward_from_to(self, start: int, end: int) -> None:
-        """Layers start down to end inclusive (Caffe's BackwardFromTo)."""
+        """Layers start down to end inclusive (Caffe's BackwardFromTo); the
+        after_backward callbacks run after each layer, needed or not."""
         for i in range(start, end - 1, -1):
             if self.layer_need_backward[i]:
                 self.layers[i].backward(
@@ -618,6 +620,13 @@ class Net:
                 )
                 if self.debug_info:
                     self._backward_debug_info(i)
+            for callback in self.after_backward:
+                callback(i)
+
+    def add_after_backward(self, callback: Callable[[int], None]) -> None:
+        """Caffe's Net::add_after_backward: callback(layer index) after each
+        layer's backward (layer-wise gradient reduction hooks in here)."""
+        self.after_backward.append(callback)
 
     def backward(self) -> None:
         """Every layer that needs it, last to first; param diffs accumulate."""
