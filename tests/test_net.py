@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES
 
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
@@ -27,7 +28,6 @@ from caffesolve.net_param import (
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import parse_prototxt_text, read_binaryproto, write_binaryproto
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "caffe-examples"
 SRC = "test.prototxt"
 
 

@@ -25,11 +25,8 @@ from caffesolve.solvers.base import SignalHandler, update_smoothed_loss
 
 
 @pytest.fixture(autouse=True)
-def _quiet_and_data() -> None:
-    LOG.quiet = True
+def _quiet_and_data(quiet_log: None) -> None:
     FIXED["data"] = make_data(batches=5)
-    yield
-    LOG.quiet = False
 
 
 def generic(**fields: object):
