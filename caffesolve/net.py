@@ -712,31 +712,8 @@ class Net:
     # -- weights in and out ---------------------------------------------------
 
     def share_trained_layers_with(self, other: Net) -> None:
-        """Use `other`'s param data for the layers of the same name.
-
-        Caffe's ShareTrainedLayersWith (a test net reading the train net's
-        weights): data is shared, each net keeps its own diffs.
-        """
-        for source_layer, name in zip(other.layers, other.layer_names):
-            if name not in self.layer_names:
-                self.log_info(632, f"Ignoring source layer {name}")
-                continue
-            target = self.layers[self.layer_names.index(name)]
-            if len(target.blobs) != len(source_layer.blobs):
-                raise ShapeError(
-                    f"{self.source}: layer '{name}' ({target.layer_param.type}): "
-                    f"Incompatible number of blobs for layer {name} (source has "
-                    f"{len(source_layer.blobs)}, target has {len(target.blobs)})"
-                )
-            for j, (t, s) in enumerate(zip(target.blobs, source_layer.blobs)):
-                if t.shape != s.shape:
-                    raise ShapeError(
-                        f"{self.source}: Cannot share param {j} weights from layer "
-                        f"'{name}'; shape mismatch.  Source param shape is "
-                        f"{s.shape_string()}; target param shape is "
-                        f"{t.shape_string()}"
-                    )
-                t.share_data(s)
+        """Share `other`'s param data by layer name (weights.share_trained_layers)."""
+        weights.share_trained_layers(self, other)
 
     def copy_trained_layers_from(
         self, param_or_path: caffe_pb2.NetParameter | str | os.PathLike[str]
