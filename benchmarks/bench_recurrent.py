@@ -15,12 +15,13 @@ shared machine hits all alike, prints the median of --runs of:
   thread (x_transform over T*N rows, per step the recurrent GEMM forward,
   and the recurrent data and weight GEMMs backward); the layer runs large
   ones as two halves on two workers, as caffesolve's InnerProduct does;
-- the LSTMUnit step alone (T calls forward and backward);
+- the LSTMUnit step alone (T calls forward and backward), compiled kernel
+  and NumPy twin;
 - the weight diff of W_hc as Caffe's unrolled net sums it (one GEMM per
   step, added in turn) and as one GEMM over all T*N rows (a different order
   of float sums, not used: see caffesolve/layers/recurrent.py);
 - PyTorch's nn.LSTM (float32, CPU) on the same input, forward and forward +
-  backward (its own fused kernels; no cont input).
+  backward (its own fused kernels; no cont input), on --torch-threads.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ import numpy as np
 from caffesolve import backend, kernels
 from caffesolve.blob import Blob
 from caffesolve.layers import create_layer
-from caffesolve.layers.recurrent import lstm_unit_backward, lstm_unit_forward
 from caffesolve.log import LOG
+from caffesolve.ops.lstm_unit import lstm_unit_backward, lstm_unit_forward
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import parse_prototxt_text
 
@@ -136,11 +137,15 @@ def weight_diff_orders(t: int, n: int, h: int) -> tuple[Callable, Callable]:
     return per_step, one_gemm
 
 
-def torch_lstm(t: int, n: int, k: int, h: int) -> tuple[Callable, Callable] | None:
+def torch_lstm(
+    t: int, n: int, k: int, h: int, threads: int
+) -> tuple[Callable, Callable] | None:
     try:
         import torch
     except ImportError:
         return None
+    if threads:
+        torch.set_num_threads(threads)
     lstm = torch.nn.LSTM(k, h)
     x = torch.rand(t, n, k) * 2 - 1
     dy = torch.rand(t, n, h) * 2 - 1
@@ -169,6 +174,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--sizes", default="20x16x1x32,20x32x128x256,20x64x512x512")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument(
+        "--torch-threads", type=int, default=0, help="PyTorch's threads (0: its own)"
+    )
     args = parser.parse_args()
     LOG.quiet = True
     backend.configure_blas_threads()  # as a solver does: OpenBLAS on 1 thread
@@ -181,14 +189,15 @@ def main() -> None:
             cases[f"caffesolve LSTM, {label}: forward"] = (fwd, numpy_paths)
             cases[f"caffesolve LSTM, {label}: forward + backward"] = (both, numpy_paths)
         cases["its GEMMs alone: forward + backward"] = (gemms_alone(t, n, k, h), False)
-        cases["LSTMUnit alone (compiled): T forward + T backward"] = (
-            unit_alone(t, n, h),
-            False,
-        )
+        for numpy_paths, label in ((False, "compiled"), (True, "numpy")):
+            name = f"LSTMUnit alone, {label}: T forward + T backward"
+            cases[name] = (unit_alone(t, n, h), numpy_paths)
         per_step, one_gemm = weight_diff_orders(t, n, h)
         cases["W_hc diff, T GEMMs in Caffe's order"] = (per_step, False)
         cases["W_hc diff, one GEMM over T*N rows"] = (one_gemm, False)
-        torch_fns = None if args.no_torch else torch_lstm(t, n, k, h)
+        torch_fns = (
+            None if args.no_torch else torch_lstm(t, n, k, h, args.torch_threads)
+        )
         if torch_fns:
             cases["PyTorch nn.LSTM: forward"] = (torch_fns[0], False)
             cases["PyTorch nn.LSTM: forward + backward"] = (torch_fns[1], False)

@@ -28,25 +28,22 @@ from recurrent_helpers import (
     tops,
 )
 
-from caffesolve import kernels
+from caffesolve import kernels, tools
 from caffesolve.data.sine import write_sine_dataset
 from caffesolve.errors import CaffesolveError, ConfigError, ShapeError
 from caffesolve.layers import create_layer
 from caffesolve.log import LOG
 from caffesolve.net import Net
+from caffesolve.ops.lstm_unit import lstm_unit_backward, lstm_unit_forward
 from caffesolve.proto import caffe_pb2
 from caffesolve.solver_param import load_solver
-from caffesolve.solvers import create_solver, tools
+from caffesolve.solvers import create_solver
 
 ROOT = Path(__file__).resolve().parents[1]
 H = NUM_OUTPUT
 
 
-@pytest.fixture(autouse=True)
-def _quiet() -> None:
-    LOG.quiet = True
-    yield
-    LOG.quiet = False
+pytestmark = pytest.mark.usefixtures("quiet_log")
 
 
 def params(layer) -> list[np.ndarray]:
@@ -447,8 +444,6 @@ def test_lstm_unit_bit_equal_to_caffe_expressions_in_cpp(
     acts = np.zeros((num, 4 * dim), f32)
     c, tanh_c, h, c_prev_diff = np.zeros((4, num, dim), f32)
     x_diff = np.zeros_like(x)
-    from caffesolve.layers.recurrent import lstm_unit_backward, lstm_unit_forward
-
     with kernels.forced(numpy_paths):
         lstm_unit_forward(c_prev, x, cont, acts, c, tanh_c, h)
         lstm_unit_backward(c_prev, acts, tanh_c, c_diff, h_diff, c_prev_diff, x_diff)

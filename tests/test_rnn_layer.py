@@ -16,16 +16,10 @@ from recurrent_helpers import (
     tops,
 )
 
-from caffesolve.log import LOG
-
 H = NUM_OUTPUT
 
 
-@pytest.fixture(autouse=True)
-def _quiet() -> None:
-    LOG.quiet = True
-    yield
-    LOG.quiet = False
+pytestmark = pytest.mark.usefixtures("quiet_log")
 
 
 def test_set_up() -> None:

@@ -35,144 +35,20 @@ K_static)], W_hc (4H x H), gate rows in the order i, f, o, g; RNN W_xh, b_h,
 from __future__ import annotations
 
 import base64
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
-from caffesolve import kernels
-from caffesolve.backend import array_module
 from caffesolve.blob import Blob
-from caffesolve.errors import ShapeError
 from caffesolve.layers import register
 from caffesolve.layers.base import Layer
-from caffesolve.layers.common import InnerProductLayer
+from caffesolve.layers.inner_product import InnerProductLayer
 from caffesolve.log import LOG, fmt32
-from caffesolve.lr_policy import _expf
+from caffesolve.ops.lstm_unit import lstm_unit_backward, lstm_unit_forward
 from caffesolve.proto import caffe_pb2
 
 Array = npt.NDArray[np.float32]
-
-
-# -- LSTMUnit arithmetic ------------------------------------------------------------
-#
-# lstm_unit_layer.cpp in a C++11 build: sigmoid(x) = 1. / (1. + exp(-x)) is
-# expf for a float x (mkl_alternate.hpp's <math.h> puts std::exp(float) in
-# the global namespace) with the rest in double, rounded to float on return;
-# tanh(x) = 2. * sigmoid(2. * x) - 1. is all double (2. * x is a double).
-# The compiled kernels call libm's expf and exp (numba's math.exp), the NumPy
-# twins the same functions through _expf and np.exp; tests check both paths
-# bit for bit against those expressions compiled with g++.
-
-
-def lstm_unit_forward_kernel(c_prev, x, cont, acts, c, tanh_c, h, zero):  # type: ignore[no-untyped-def]
-    num, dim = c_prev.shape
-    for n in range(num):
-        k = cont[n]
-        for d in range(dim):
-            acts[n, d] = 1.0 / (1.0 + math.exp(-x[n, d]))
-            acts[n, dim + d] = 1.0 / (1.0 + math.exp(-x[n, dim + d]))
-            if k == 0:
-                acts[n, dim + d] = zero
-            else:
-                acts[n, dim + d] = k * acts[n, dim + d]
-            acts[n, 2 * dim + d] = 1.0 / (1.0 + math.exp(-x[n, 2 * dim + d]))
-            acts[n, 3 * dim + d] = (
-                2.0 * (1.0 / (1.0 + math.exp(-(2.0 * x[n, 3 * dim + d])))) - 1.0
-            )
-            cv = acts[n, dim + d] * c_prev[n, d] + acts[n, d] * acts[n, 3 * dim + d]
-            c[n, d] = cv
-            tanh_c[n, d] = 2.0 * (1.0 / (1.0 + math.exp(-(2.0 * cv)))) - 1.0
-            h[n, d] = acts[n, 2 * dim + d] * tanh_c[n, d]
-
-
-def lstm_unit_backward_kernel(
-    c_prev, acts, tanh_c, c_diff, h_diff, c_prev_diff, x_diff, one
-):  # type: ignore[no-untyped-def]
-    num, dim = c_prev.shape
-    for n in range(num):
-        for d in range(dim):
-            i = acts[n, d]
-            f = acts[n, dim + d]
-            o = acts[n, 2 * dim + d]
-            g = acts[n, 3 * dim + d]
-            tc = tanh_c[n, d]
-            hd = h_diff[n, d]
-            c_term = c_diff[n, d] + hd * o * (one - tc * tc)
-            c_prev_diff[n, d] = c_term * f
-            x_diff[n, d] = c_term * g * i * (one - i)
-            x_diff[n, dim + d] = c_term * c_prev[n, d] * f * (one - f)
-            x_diff[n, 2 * dim + d] = hd * tc * o * (one - o)
-            x_diff[n, 3 * dim + d] = c_term * i * (one - g * g)
-
-
-def caffe_sigmoid(x: Array) -> Array:
-    """lstm_unit_layer.cpp's sigmoid: 1. / (1. + exp(-x)), exp in x's
-    precision (expf for float32, as libm rounds it), the rest in double."""
-    with np.errstate(over="ignore"):
-        if x.dtype == np.float32:
-            e = _expf(-x).astype(np.float64)
-        else:
-            e = np.exp(-x.astype(np.float64))
-        return (1.0 / (1.0 + e)).astype(x.dtype)
-
-
-def caffe_tanh(x: Array) -> Array:
-    """lstm_unit_layer.cpp's tanh: 2. * sigmoid(2. * x) - 1., all in double."""
-    with np.errstate(over="ignore"):
-        s = 1.0 / (1.0 + np.exp(-(2.0 * x.astype(np.float64))))
-    return (2.0 * s - 1.0).astype(x.dtype)
-
-
-def lstm_unit_forward(
-    c_prev: Array, x: Array, cont: Array, acts: Array, c: Array, tanh_c: Array, h: Array
-) -> None:
-    """One LSTMUnit step (lstm_unit_layer.cpp Forward_cpu), N x H state:
-    i, f, o = sigmoid(x's first three H columns), g = tanh(the last H);
-    f = 0 where cont == 0, else cont * f; c = f * c_prev + i * g;
-    h = o * tanh(c). Writes acts (i, f, o, g), c, tanh_c and h."""
-    if kernels.takes(c_prev, x, cont, acts, c, tanh_c, h):
-        kernel = kernels.compiled(lstm_unit_forward_kernel)
-        kernel(c_prev, x, cont, acts, c, tanh_c, h, c.dtype.type(0))
-        return
-    dim = c_prev.shape[1]
-    acts[:, : 3 * dim] = caffe_sigmoid(x[:, : 3 * dim])
-    acts[:, 3 * dim :] = caffe_tanh(x[:, 3 * dim :])
-    i, f, o, g = (acts[:, j * dim : (j + 1) * dim] for j in range(4))
-    k = cont[:, None]
-    f[...] = np.where(k == 0, c.dtype.type(0), k * f)
-    c[...] = f * c_prev + i * g
-    tanh_c[...] = caffe_tanh(c)
-    np.multiply(o, tanh_c, out=h)
-
-
-def lstm_unit_backward(
-    c_prev: Array,
-    acts: Array,
-    tanh_c: Array,
-    c_diff: Array,
-    h_diff: Array,
-    c_prev_diff: Array,
-    x_diff: Array,
-) -> None:
-    """LSTMUnit's backward (lstm_unit_layer.cpp Backward_cpu), in float:
-    c_term = dc + dh * o * (1 - tanh_c^2); dc_prev = c_term * f;
-    di = c_term * g * i * (1 - i); df = c_term * c_prev * f * (1 - f);
-    do = dh * tanh_c * o * (1 - o); dg = c_term * i * (1 - g^2)."""
-    one = c_prev.dtype.type(1)
-    if kernels.takes(c_prev, acts, tanh_c, c_diff, h_diff, c_prev_diff, x_diff):
-        kernel = kernels.compiled(lstm_unit_backward_kernel)
-        kernel(c_prev, acts, tanh_c, c_diff, h_diff, c_prev_diff, x_diff, one)
-        return
-    dim = c_prev.shape[1]
-    i, f, o, g = (acts[:, j * dim : (j + 1) * dim] for j in range(4))
-    c_term = c_diff + h_diff * o * (one - tanh_c * tanh_c)
-    c_prev_diff[...] = c_term * f
-    x_diff[:, :dim] = c_term * g * i * (one - i)
-    x_diff[:, dim : 2 * dim] = c_term * c_prev * f * (one - f)
-    x_diff[:, 2 * dim : 3 * dim] = h_diff * tanh_c * o * (one - o)
-    x_diff[:, 3 * dim :] = c_term * i * (one - g * g)
 
 
 @register
@@ -191,23 +67,23 @@ class LSTMUnitLayer(Layer):
         for i, b in enumerate(bottom):
             axes = 2 if i == 2 else 3
             if b.num_axes != axes or b.shape[0] != 1 or b.shape[1] != num:
-                raise ShapeError(
-                    f"{self.where()}: bottom[{i}] '{b.name}' has shape "
+                raise self.shape_error(
+                    f"bottom[{i}] '{b.name}' has shape "
                     f"{b.shape_string()}; LSTMUnit takes c_prev 1 x N x H, "
                     "gate inputs 1 x N x 4H and cont 1 x N"
                 )
         dim = bottom[0].shape[2]
         if bottom[1].shape[2] != 4 * dim:
-            raise ShapeError(
-                f"{self.where()}: bottom[1] '{bottom[1].name}' has "
+            raise self.shape_error(
+                f"bottom[1] '{bottom[1].name}' has "
                 f"{bottom[1].shape[2]} gate inputs per stream; c_prev's {dim} "
                 f"cells take 4 * {dim} = {4 * dim}"
             )
         top[0].reshape(bottom[0].shape)
         top[1].reshape(bottom[0].shape)
         dtype = bottom[0].data.dtype
-        self.acts = _buffer(getattr(self, "acts", None), bottom[1].shape[1:], dtype)
-        self.tanh_c = _buffer(getattr(self, "tanh_c", None), bottom[0].shape[1:], dtype)
+        self.acts = self.buffer("acts", bottom[1].shape[1:], dtype)
+        self.tanh_c = self.buffer("tanh_c", bottom[0].shape[1:], dtype)
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         c_prev, x, cont = (b.data[0] for b in bottom)
@@ -234,13 +110,6 @@ class LSTMUnitLayer(Layer):
 
     def allow_force_backward(self, bottom_index: int) -> bool:
         return bottom_index != 2
-
-
-def _buffer(old: Array | None, shape: tuple[int, ...], dtype: Any) -> Array:
-    """`old` if it has this shape and dtype, else a new zeroed array."""
-    if old is not None and old.shape == tuple(shape) and old.dtype == dtype:
-        return old
-    return np.zeros(shape, dtype)
 
 
 def _encode(a: Array) -> dict[str, Any]:
@@ -282,8 +151,9 @@ class UnrolledInnerProduct:
         if bias:
             ip.bias_filler.CopyFrom(p.bias_filler)
         self.layer = InnerProductLayer(lp, owner.phase, owner.rng)
-        self.bottom = Blob(bottom_shape, dtype=owner.dtype)
-        self.top = Blob(dtype=owner.dtype)
+        self.layer.xp = owner.xp
+        self.bottom = Blob(bottom_shape, dtype=owner.dtype, xp=owner.xp)
+        self.top = Blob(dtype=owner.dtype, xp=owner.xp)
         self.layer.setup([self.bottom], [self.top])  # fills W (and b): Caffe's order
 
     def reshape(self, bottom_shape: tuple[int, ...]) -> None:
@@ -339,13 +209,13 @@ class RecurrentLayer(Layer):
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         x = bottom[0]
         if x.num_axes < 2:
-            raise self._shape_error(
+            raise self.shape_error(
                 f"bottom[0] '{x.name}' has shape {x.shape_string()}; it must "
                 "have at least 2 axes -- (#timesteps, #streams, ...)"
             )
         self.T, num = x.shape[0], x.shape[1]
         if self.T == 0:
-            raise self._shape_error(f"bottom[0] '{x.name}' has no timesteps")
+            raise self.shape_error(f"bottom[0] '{x.name}' has no timesteps")
         LOG.info(
             "recurrent_layer.cpp:20",
             "Initializing recurrent layer: assuming input batch contains "
@@ -385,13 +255,10 @@ class RecurrentLayer(Layer):
         """The per-step InnerProducts (shared weights) for bottoms of one step."""
         raise NotImplementedError
 
-    def _shape_error(self, message: str) -> ShapeError:
-        return ShapeError(f"{self.where()}: {message}")
-
     def _check_cont(self, bottom: list[Blob]) -> None:
         cont = bottom[1]
         if cont.shape != (self.T, bottom[0].shape[1]):
-            raise self._shape_error(
+            raise self.shape_error(
                 f"bottom[1] '{cont.name}' (cont) has shape {cont.shape_string()}; "
                 f"it must be exactly 2 axes -- (#timesteps, #streams) = "
                 f"{self.T} x {bottom[0].shape[1]}"
@@ -399,7 +266,7 @@ class RecurrentLayer(Layer):
 
     def _check_static(self, b: Blob, num: int) -> None:
         if b.num_axes < 1 or b.shape[0] != num:
-            raise self._shape_error(
+            raise self.shape_error(
                 f"bottom[2] '{b.name}' (the static input) has shape "
                 f"{b.shape_string()}; its first axis must be the {num} streams"
             )
@@ -421,7 +288,7 @@ class RecurrentLayer(Layer):
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         x = bottom[0]
         if x.num_axes < 2 or x.shape[0] != self.T:
-            raise self._shape_error(
+            raise self.shape_error(
                 f"bottom[0] '{x.name}' has shape {x.shape_string()}: input "
                 f"number of timesteps changed (was {self.T})"
             )
@@ -433,7 +300,7 @@ class RecurrentLayer(Layer):
         offset = 2 + self.static_input
         for i, b in enumerate(bottom[offset:], offset):
             if b.shape != state_shape:
-                raise self._shape_error(
+                raise self.shape_error(
                     f"bottom[{i}] '{b.name}' shape must match hidden state input "
                     f"shape: 1 {n} {self.H} ({n * self.H})"
                 )
@@ -600,14 +467,14 @@ class LSTMLayer(RecurrentLayer):
 
     def allocate(self, steps: int, num: int, dtype: Any) -> None:
         h = self.H
-        self.hs = np.zeros((steps + 1, num, h), dtype)  # h_0 .. h_T
-        self.cs = np.zeros((steps + 1, num, h), dtype)  # c_0 .. c_T
-        self.h_conted = np.zeros((steps, 1, num, h), dtype)
-        self.acts = np.zeros((steps, num, 4 * h), dtype)  # i, f, o, g
-        self.tanh_c = np.zeros((steps, num, h), dtype)
-        self.gate_input = np.zeros((1, num, 4 * h), dtype)
-        self.work = [np.zeros((num, h), dtype) for _ in range(3)]
-        self.dh_conted = np.zeros((1, num, h), dtype)
+        self.hs = self.xp.zeros((steps + 1, num, h), dtype)  # h_0 .. h_T
+        self.cs = self.xp.zeros((steps + 1, num, h), dtype)  # c_0 .. c_T
+        self.h_conted = self.xp.zeros((steps, 1, num, h), dtype)
+        self.acts = self.xp.zeros((steps, num, 4 * h), dtype)  # i, f, o, g
+        self.tanh_c = self.xp.zeros((steps, num, h), dtype)
+        self.gate_input = self.xp.zeros((1, num, 4 * h), dtype)
+        self.work = [self.xp.zeros((num, h), dtype) for _ in range(3)]
+        self.dh_conted = self.xp.zeros((1, num, h), dtype)
 
     def final_states(self) -> list[Array]:
         return [self.hs[self.T], self.cs[self.T]]
@@ -619,7 +486,7 @@ class LSTMLayer(RecurrentLayer):
         static: Array | None,
         initial: list[Array] | None,
     ) -> Array:
-        xp = array_module(xw)
+        xp = self.xp
         hs, cs = self.hs, self.cs
         if initial is None:  # the previous forward's final state (Caffe's copy)
             hs[0], cs[0] = hs[self.T], cs[self.T]
@@ -647,7 +514,7 @@ class LSTMLayer(RecurrentLayer):
         return hs[1:]
 
     def recurrent_backward(self, top_diff: Array, cont: Array, xw_diff: Array) -> None:
-        xp = array_module(top_diff)
+        xp = self.xp
         dh, dc, dc_prev = self.work
         dh_conted = self.dh_conted
         dh[...] = top_diff[self.T - 1]  # h_T feeds only the output
@@ -699,10 +566,10 @@ class RNNLayer(RecurrentLayer):
 
     def allocate(self, steps: int, num: int, dtype: Any) -> None:
         h = self.H
-        self.hs = np.zeros((steps + 1, 1, num, h), dtype)  # h_0 .. h_T
-        self.h_conted = np.zeros((steps, 1, num, h), dtype)
-        self.o = np.zeros((steps, num, h), dtype)
-        self.work = [np.zeros((1, num, h), dtype) for _ in range(4)]
+        self.hs = self.xp.zeros((steps + 1, 1, num, h), dtype)  # h_0 .. h_T
+        self.h_conted = self.xp.zeros((steps, 1, num, h), dtype)
+        self.o = self.xp.zeros((steps, num, h), dtype)
+        self.work = [self.xp.zeros((1, num, h), dtype) for _ in range(4)]
 
     def final_states(self) -> list[Array]:
         return [self.hs[self.T, 0]]
@@ -714,7 +581,7 @@ class RNNLayer(RecurrentLayer):
         static: Array | None,
         initial: list[Array] | None,
     ) -> Array:
-        xp = array_module(xw)
+        xp = self.xp
         hs = self.hs
         hs[0, 0] = hs[self.T, 0] if initial is None else initial[0]
         pre, z = self.work[:2]
@@ -743,7 +610,7 @@ class RNNLayer(RecurrentLayer):
         return self.o
 
     def recurrent_backward(self, top_diff: Array, cont: Array, xw_diff: Array) -> None:
-        xp = array_module(top_diff)
+        xp = self.xp
         dz, dh, dh_scale, dh_conted = self.work
         for s in range(self.T - 1, -1, -1):
             t, o, h = s + 1, self.o[s], self.hs[s + 1]
