@@ -186,7 +186,7 @@ def data_fashion_mnist(
     _run_data("fashion-mnist", out, from_dir, force, mirrors, skip_checksum)
 
 
-# -- lr-schedule -----------------------------------------------------------------
+# -- lr-schedule ---------------------------------------------------------------
 
 
 def _schedule_rows(
@@ -454,7 +454,7 @@ def time_command(
     time_net(net, iterations)
 
 
-# -- train / test ----------------------------------------------------------------
+# -- train / test --------------------------------------------------------------
 
 _SIGNAL_EFFECTS = click.Choice(["stop", "snapshot", "none"])
 
@@ -563,3 +563,101 @@ def test(model: str, weights: str, iterations: int, log_file: str | None) -> Non
 def main() -> None:
     """Console entry point."""
     cli(prog_name="caffesolve")
+
+
+# -- export / parse-log / plot / draw ------------------------------------------
+
+
+def _batch_choice(value: str | None) -> int | str | None:
+    """--batch: None (the net's own), a positive int, or 'dynamic'."""
+    if value is None or value == "dynamic":
+        return value
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise click.BadParameter(
+        f"'{value}' is neither a positive batch size nor 'dynamic'",
+        param_hint="--batch",
+    )
+
+
+@cli.command("export")
+@click.argument("net_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("weights", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    metavar="MODEL.onnx",
+    help="Where to write the ONNX model.",
+)
+@click.option(
+    "--opset",
+    type=int,
+    default=22,
+    show_default=True,
+    help="ONNX opset (22 or later).",
+)
+@click.option(
+    "--batch",
+    default=None,
+    metavar="N|dynamic",
+    help="Fix the batch size at N, or leave it open (dynamic)  "
+    "[default: the net's own, fixed]",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Also run onnxruntime and caffesolve on the same random inputs and "
+    "print the largest difference (fails above 1e-5 relative).",
+)
+def export_command(
+    net_file: str, weights: str, output: str, opset: int, batch: str | None, check: bool
+) -> None:
+    """Write a deploy net and its weights as an ONNX model.
+
+    \b
+    caffesolve export configs/lenet.prototxt lenet_iter_10000.caffemodel -o lenet.onnx
+    caffesolve export NET WEIGHTS -o model.onnx --batch dynamic --check
+
+    Every layer maps to ONNX operators that compute what Caffe computes; a
+    layer with no exact ONNX form is an error naming it, and nothing is written.
+    """
+    from caffesolve.errors import require_extra
+
+    size = _batch_choice(batch)
+    require_extra("onnx", "onnx", "caffesolve export needs onnx")
+    if check:
+        require_extra(
+            "onnxruntime", "onnx", "caffesolve export --check needs onnxruntime"
+        )
+    from caffesolve.export import convert
+    from caffesolve.log import fmt
+
+    fixed = size if isinstance(size, int) else None
+    net = convert.load_deploy_net(net_file, weights, fixed)
+    model = convert.export_net(net, opset, dynamic_batch=size == "dynamic")
+    if check:
+        own = net.input_blobs[0].shape[0] if net.input_blobs else 1
+        batches = [own] if size != "dynamic" else [own, 3 if own == 2 else 2]
+        diffs = [
+            d for n in batches for d in convert.compare_with_onnxruntime(net, model, n)
+        ]
+        worst = max(diffs, key=lambda d: d.max_rel)
+        click.echo(
+            f"onnxruntime vs caffesolve: largest difference {fmt(worst.max_abs)} "
+            f"({fmt(worst.max_rel)} of the largest output) at output "
+            f"'{worst.output}', batch {worst.batch}; {len(diffs)} outputs compared"
+        )
+        if not worst.max_rel <= convert.TOLERANCE:
+            raise click.ClickException(
+                f"{net_file}: onnxruntime differs from caffesolve by more than "
+                f"{fmt(convert.TOLERANCE)} relative; {output} not written"
+            )
+    convert.write_model(model, output)
+    shown = "dynamic" if size == "dynamic" else str(net.input_blobs[0].shape[0])
+    click.echo(
+        f"Wrote {output} (opset {opset}, IR version {model.ir_version}, batch "
+        f"{shown}, {len(model.graph.node)} nodes)",
+        err=True,
+    )
