@@ -661,3 +661,70 @@ def export_command(
         f"{shown}, {len(model.graph.node)} nodes)",
         err=True,
     )
+
+
+@cli.command("parse-log")
+@click.argument("log_file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for LOG.train and LOG.test  [default: the log's folder]",
+)
+def parse_log_command(log_file: str, out_dir: str | None) -> None:
+    """Write a training log's train and test tables as CSV (parse_log.py).
+
+    \b
+    caffesolve parse-log train.log              # -> train.log.train, train.log.test
+    caffesolve parse-log caffe.INFO --out csv/
+
+    Columns: NumIters, Seconds (since "Solving"), LearningRate, then every
+    net output. Caffe's logs and caffesolve's alike.
+    """
+    from caffesolve.logs import write_tables
+
+    for path in write_tables(log_file, out_dir):
+        click.echo(str(path))
+
+
+def _curves(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@cli.command("plot")
+@click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option(
+    "--out",
+    default="curves.png",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The picture (.png, .svg or .pdf).",
+)
+@click.option(
+    "--x",
+    "x_axis",
+    type=click.Choice(["iters", "seconds"]),
+    default="iters",
+    show_default=True,
+    help="Horizontal axis.",
+)
+@click.option(
+    "--y",
+    "curves",
+    default="loss,accuracy,lr",
+    show_default=True,
+    help="Curves: loss (train and test), accuracy (test, own axis), lr.",
+)
+def plot_command(logs: tuple[str, ...], out: str, x_axis: str, curves: str) -> None:
+    """Draw training and test curves from one or more training logs.
+
+    \b
+    caffesolve plot train.log
+    caffesolve plot sgd.log adam.log --out compare.png --y loss,accuracy
+    caffesolve plot train.log --x seconds --y lr
+    """
+    from caffesolve.plot import plot_logs
+
+    plot_logs(list(logs), out, x_axis, _curves(curves))
+    click.echo(f"Wrote {out}", err=True)
