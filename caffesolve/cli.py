@@ -728,3 +728,38 @@ def plot_command(logs: tuple[str, ...], out: str, x_axis: str, curves: str) -> N
 
     plot_logs(list(logs), out, x_axis, _curves(curves))
     click.echo(f"Wrote {out}", err=True)
+
+
+@cli.command("draw")
+@click.argument("net_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False), metavar="OUT.png|svg")
+@click.option(
+    "--rankdir",
+    type=click.Choice(["LR", "TB", "BT", "RL"]),
+    default="LR",
+    show_default=True,
+    help="Layout direction: left to right, top to bottom, ...",
+)
+@click.option(
+    "--phase",
+    type=click.Choice(["TRAIN", "TEST", "ALL"], case_sensitive=False),
+    default="ALL",
+    show_default=True,
+    help="Draw the layers of this phase only (ALL: every layer).",
+)
+def draw_command(net_file: str, out: str, rankdir: str, phase: str) -> None:
+    """Draw a net prototxt as a graph, like Caffe's draw_net.py.
+
+    \b
+    caffesolve draw configs/lenet_train_test.prototxt lenet.png
+    caffesolve draw NET.prototxt net.svg --rankdir TB --phase TEST
+    caffesolve draw NET.prototxt net.dot     # DOT text, no Graphviz needed
+
+    Needs pydot (pip install 'caffesolve[draw]') and Graphviz's dot program.
+    """
+    from caffesolve.draw import draw_net_file
+    from caffesolve.proto import caffe_pb2
+
+    chosen = None if phase.upper() == "ALL" else caffe_pb2.Phase.Value(phase.upper())
+    draw_net_file(net_file, out, rankdir, chosen)
+    click.echo(f"Wrote {out}", err=True)
