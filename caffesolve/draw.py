@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from caffesolve.errors import ConfigError, MissingExtraError, require_extra
-from caffesolve.net import filter_net
+from caffesolve.net_param import filter_net
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import atomic_write_bytes
 from caffesolve.proto.upgrade import read_net_params_from_text_file

@@ -24,10 +24,11 @@ from caffesolve import __version__
 from caffesolve.errors import ConfigError, ExportError
 from caffesolve.export.graph import LayerIO, OnnxGraph
 from caffesolve.export.onnx import NOT_EXPORTABLE, ONNX_OPS
-from caffesolve.net import Net, is_hdf5
+from caffesolve.net import Net
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import atomic_write_bytes
 from caffesolve.proto.upgrade import read_net_params_from_binary_file
+from caffesolve.weights import is_hdf5
 
 # Opset 22 is the first whose shape inference sizes pooling as Caffe does
 # (the last window dropped when it would start in the padding).
