@@ -161,7 +161,7 @@ def draw_net_file(
     param = read_net_params_from_text_file(net_path)
     graph = net_graph(param, rankdir, phase)
     if fmt in TEXT_FORMATS:
-        atomic_write_bytes(out, graph.to_string().encode())
+        _write(out, graph.to_string().encode())
         return
     if fmt not in graph.formats:
         raise ConfigError(
@@ -175,4 +175,11 @@ def draw_net_file(
             "caffesolve draw needs Graphviz's `dot` program (not found): install "
             "Graphviz (Debian/Ubuntu: apt-get install graphviz), or write a .dot file"
         ) from None
-    atomic_write_bytes(out, data)
+    _write(out, data)
+
+
+def _write(out: str | os.PathLike[str], data: bytes) -> None:
+    try:
+        atomic_write_bytes(out, data)
+    except OSError as e:
+        raise ConfigError(f"{out}: cannot write the picture ({e.strerror})") from None

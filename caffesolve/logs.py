@@ -167,11 +167,16 @@ def write_tables(
     the log's folder); a table without rows is not written. The paths written."""
     parsed = parse_log(log_path)
     folder = Path(out_dir) if out_dir is not None else Path(log_path).parent
-    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for suffix, table in ((".train", parsed.train), (".test", parsed.test)):
         if table.rows:
             path = folder / (Path(log_path).name + suffix)
-            write_csv(table, path)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                write_csv(table, path)
+            except OSError as e:
+                raise DataError(
+                    f"{path}: cannot write the table ({e.strerror})"
+                ) from None
             written.append(path)
     return written

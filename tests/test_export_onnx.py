@@ -647,3 +647,18 @@ def test_readme_lists_what_cannot_be_exported() -> None:
     readme = (ROOT / "README.md").read_text()
     for t in NOT_EXPORTABLE:
         assert f"`{t}`" in readme, t
+
+
+def test_unwritable_output_is_one_line(tmp_path: Path) -> None:
+    weights = write_caffemodel(lenet(), tmp_path / "w.caffemodel")
+    out = tmp_path / "missing" / "m.onnx"
+    args = [
+        "export",
+        str(ROOT / "configs/lenet.prototxt"),
+        str(weights),
+        "-o",
+        str(out),
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert f"{out}: cannot write the model (No such file or directory)" in result.output

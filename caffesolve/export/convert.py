@@ -233,7 +233,12 @@ def set_batch(net: Net, batch: int) -> None:
 
 
 def write_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
-    atomic_write_bytes(path, model.SerializeToString())
+    """Write the model atomically; a path that cannot be written is a
+    ConfigError naming it."""
+    try:
+        atomic_write_bytes(path, model.SerializeToString())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write the model ({e.strerror})") from None
 
 
 # -- onnxruntime against caffesolve --------------------------------------------
