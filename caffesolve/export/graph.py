@@ -104,7 +104,7 @@ class OnnxGraph:
     def const(self, hint: str, value: Any, dtype: type = np.float32) -> str:
         """An initializer holding `value`; its name."""
         name = self.fresh(hint)
-        array = np.ascontiguousarray(np.asarray(value, dtype))
+        array = np.array(value, dtype, order="C")  # keeps 0-d scalars 0-d
         self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
