@@ -148,7 +148,7 @@ def deconvolution(g: OnnxGraph, io: LayerIO) -> None:
 @onnx_op("Pooling")
 def pooling(g: OnnxGraph, io: LayerIO) -> None:
     """MaxPool / AveragePool with Caffe's pad on the pool itself, ceil_mode
-    for Caffe's ceil rounding (ONNX since opset 19 also drops a last window
+    for Caffe's ceil rounding (ONNX since opset 22 also drops a last window
     that would start in the padding, as Caffe does), and count_include_pad:
     Caffe's AVE divides by the window clipped to the padded extent. Global
     pooling is GlobalMaxPool / GlobalAveragePool. STOCHASTIC at TEST is
