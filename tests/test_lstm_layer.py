@@ -16,11 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import compile_cpp
 from google.protobuf import text_format
 from gradient_check import check_gradient
 from recurrent_helpers import (
+    GRADIENT_CASES,
     NUM_OUTPUT,
     blob,
+    check_cont_reset_mid_batch,
+    check_expose_hidden_halves,
+    check_gradient_case,
+    check_one_batch_equals_one_step_at_a_time,
     layer_param,
     lstm_reference,
     make_bottoms,
@@ -158,51 +164,11 @@ def test_forward_equals_unrolled_formulas(static: bool, dtype: type) -> None:
 
 
 def test_forward_full_sequence_equals_one_timestep_at_a_time() -> None:
-    """Caffe's TestForward: a 3-step batch equals three 1-step batches that
-    carry the state; with every cont 0 only the first step stays the same."""
-    steps, num = 3, 3
-    rng = np.random.default_rng(1)
-    x = rng.normal(0, 1, (steps, num, 3, 2)).astype(np.float32)
-    cont = (np.arange(steps)[:, None] > 0).repeat(num, 1).astype(np.float32)
-    layer = make_layer("LSTM")
-    top = tops(1, np.float32)
-    bottom = [blob(x), blob(cont)]
-    layer.setup(bottom, top)
-    layer.forward(bottom, top)
-    full = top[0].data.copy()
-    for all_zero in (False, True):
-        one_step = make_layer("LSTM")
-        top1 = tops(1, np.float32)
-        for t in range(steps):
-            c = np.zeros((1, num), np.float32) if all_zero else cont[t : t + 1]
-            b = [blob(x[t : t + 1]), blob(c)]
-            if t == 0:
-                one_step.setup(b, top1)
-            one_step.forward(b, top1)
-            if all_zero and t > 0:
-                assert (top1[0].data[0] != full[t]).all()
-            else:
-                np.testing.assert_allclose(top1[0].data[0], full[t], atol=1e-5)
+    check_one_batch_equals_one_step_at_a_time("LSTM")
 
 
 def test_cont_zero_resets_the_state_mid_batch() -> None:
-    """Stream 0 starts a new sequence at step 3: its outputs from there equal
-    a run of those steps alone from a zero state."""
-    cont = np.ones((5, 2))
-    cont[0] = 0
-    cont[3, 0] = 0
-    bottom = make_bottoms(5, 2, cont)
-    layer = make_layer("LSTM")
-    top = tops(1)
-    layer.setup(bottom, top)
-    layer.forward(bottom, top)
-    alone = make_layer("LSTM")
-    rest = [blob(bottom[0].data[3:]), blob(np.vstack([[0, 0], cont[4:]]))]
-    top2 = tops(1)
-    alone.setup(rest, top2)
-    alone.forward(rest, top2)
-    np.testing.assert_array_equal(top[0].data[3:, 0], top2[0].data[:, 0])
-    assert not np.allclose(top[0].data[3:, 1], top2[0].data[:, 1])
+    check_cont_reset_mid_batch("LSTM")
 
 
 # -- gradients: Caffe's GradientChecker (1e-2, 1e-3) ------------------------------
@@ -230,22 +196,9 @@ def test_lstm_unit_rejects_bad_shapes() -> None:
         unit.setup(bottom, tops(2))
 
 
-GRADIENT_CASES = {
-    # name: (T, N, cont, static): Caffe's TestGradient... cases
-    "Gradient": (1, 3, [0, 0, 0], False),
-    "GradientNonZeroContBufferSize2": (2, 2, [0, 0, 0, 1], False),
-    "GradientNonZeroContBufferSize2WithStaticInput": (2, 2, [0, 0, 0, 1], True),
-    "GradientThreeStepsMixedCont": (3, 2, [0, 0, 1, 0, 1, 1], True),
-}
-
-
 @pytest.mark.parametrize("case", GRADIENT_CASES)
 def test_gradient(case: str) -> None:
-    steps, num, cont, static = GRADIENT_CASES[case]
-    layer = make_layer("LSTM")
-    bottom = make_bottoms(steps, num, cont, static=static)
-    check = [0, 2] if static else [0]
-    assert check_gradient(layer, bottom, tops(1), check_bottom=check) > 0
+    check_gradient_case("LSTM", case)
 
 
 def test_gradient_with_exposed_hidden_state() -> None:
@@ -260,53 +213,8 @@ def test_gradient_with_exposed_hidden_state() -> None:
 # -- expose_hidden, cont and the diffs Caffe does not compute ---------------------
 
 
-def test_expose_hidden_continues_a_sequence() -> None:
-    """Steps 1-2 then 3-4 with the state handed over through the exposed
-    bottoms/tops equal steps 1-4 in one batch."""
-    cont = np.ones((4, 3))
-    cont[0] = 0
-    bottom = make_bottoms(4, 3, cont)
-    whole = make_layer("LSTM")
-    top = tops(1)
-    whole.setup(bottom, top)
-    whole.forward(bottom, top)
-    halves = make_layer("LSTM", expose_hidden=True)
-    state = [blob(np.zeros((1, 3, H))), blob(np.zeros((1, 3, H)))]
-    out = []
-    for part in (slice(0, 2), slice(2, 4)):
-        b = [blob(bottom[0].data[part]), blob(cont[part]), *state]
-        t = tops(3)
-        if not out:
-            halves.setup(b, t)
-        halves.reshape(b, t)
-        halves.forward(b, t)
-        out.append(t[0].data.copy())
-        state = [blob(t[1].data.copy()), blob(t[2].data.copy())]
-    np.testing.assert_array_equal(np.concatenate(out), top[0].data)
-
-
-def test_exposed_state_gets_and_gives_no_diff() -> None:
-    """Caffe shares only the data of the exposed state blobs with the unrolled
-    net: diffs on the h_T, c_T tops change nothing, and the h_0, c_0 bottoms
-    get zero diffs."""
-    layer = make_layer("LSTM", expose_hidden=True)
-    bottom = make_bottoms(2, 2, [1, 1, 1, 1], hidden=2)
-    top = tops(3)
-    layer.setup(bottom, top)
-    layer.forward(bottom, top)
-    top[0].diff[...] = 1
-    for b in bottom[2:]:
-        b.diff[...] = 7
-    layer.backward(top, [True, False, True, True], bottom)
-    first = [b.diff.copy() for b in layer.blobs] + [bottom[0].diff.copy()]
-    assert all((b.diff == 0).all() for b in bottom[2:])
-    for b in layer.blobs:
-        b.diff[...] = 0
-    top[1].diff[...] = 5
-    top[2].diff[...] = -3
-    layer.backward(top, [True, False, True, True], bottom)
-    for a, b in zip(first, [b.diff for b in layer.blobs] + [bottom[0].diff]):
-        np.testing.assert_array_equal(a, b)
+def test_expose_hidden_continues_a_sequence_and_passes_no_diff() -> None:
+    check_expose_hidden_halves("LSTM")
 
 
 def test_no_diff_into_cont() -> None:
@@ -407,18 +315,7 @@ int main(int argc, char** argv) {
 
 @pytest.fixture(scope="module")
 def caffe_unit(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("no C++ compiler")
-    folder = tmp_path_factory.mktemp("cpp")
-    (folder / "unit.cpp").write_text(UNIT_CPP)
-    exe = folder / "unit"
-    subprocess.run(
-        [compiler, "-O2", "-std=c++11", "-o", str(exe), str(folder / "unit.cpp")],
-        check=True,
-        capture_output=True,
-    )
-    return exe
+    return compile_cpp(tmp_path_factory, UNIT_CPP, "unit")
 
 
 @pytest.mark.parametrize("numpy_paths", [False, True], ids=["compiled", "numpy"])

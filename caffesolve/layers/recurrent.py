@@ -128,6 +128,8 @@ def _decode(state: dict[str, Any]) -> Array:
 
 
 # -- RecurrentLayer -----------------------------------------------------------------
+
+
 class UnrolledInnerProduct:
     """One InnerProduct layer of Caffe's unrolled net (x_transform, the
     static input's, or a step's transform), run by caffesolve's own
@@ -138,7 +140,7 @@ class UnrolledInnerProduct:
         self,
         owner: RecurrentLayer,
         name: str,
-        bottom_shape: tuple[int, ...],
+        bottom: Array,
         num_output: int,
         axis: int,
         bias: bool,
@@ -152,12 +154,14 @@ class UnrolledInnerProduct:
             ip.bias_filler.CopyFrom(p.bias_filler)
         self.layer = InnerProductLayer(lp, owner.phase, owner.rng)
         self.layer.xp = owner.xp
-        self.bottom = Blob(bottom_shape, dtype=owner.dtype, xp=owner.xp)
+        self.bottom = Blob(dtype=owner.dtype, xp=owner.xp)
         self.top = Blob(dtype=owner.dtype, xp=owner.xp)
+        self.bottom.data = bottom
         self.layer.setup([self.bottom], [self.top])  # fills W (and b): Caffe's order
 
-    def reshape(self, bottom_shape: tuple[int, ...]) -> None:
-        self.bottom.reshape(bottom_shape)
+    def reshape(self, bottom: Array) -> None:
+        """Size the top for bottoms shaped like `bottom`."""
+        self.bottom.data = bottom
         self.layer.reshape([self.bottom], [self.top])
 
     def forward(self, x: Array, out: Array) -> None:
@@ -187,6 +191,9 @@ class RecurrentLayer(Layer):
     x_names: ClassVar[tuple[str, str]] = ("", "")
     # The unrolled net's param names (the static input's weight third).
     param_names: ClassVar[tuple[str, ...]] = ()
+    # The unrolled net's names at step t (s = t - 1), for debug_info: the
+    # recurrent InnerProduct layer, its top and its param; the sum and its top.
+    step_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -234,25 +241,25 @@ class RecurrentLayer(Layer):
         # of their fills and of the params: x_transform, static, recurrence.
         rows = self.gates * self.H
         self.x_transform = UnrolledInnerProduct(
-            self, "x_transform", x.shape, rows, axis=2, bias=True
+            self, "x_transform", x.data, rows, axis=2, bias=True
         )
         self.inner = [self.x_transform]
         if self.static_input:
             self.static_transform = UnrolledInnerProduct(
-                self, self.x_names[1], bottom[2].shape, rows, axis=1, bias=False
+                self, self.x_names[1], bottom[2].data, rows, axis=1, bias=False
             )
             self.inner.append(self.static_transform)
-        self.inner += self.make_step_transforms((1, num, self.H))
+        step = self.xp.zeros((1, num, self.H), self.dtype)  # one step's h
+        self.inner += self.make_step_transforms(step)
         self.blobs = [b for ip in self.inner for b in ip.layer.blobs]
         names = [n for n in self.param_names if self.static_input or "static" not in n]
         for i, name in enumerate(names):
             LOG.info("recurrent_layer.cpp:150", f"Adding parameter {i}: {name}")
         self.param_propagate_down = [True] * len(self.blobs)
 
-    def make_step_transforms(
-        self, step_shape: tuple[int, ...]
-    ) -> list[UnrolledInnerProduct]:
-        """The per-step InnerProducts (shared weights) for bottoms of one step."""
+    def make_step_transforms(self, step: Array) -> list[UnrolledInnerProduct]:
+        """The per-step InnerProducts (their weights shared by all steps),
+        for bottoms shaped like `step`."""
         raise NotImplementedError
 
     def _check_cont(self, bottom: list[Blob]) -> None:
@@ -304,21 +311,66 @@ class RecurrentLayer(Layer):
                     f"bottom[{i}] '{b.name}' shape must match hidden state input "
                     f"shape: 1 {n} {self.H} ({n * self.H})"
                 )
-        self.x_transform.reshape(x.shape)
+        self.x_transform.reshape(x.data)
         if self.static_input:
-            self.static_transform.reshape(bottom[2].shape)
+            self.static_transform.reshape(bottom[2].data)
         if n != self.N:
             self.N = n
-            for ip in self.inner[1 + self.static_input :]:
-                ip.reshape(state_shape)
             self.allocate(self.T, n, self.dtype)
+            for ip in self.inner[1 + self.static_input :]:
+                ip.reshape(self.h_conted[0])
         top[0].reshape((self.T, n, self.H))
         for t in top[1:]:
             t.reshape(state_shape)
 
     def allocate(self, steps: int, num: int, dtype: Any) -> None:
         """Make the state and work arrays for `num` streams (zero state)."""
-        raise NotImplementedError
+        self.h_conted = self.xp.zeros((steps, 1, num, self.H), dtype)
+        self.dh_conted = self.xp.zeros((1, num, self.H), dtype)
+
+    def step_input(
+        self,
+        s: int,
+        h_prev: Array,
+        cont: Array,
+        xw: Array,
+        static: Array | None,
+        out: Array,
+    ) -> None:
+        """Step t = s + 1's input, as the unrolled net's Scale, InnerProduct
+        and Eltwise SUM compute it: h_conted_{t-1} = cont_t * h_{t-1};
+        out = h_conted_{t-1} W^T, then + W_x_x_t, then + W_x_x_static."""
+        h_conted = self.h_conted[s]
+        self.xp.multiply(h_prev, cont[s][:, None], out=h_conted[0])
+        self.recurrence.forward(h_conted, out)
+        if self.debug_info:
+            layer, top, param = (n.format(s=s, t=s + 1) for n in self.step_names[:3])
+            self.debug("top", f"h_conted_{s}", f"h_conted_{s}", h_conted)
+            self.debug("top", layer, top, out)
+            self.debug("param", layer, param, self.recurrence.layer.blobs[0].data)
+        out += xw[s]
+        if static is not None:
+            out += static
+        if self.debug_info:
+            layer, top = (n.format(s=s, t=s + 1) for n in self.step_names[3:])
+            self.debug("top", layer, top, out)
+
+    def step_input_backward(
+        self, s: int, cont: Array, diff: Array, h_prev_diff: Array
+    ) -> None:
+        """The recurrent InnerProduct's backward at step t = s + 1 (its weight
+        diff gains one GEMM per step, in the order T..1, as the unrolled net's
+        shared weight does), then for t > 1 the Scale's diff into h_{t-1}:
+        h_prev_diff = cont_t * (diff W)."""
+        dh_conted = self.dh_conted
+        self.recurrence.backward(self.h_conted[s], diff, dh_conted if s else None)
+        if self.debug_info:
+            layer = self.step_names[0].format(s=s, t=s + 1)
+            self.debug("param_diff", layer, "0", self.recurrence.layer.blobs[0].diff)
+            if s:
+                self.debug("bottom", layer, f"h_conted_{s}", dh_conted)
+        if s:
+            self.xp.multiply(dh_conted[0], cont[s][:, None], out=h_prev_diff)
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         self._sync_params()
@@ -456,25 +508,24 @@ class LSTMLayer(RecurrentLayer):
     gates = 4
     x_names = ("W_xc_x", "W_xc_x_static")
     param_names = ("W_xc", "b_c", "W_xc_static", "W_hc")
+    step_names = ("transform_{t}", "W_hc_h_{s}", "W_hc", "gate_input_{t}",
+                  "gate_input_{t}")  # fmt: skip
 
-    def make_step_transforms(
-        self, step_shape: tuple[int, ...]
-    ) -> list[UnrolledInnerProduct]:
-        self.transform = UnrolledInnerProduct(
-            self, "transform", step_shape, 4 * self.H, axis=2, bias=False
+    def make_step_transforms(self, step: Array) -> list[UnrolledInnerProduct]:
+        self.recurrence = UnrolledInnerProduct(
+            self, "transform", step, 4 * self.H, axis=2, bias=False
         )
-        return [self.transform]
+        return [self.recurrence]
 
     def allocate(self, steps: int, num: int, dtype: Any) -> None:
+        super().allocate(steps, num, dtype)
         h = self.H
         self.hs = self.xp.zeros((steps + 1, num, h), dtype)  # h_0 .. h_T
         self.cs = self.xp.zeros((steps + 1, num, h), dtype)  # c_0 .. c_T
-        self.h_conted = self.xp.zeros((steps, 1, num, h), dtype)
         self.acts = self.xp.zeros((steps, num, 4 * h), dtype)  # i, f, o, g
         self.tanh_c = self.xp.zeros((steps, num, h), dtype)
         self.gate_input = self.xp.zeros((1, num, 4 * h), dtype)
         self.work = [self.xp.zeros((num, h), dtype) for _ in range(3)]
-        self.dh_conted = self.xp.zeros((1, num, h), dtype)
 
     def final_states(self) -> list[Array]:
         return [self.hs[self.T], self.cs[self.T]]
@@ -486,7 +537,6 @@ class LSTMLayer(RecurrentLayer):
         static: Array | None,
         initial: list[Array] | None,
     ) -> Array:
-        xp = self.xp
         hs, cs = self.hs, self.cs
         if initial is None:  # the previous forward's final state (Caffe's copy)
             hs[0], cs[0] = hs[self.T], cs[self.T]
@@ -494,19 +544,10 @@ class LSTMLayer(RecurrentLayer):
             hs[0], cs[0] = initial
         gate = self.gate_input[0]
         for s in range(self.T):
-            t, k, h_conted = s + 1, cont[s], self.h_conted[s]
-            xp.multiply(hs[s], k[:, None], out=h_conted[0])
-            self.transform.forward(h_conted, self.gate_input)
-            if self.debug_info:
-                self.debug("top", f"h_conted_{s}", f"h_conted_{s}", h_conted)
-                self.debug("top", f"transform_{t}", f"W_hc_h_{s}", gate)
-                self.debug("param", f"transform_{t}", "W_hc", self.blobs[-1].data)
-            gate += xw[s]
-            if static is not None:
-                gate += static
-            self.debug("top", f"gate_input_{t}", f"gate_input_{t}", gate)
+            t = s + 1
+            self.step_input(s, hs[s], cont, xw, static, self.gate_input)
             lstm_unit_forward(
-                cs[s], gate, k, self.acts[s], cs[t], self.tanh_c[s], hs[t]
+                cs[s], gate, cont[s], self.acts[s], cs[t], self.tanh_c[s], hs[t]
             )
             self.debug("top", f"unit_{t}", f"c_{t}", cs[t])
             self.debug("top", f"unit_{t}", f"h_{t}", hs[t])
@@ -514,9 +555,7 @@ class LSTMLayer(RecurrentLayer):
         return hs[1:]
 
     def recurrent_backward(self, top_diff: Array, cont: Array, xw_diff: Array) -> None:
-        xp = self.xp
         dh, dc, dc_prev = self.work
-        dh_conted = self.dh_conted
         dh[...] = top_diff[self.T - 1]  # h_T feeds only the output
         dc[...] = 0  # c_T's diff: Caffe's c_T top gets none
         for s in range(self.T - 1, -1, -1):
@@ -525,18 +564,11 @@ class LSTMLayer(RecurrentLayer):
                 self.cs[s], self.acts[s], self.tanh_c[s], dc, dh, dc_prev, gate_diff[0]
             )
             self.debug("bottom", f"unit_{t}", f"gate_input_{t}", gate_diff)
-            # transform_t: W_hc diff += (its steps T..t in turn), h_conted diff
-            self.transform.backward(
-                self.h_conted[s], gate_diff, dh_conted if s > 0 else None
-            )
-            self.debug("param_diff", f"transform_{t}", "0", self.blobs[-1].diff)
+            self.step_input_backward(s, cont, gate_diff, dh)
             if s == 0:
                 break  # h_0 and c_0 take no diff
             self.debug("bottom", f"unit_{t}", f"c_{s}", dc_prev)
-            self.debug("bottom", f"transform_{t}", f"h_conted_{s}", dh_conted)
-            # h_s's Split: the Scale's diff (cont * dh_conted) + the output's
-            xp.multiply(dh_conted[0], cont[s][:, None], out=dh)
-            dh += top_diff[s - 1]
+            dh += top_diff[s - 1]  # h_s's Split: the Scale's diff + the output's
             dc, dc_prev = dc_prev, dc
 
 
@@ -555,21 +587,21 @@ class RNNLayer(RecurrentLayer):
     gates = 1
     x_names = ("W_xh_x", "W_xh_x_static")
     param_names = ("W_xh", "b_h", "W_xh_static", "W_hh", "W_ho", "b_o")
+    step_names = ("W_hh_h_{s}", "W_hh_h_{s}", "W_hh", "h_input_sum_{t}",
+                  "h_neuron_input_{t}")  # fmt: skip
 
-    def make_step_transforms(
-        self, step_shape: tuple[int, ...]
-    ) -> list[UnrolledInnerProduct]:
+    def make_step_transforms(self, step: Array) -> list[UnrolledInnerProduct]:
         h = self.H
-        self.w_hh = UnrolledInnerProduct(self, "W_hh_h", step_shape, h, 2, False)
-        self.w_ho = UnrolledInnerProduct(self, "W_ho_h", step_shape, h, 2, True)
-        return [self.w_hh, self.w_ho]
+        self.recurrence = UnrolledInnerProduct(self, "W_hh_h", step, h, 2, False)
+        self.w_ho = UnrolledInnerProduct(self, "W_ho_h", step, h, 2, True)
+        return [self.recurrence, self.w_ho]
 
     def allocate(self, steps: int, num: int, dtype: Any) -> None:
+        super().allocate(steps, num, dtype)
         h = self.H
         self.hs = self.xp.zeros((steps + 1, 1, num, h), dtype)  # h_0 .. h_T
-        self.h_conted = self.xp.zeros((steps, 1, num, h), dtype)
         self.o = self.xp.zeros((steps, num, h), dtype)
-        self.work = [self.xp.zeros((1, num, h), dtype) for _ in range(4)]
+        self.work = [self.xp.zeros((1, num, h), dtype) for _ in range(3)]
 
     def final_states(self) -> list[Array]:
         return [self.hs[self.T, 0]]
@@ -586,17 +618,8 @@ class RNNLayer(RecurrentLayer):
         hs[0, 0] = hs[self.T, 0] if initial is None else initial[0]
         pre, z = self.work[:2]
         for s in range(self.T):
-            t, h_conted = s + 1, self.h_conted[s]
-            xp.multiply(hs[s, 0], cont[s][:, None], out=h_conted[0])
-            self.w_hh.forward(h_conted, pre)
-            if self.debug_info:
-                self.debug("top", f"h_conted_{s}", f"h_conted_{s}", h_conted)
-                self.debug("top", f"W_hh_h_{s}", f"W_hh_h_{s}", pre)
-                self.debug("param", f"W_hh_h_{s}", "W_hh", self.blobs[-3].data)
-            pre += xw[s]
-            if static is not None:
-                pre += static
-            self.debug("top", f"h_input_sum_{t}", f"h_neuron_input_{t}", pre)
+            t = s + 1
+            self.step_input(s, hs[s, 0], cont, xw, static, pre)
             xp.tanh(pre, out=hs[t])
             self.debug("top", f"h_neuron_{t}", f"h_{t}", hs[t])
             self.w_ho.forward(hs[t], z)
@@ -610,8 +633,7 @@ class RNNLayer(RecurrentLayer):
         return self.o
 
     def recurrent_backward(self, top_diff: Array, cont: Array, xw_diff: Array) -> None:
-        xp = self.xp
-        dz, dh, dh_scale, dh_conted = self.work
+        dz, dh, dh_scale = self.work
         for s in range(self.T - 1, -1, -1):
             t, o, h = s + 1, self.o[s], self.hs[s + 1]
             dz[0] = top_diff[s] * (1 - o * o)  # o_neuron_t (TanH)
@@ -625,8 +647,4 @@ class RNNLayer(RecurrentLayer):
             pre_diff = xw_diff[s : s + 1]
             pre_diff[...] = dh * (1 - h * h)  # h_neuron_t (TanH)
             self.debug("bottom", f"h_neuron_{t}", f"h_neuron_input_{t}", pre_diff)
-            self.w_hh.backward(self.h_conted[s], pre_diff, dh_conted if s else None)
-            self.debug("param_diff", f"W_hh_h_{s}", "0", self.blobs[-3].diff)
-            if s > 0:
-                self.debug("bottom", f"W_hh_h_{s}", f"h_conted_{s}", dh_conted)
-                xp.multiply(dh_conted[0], cont[s][:, None], out=dh_scale[0])
+            self.step_input_backward(s, cont, pre_diff, dh_scale[0])
