@@ -478,3 +478,55 @@ def test_sine_example_resumes_bit_identically(sine_workdir: Path) -> None:
     )
     for a, b in zip(straight.net.learnable_params, resumed.net.learnable_params):
         np.testing.assert_array_equal(a.data, b.data)
+
+
+CAPTION_NET = """
+name: "LRCNLike"
+layer { name: "input" type: "Input" top: "words" top: "cont" top: "image"
+  top: "target" input_param { shape { dim: 6 dim: 4 dim: 8 } shape { dim: 6 dim: 4 }
+  shape { dim: 4 dim: 5 } shape { dim: 6 dim: 4 } } }
+layer { name: "lstm1" type: "LSTM" bottom: "words" bottom: "cont" top: "lstm1"
+  recurrent_param { num_output: 16
+    weight_filler { type: "uniform" min: -0.08 max: 0.08 }
+    bias_filler { type: "constant" value: 0 } } }
+layer { name: "lstm2" type: "LSTM" bottom: "lstm1" bottom: "cont" bottom: "image"
+  top: "lstm2"
+  recurrent_param { num_output: 16
+    weight_filler { type: "uniform" min: -0.08 max: 0.08 }
+    bias_filler { type: "constant" value: 0 } } }
+layer { name: "predict" type: "InnerProduct" bottom: "lstm2" top: "predict"
+  inner_product_param { num_output: 10 axis: 2
+    weight_filler { type: "uniform" min: -0.08 max: 0.08 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "predict" bottom: "target"
+  top: "loss" loss_param { ignore_label: -1 } softmax_param { axis: 2 } }
+"""
+
+
+def test_lrcn_style_captioning_net_learns() -> None:
+    """The shape of Caffe's LRCN captioning net (factored: an LSTM over the
+    words, a second LSTM with the image features as static input,
+    InnerProduct and SoftmaxWithLoss over axis 2 with ignore_label for the
+    padding) learns its batch: the loss falls from ln(10) to under a tenth."""
+    param = caffe_pb2.SolverParameter(
+        type="Adam", base_lr=0.03, momentum=0.9, momentum2=0.999, max_iter=1,
+        lr_policy="fixed", display=0, random_seed=1701, clip_gradients=5,
+        snapshot_after_train=False,
+    )  # fmt: skip
+    text_format.Parse(CAPTION_NET, param.net_param)
+    solver = create_solver(param)
+    rng = np.random.default_rng(0)
+    net = solver.net
+    net.blob_by_name("words").data[...] = rng.uniform(-1, 1, (6, 4, 8))
+    cont = np.ones((6, 4))
+    cont[0] = 0
+    net.blob_by_name("cont").data[...] = cont
+    net.blob_by_name("image").data[...] = rng.uniform(-1, 1, (4, 5))
+    target = rng.integers(0, 10, (6, 4))
+    target[4:, 1] = -1  # a shorter sentence, padded
+    net.blob_by_name("target").data[...] = target
+    solver.step(1)
+    start = float(solver.smoothed_loss)
+    solver.step(100)
+    assert abs(start - math.log(10)) < 0.05
+    assert float(solver.smoothed_loss) < 0.1 * start
+    assert len(net.layer_by_name("lstm2").blobs) == 4  # W_xc, b_c, W_xc_static, W_hc
