@@ -232,6 +232,26 @@ def test_no_diff_into_cont() -> None:
         layer.backward(top, [True, True], bottom)
 
 
+def test_param_diffs_are_computed_even_for_lr_mult_0() -> None:
+    """Caffe's unrolled net computes every param diff (the Net's lr_mult 0
+    flags reach only the outer layer), so frozen LSTM weights still count in
+    clip_gradients' norm; the diffs equal those of a layer without flags."""
+    bottom = make_bottoms(3, 2, [0, 0, 1, 1, 1, 1])
+    diffs = []
+    for frozen in (False, True):
+        layer = make_layer("LSTM")
+        top = tops(1)
+        layer.setup(bottom, top)
+        layer.param_propagate_down = [not frozen] * 3
+        layer.forward(bottom, top)
+        top[0].diff[...] = 1
+        layer.backward(top, [False, False], bottom)
+        diffs.append([b.diff.copy() for b in layer.blobs])
+    for a, b in zip(*diffs):
+        assert np.abs(a).sum() > 0
+        np.testing.assert_array_equal(a, b)
+
+
 # -- Caffe's arithmetic, bit for bit ------------------------------------------------
 
 

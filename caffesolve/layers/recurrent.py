@@ -280,14 +280,14 @@ class RecurrentLayer(Layer):
 
     def _sync_params(self) -> None:
         """Hand the inner InnerProducts this layer's current param blobs (a
-        Net may have swapped some for shared ones) and propagate flags."""
+        Net may have swapped some for shared ones). They compute every param
+        diff whatever param_propagate_down says, as the unrolled net does in
+        Caffe: a param with lr_mult 0 still counts in clip_gradients' norm."""
         start = 0
         for ip in self.inner:
             count = len(ip.layer.blobs)
             ip.layer.blobs = self.blobs[start : start + count]
-            ip.layer.param_propagate_down = self.param_propagate_down[
-                start : start + count
-            ]
+            ip.layer.param_propagate_down = [True] * count
             start += count
 
     # -- reshape, forward, backward ------------------------------------------------
