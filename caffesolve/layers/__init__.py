@@ -50,6 +50,7 @@ for _module in (
     "inner_product",
     "shape",
     "common",
+    "routing",
     "loss",
 ):
     importlib.import_module(f"caffesolve.layers.{_module}")
