@@ -52,6 +52,8 @@ for _module in (
     "common",
     "routing",
     "loss",
+    "logistic_loss",
+    "margin_loss",
 ):
     importlib.import_module(f"caffesolve.layers.{_module}")
 

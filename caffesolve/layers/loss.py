@@ -1,5 +1,8 @@
 """Loss layers: EuclideanLoss, SoftmaxWithLoss, SigmoidCrossEntropyLoss, and
-Accuracy (Caffe's loss_layer.cpp and the *_loss_layer.cpp files).
+Accuracy (Caffe's loss_layer.cpp and the *_loss_layer.cpp files), with the
+LossLayer base, loss_param's normalization and the label helpers that
+logistic_loss.py (MultinomialLogisticLoss, InfogainLoss) and margin_loss.py
+(HingeLoss, ContrastiveLoss) share.
 
 Every loss writes a scalar (0-axis) top; backward scales its gradient by the
 loss weight the Net put in top[0].diff, as Caffe does.
@@ -29,6 +32,7 @@ class LossLayer(Layer):
 
     exact_num_bottom_blobs = 2
     exact_num_top_blobs = 1
+    auto_top_blobs = True  # a loss layer without a top still gets one
     is_loss = True
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
@@ -44,6 +48,17 @@ class LossLayer(Layer):
     def allow_force_backward(self, bottom_index: int) -> bool:
         """Caffe: labels (bottom 1) take no forced gradient."""
         return bottom_index != 1
+
+
+def legacy_dim(b: Blob, index: int) -> int:
+    """Caffe's Blob::LegacyShape: dimension `index` of a blob of at most 4
+    axes, 1 past its last axis (num, channels, height, width = 0, 1, 2, 3)."""
+    if b.num_axes > 4:
+        raise ShapeError(
+            f"blob '{b.name}' {b.shape_string()}: Cannot use legacy accessors on "
+            "Blobs with > 4 axes."
+        )
+    return b.shape[index] if index < b.num_axes else 1
 
 
 def num(b: Blob) -> int:

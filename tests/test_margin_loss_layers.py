@@ -1,0 +1,187 @@
+"""HingeLoss and ContrastiveLoss, after Caffe's test_hinge_loss_layer.cpp and
+test_contrastive_loss_layer.cpp."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import layer_from, rng
+from gradient_check import check_gradient, make_blob
+
+from caffesolve.blob import Blob
+from caffesolve.errors import ConfigError, DataError, ShapeError
+
+
+def tops(n: int = 1) -> list[Blob]:
+    return [Blob(dtype=np.float64) for _ in range(n)]
+
+
+# -- HingeLoss -----------------------------------------------------------------------
+
+
+def hinge_bottoms() -> list[Blob]:
+    """Caffe's fixture: (10, 5, 1, 1) scores, Gaussian with std 10, and 10
+    labels in [0, 5). Scores within 0.05 of the kinks at +-1 are moved off."""
+    g = rng()
+    x = Blob((10, 5, 1, 1), dtype=np.float64)
+    x.data[...] = g.normal(0, 10, x.shape)
+    near = np.abs(np.abs(x.data) - 1) < 0.05
+    x.data[near] += 0.2
+    label = Blob((10, 1, 1, 1), dtype=np.float64)
+    label.data[...] = g.integers(0, 5, size=label.shape)
+    return [x, label]
+
+
+def hinge_margins(x: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """max(0, 1 + x) for other classes, max(0, 1 - x) for the label's."""
+    x = x.reshape(len(label.reshape(-1)), -1)
+    y = -np.ones_like(x)
+    y[np.arange(len(x)), label.reshape(-1).astype(int)] = 1
+    return np.maximum(0, 1 - y * x)
+
+
+@pytest.mark.parametrize(("norm", "power"), [("L1", 1), ("L2", 2)])
+def test_hinge_loss_forward_backward(norm: str, power: int) -> None:
+    bottom, top = hinge_bottoms(), tops()
+    layer = layer_from(
+        f'name: "h" type: "HingeLoss" hinge_loss_param {{ norm: {norm} }}'
+    )
+    layer.setup(bottom, top)
+    layer.forward(bottom, top)
+    t = hinge_margins(*(b.data for b in bottom))
+    assert float(top[0].data) == pytest.approx((t**power).sum() / 10, rel=1e-12)
+    # d/dx of the margin is -1 for the label's entry, +1 for the others.
+    y = np.where(hinge_margins(bottom[0].data, bottom[1].data) > 0, 1.0, 0.0)
+    sign = -np.ones((10, 5))
+    sign[np.arange(10), bottom[1].data.reshape(-1).astype(int)] = 1
+    slope = -sign * (y if power == 1 else 2 * t)
+    top[0].diff[...] = 0.5
+    layer.backward(top, [True, False], bottom)
+    np.testing.assert_allclose(
+        bottom[0].diff.reshape(10, 5), slope * 0.5 / 10, rtol=1e-12
+    )
+
+
+def test_hinge_loss_default_norm_is_l1() -> None:
+    bottom, top = hinge_bottoms(), tops()
+    layer = layer_from('name: "h" type: "HingeLoss"')
+    layer.setup(bottom, top)
+    layer.forward(bottom, top)
+    t = hinge_margins(*(b.data for b in bottom))
+    assert float(top[0].data) == pytest.approx(t.sum() / 10, rel=1e-12)
+
+
+@pytest.mark.parametrize(("norm", "threshold"), [("L1", 2e-3), ("L2", 1e-2)])
+def test_hinge_loss_gradient(norm: str, threshold: float) -> None:
+    layer = layer_from(
+        f'name: "h" type: "HingeLoss" hinge_loss_param {{ norm: {norm} }}'
+    )
+    check_gradient(
+        layer, hinge_bottoms(), tops(), check_bottom=[0], threshold=threshold
+    )
+
+
+def test_hinge_loss_errors() -> None:
+    bottom, top = hinge_bottoms(), tops()
+    layer = layer_from('name: "h" type: "HingeLoss"')
+    layer.setup(bottom, top)
+    bottom[1].data[2] = 5
+    with pytest.raises(DataError, match="label value 5 out of range"):
+        layer.forward(bottom, top)
+    with pytest.raises(
+        ConfigError, match="HingeLoss Layer cannot backpropagate to label"
+    ):
+        layer.backward(top, [True, True], bottom)
+
+
+# -- ContrastiveLoss ----------------------------------------------------------------
+
+
+def contrastive_bottoms() -> list[Blob]:
+    """Caffe's fixture at a quarter the size: (128, 2, 1, 1) pairs uniform in
+    [-1, 1) (distances about the margin of 1) and labels 0 or 1."""
+    g = rng()
+    a = make_blob((128, 2, 1, 1), g)
+    b = make_blob((128, 2, 1, 1), g)
+    y = Blob((128, 1, 1, 1), dtype=np.float64)
+    y.data[...] = g.integers(0, 2, size=y.shape)
+    return [a, b, y]
+
+
+def reference_contrastive(bottom: list[Blob], margin: float, legacy: bool) -> float:
+    a, b, y = (blob.data.reshape(128, -1) for blob in bottom)
+    loss = 0.0
+    for i in range(128):
+        d2 = float(((a[i] - b[i]) ** 2).sum())
+        if y[i, 0]:
+            loss += d2
+        elif legacy:
+            loss += max(margin - d2, 0.0)
+        else:
+            loss += max(margin - np.sqrt(d2), 0.0) ** 2
+    return loss / 128 / 2
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("margin", [1.0, 0.5])
+def test_contrastive_loss_forward(legacy: bool, margin: float) -> None:
+    bottom, top = contrastive_bottoms(), tops()
+    param = f"margin: {margin} legacy_version: {str(legacy).lower()}"
+    layer = layer_from(
+        f'name: "c" type: "ContrastiveLoss" contrastive_loss_param {{ {param} }}'
+    )
+    layer.setup(bottom, top)
+    layer.forward(bottom, top)
+    assert float(top[0].data) == pytest.approx(
+        reference_contrastive(bottom, margin, legacy), rel=1e-12
+    )
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_contrastive_loss_gradient(legacy: bool) -> None:
+    # Caffe: GradientChecker(1e-2, 1e-2) on both feature bottoms; pairs whose
+    # distance is within 0.02 of the margin are moved off the kink.
+    bottom = contrastive_bottoms()
+    a, b = bottom[0].data, bottom[1].data
+    d = np.sqrt(((a - b) ** 2).sum(axis=1, keepdims=True))
+    a[...] = np.where(np.abs(d - 1) < 0.02, a * 1.1, a)
+    layer = layer_from(
+        'name: "c" type: "ContrastiveLoss" '
+        f"contrastive_loss_param {{ legacy_version: {str(legacy).lower()} }}"
+    )
+    check_gradient(layer, bottom, tops(), check_bottom=[0, 1], threshold=1e-2)
+
+
+def test_contrastive_loss_backward_closed_form() -> None:
+    # Three pairs: similar; dissimilar inside the margin; dissimilar outside.
+    a, b, y = Blob((3, 2), dtype=np.float64), Blob((3, 2), dtype=np.float64), Blob((3,))
+    a.data[...] = [[1.0, 0.0], [0.3, 0.0], [2.0, 0.0]]
+    y.data[...] = [1, 0, 0]
+    layer, top = layer_from('name: "c" type: "ContrastiveLoss"'), tops()
+    layer.setup([a, b, y], top)
+    layer.forward([a, b, y], top)
+    # loss = (1 + (1 - 0.3)^2 + 0) / 3 / 2
+    assert float(top[0].data) == pytest.approx((1 + 0.49) / 6, rel=1e-12)
+    top[0].diff[...] = 1.0
+    layer.backward(top, [True, True, False], [a, b, y])
+    alpha = 1 / 3
+    beta = -alpha * 0.7 / (0.3 + 1e-4)
+    np.testing.assert_allclose(
+        a.diff, [[alpha, 0], [beta * 0.3, 0], [0, 0]], rtol=1e-12
+    )
+    np.testing.assert_allclose(b.diff, -a.diff, rtol=1e-12)
+
+
+def test_contrastive_loss_errors_and_force_backward() -> None:
+    with pytest.raises(
+        ShapeError, match=r"^layer 'c' \(ContrastiveLoss\): .*\(N, C, 1, 1\)"
+    ):
+        layer_from('name: "c" type: "ContrastiveLoss"').setup(
+            [Blob((4, 2, 3, 1)), Blob((4, 2, 3, 1)), Blob((4,))], tops()
+        )
+    with pytest.raises(ShapeError, match="one value per pair"):
+        layer_from('name: "c" type: "ContrastiveLoss"').setup(
+            [Blob((4, 2)), Blob((4, 2)), Blob((3,))], tops()
+        )
+    layer = layer_from('name: "c" type: "ContrastiveLoss"')
+    assert [layer.allow_force_backward(i) for i in range(3)] == [True, True, False]
