@@ -331,7 +331,7 @@ class ParameterLayer(Layer):
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         shape = tuple(self.layer_param.parameter_param.shape.dim)
         if not self.blobs:
-            self.blobs = [Blob(shape)]
+            self.blobs = [Blob(shape, xp=self.xp)]
         top[0].reshape(shape)
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:

@@ -212,11 +212,11 @@ class EmbedLayer(Layer):
         if self.blobs:
             return  # Caffe: "Skipping parameter initialization"
         dtype = bottom[0].data.dtype
-        weight = Blob((self.K, self.N), dtype=dtype)
+        weight = Blob((self.K, self.N), dtype=dtype, xp=self.xp)
         self.fill(weight, p.weight_filler, "embed_param.weight_filler")
         self.blobs = [weight]
         if self.bias_term:
-            bias = Blob((self.N,), dtype=dtype)
+            bias = Blob((self.N,), dtype=dtype, xp=self.xp)
             self.fill(bias, p.bias_filler, "embed_param.bias_filler")
             self.blobs.append(bias)
 

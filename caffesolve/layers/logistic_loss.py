@@ -137,7 +137,7 @@ class InfogainLossLayer(LossLayer):
             )
         try:
             proto = read_binaryproto(p.source, caffe_pb2.BlobProto())
-            h = Blob()
+            h = Blob(xp=self.xp)
             h.from_proto(proto)
         except CaffesolveError as e:
             raise self.config_error(f"infogain_loss_param.source: {e}") from None
