@@ -129,12 +129,7 @@ class SoftmaxLayer(Layer):
     exact_num_top_blobs = 1
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
-        try:
-            self.axis = bottom[0].canonical_axis_index(
-                self.layer_param.softmax_param.axis
-            )
-        except ShapeError as e:
-            raise self.config_error(f"softmax_param.axis: {e}") from None
+        self.axis = self.axis_index(bottom[0], "softmax_param.axis")
         if top[0] is not bottom[0]:
             top[0].reshape(bottom[0].shape)
 
@@ -186,10 +181,7 @@ class ArgMaxLayer(Layer):
                 "argmax_param.top_k: top k must not be less than 1."
             )
         if self.has_axis:
-            try:
-                self.axis = b.canonical_axis_index(p.axis)
-            except ShapeError as e:
-                raise self.config_error(f"argmax_param.axis: {e}") from None
+            self.axis = self.axis_index(b, "argmax_param.axis")
             if self.top_k > b.shape[self.axis]:
                 raise self.config_error(
                     "argmax_param.top_k must be less than or equal to the dimension "
@@ -271,10 +263,7 @@ class ReductionLayer(Layer):
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.layer_param.reduction_param
         b = bottom[0]
-        try:
-            axis = b.canonical_axis_index(p.axis)
-        except ShapeError as e:
-            raise self.config_error(f"reduction_param.axis: {e}") from None
+        axis = self.axis_index(b, "reduction_param.axis")
         top[0].reshape(b.shape[:axis])
         self.num = b.count_range(0, axis)
         self.dim = b.count_range(axis)

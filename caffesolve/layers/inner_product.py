@@ -77,10 +77,7 @@ class InnerProductLayer(Layer):
         self.param_propagate_down = [True] * len(self.blobs)
 
     def _axis(self, b: Blob) -> int:
-        try:
-            return b.canonical_axis_index(self.layer_param.inner_product_param.axis)
-        except ShapeError as e:
-            raise self.config_error(f"inner_product_param.axis: {e}") from None
+        return self.axis_index(b, "inner_product_param.axis")
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         shape = bottom[0].data.shape

@@ -12,9 +12,8 @@ import numpy as np
 import numpy.typing as npt
 
 from caffesolve.blob import Blob
-from caffesolve.errors import CaffesolveError, ShapeError
+from caffesolve.errors import CaffesolveError
 from caffesolve.layers import register
-from caffesolve.layers.base import Layer
 from caffesolve.layers.common import softmax
 from caffesolve.layers.loss import (
     LossLayer,
@@ -31,13 +30,6 @@ from caffesolve.proto.io import read_binaryproto
 Array = npt.NDArray[np.float32]
 # Caffe's kLOG_THRESHOLD (loss_layer.hpp): probabilities below it are clamped.
 LOG_THRESHOLD = float(np.float32(1e-20))
-
-
-def label_backward_error(layer: Layer, what: str) -> CaffesolveError:
-    """Caffe's LOG(FATAL) when asked for a gradient to an input it has none for."""
-    return layer.config_error(
-        f"{layer.layer_param.type} Layer cannot backpropagate to {what} inputs."
-    )
 
 
 # -- MultinomialLogisticLoss -------------------------------------------------------
@@ -81,9 +73,7 @@ class MultinomialLogisticLossLayer(LossLayer):
     def backward(
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
     ) -> None:
-        if propagate_down[1]:
-            raise label_backward_error(self, "label")
-        if not propagate_down[0]:
+        if not self.bottom_diff_wanted(propagate_down):
             return
         index, prob = self._picked(bottom)
         dtype = prob.dtype.type
@@ -146,12 +136,7 @@ class InfogainLossLayer(LossLayer):
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         super().reshape(bottom, top)
         x = bottom[0]
-        try:
-            self.axis = x.canonical_axis_index(
-                self.layer_param.infogain_loss_param.axis
-            )
-        except ShapeError as e:
-            raise self.config_error(f"infogain_loss_param.axis: {e}") from None
+        self.axis = self.axis_index(x, "infogain_loss_param.axis")
         self.outer_num, self.inner_num = label_blob_check(self, bottom, self.axis)
         self.num_labels = x.shape[self.axis]
         h = self._h_blob(bottom)
@@ -205,11 +190,12 @@ class InfogainLossLayer(LossLayer):
     def backward(
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
     ) -> None:
-        if propagate_down[1]:
-            raise label_backward_error(self, "label")
+        wanted = self.bottom_diff_wanted(propagate_down)
         if len(propagate_down) > 2 and propagate_down[2]:
-            raise label_backward_error(self, "infogain")
-        if not propagate_down[0]:
+            raise self.config_error(
+                "InfogainLoss Layer cannot backpropagate to infogain inputs."
+            )
+        if not wanted:
             return
         dtype = self.prob.dtype
         prob3 = self.prob.reshape(self.outer_num, self.num_labels, self.inner_num)

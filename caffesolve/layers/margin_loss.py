@@ -10,7 +10,6 @@ import numpy.typing as npt
 
 from caffesolve.blob import Blob
 from caffesolve.layers import register
-from caffesolve.layers.logistic_loss import label_backward_error
 from caffesolve.layers.loss import (
     LossLayer,
     integer_labels,
@@ -67,9 +66,7 @@ class HingeLossLayer(LossLayer):
     def backward(
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
     ) -> None:
-        if propagate_down[1]:
-            raise label_backward_error(self, "label")
-        if not propagate_down[0]:
+        if not self.bottom_diff_wanted(propagate_down):
             return
         t = self._margins(bottom)
         t[self.label_index] *= -1

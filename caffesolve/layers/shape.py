@@ -76,13 +76,9 @@ class FlattenLayer(Layer):
     exact_num_top_blobs = 1
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
-        p = self.layer_param.flatten_param
         b = bottom[0]
-        try:
-            start = b.canonical_axis_index(p.axis)
-            end = b.canonical_axis_index(p.end_axis)
-        except ShapeError as e:
-            raise self.config_error(f"flatten_param.axis/end_axis: {e}") from None
+        start = self.axis_index(b, "flatten_param.axis")
+        end = self.axis_index(b, "flatten_param.end_axis")
         shape = b.shape[:start] + (b.count_range(start, end + 1),) + b.shape[end + 1 :]
         top[0].reshape(shape)
         share_view(b, top[0])
@@ -185,6 +181,27 @@ class ReshapeLayer(Layer):
 # -- Concat ----------------------------------------------------------------------------
 
 
+def axis_or_legacy_dim(layer: Layer, blob: Blob, param: str, legacy: str) -> int:
+    """Concat's and Slice's axis (concat_layer.cpp, slice_layer.cpp): the
+    legacy uint32 field `legacy` (concat_dim, slice_dim) when set, which must
+    be < the blob's axes, else `axis` (negative counts from the end); setting
+    both is an error."""
+    p = getattr(layer.layer_param, param)
+    if not p.HasField(legacy):
+        return layer.axis_index(blob, f"{param}.axis")
+    if p.HasField("axis"):
+        raise layer.config_error(
+            f"{param}: Either axis or {legacy} should be specified; not both."
+        )
+    axis = int(getattr(p, legacy))
+    if axis >= blob.num_axes:
+        raise layer.config_error(
+            f"{param}.{legacy} out of range ({axis} for bottom '{blob.name}' "
+            f"{blob.shape_string()})"
+        )
+    return axis
+
+
 @register
 class ConcatLayer(Layer):
     """Caffe's Concat (concat_layer.cpp): bottoms joined along `axis` (or the
@@ -194,28 +211,9 @@ class ConcatLayer(Layer):
     min_bottom_blobs = 1
     exact_num_top_blobs = 1
 
-    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
-        p = self.layer_param.concat_param
-        if p.HasField("axis") and p.HasField("concat_dim"):
-            raise self.config_error(
-                "Either axis or concat_dim should be specified; not both."
-            )
-
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
-        p = self.layer_param.concat_param
         b0 = bottom[0]
-        if p.HasField("concat_dim"):
-            self.axis = int(p.concat_dim)
-            if self.axis >= b0.num_axes:
-                raise self.config_error(
-                    f"concat_param.concat_dim out of range ({self.axis} for "
-                    f"bottom '{b0.name}' {b0.shape_string()})"
-                )
-        else:
-            try:
-                self.axis = b0.canonical_axis_index(p.axis)
-            except ShapeError as e:
-                raise self.config_error(f"concat_param.axis: {e}") from None
+        self.axis = axis_or_legacy_dim(self, b0, "concat_param", "concat_dim")
         shape = list(b0.shape)
         for i, b in enumerate(bottom[1:], 1):
             same = b.num_axes == b0.num_axes and all(
@@ -304,28 +302,10 @@ class SliceLayer(Layer):
     exact_num_bottom_blobs = 1
     min_top_blobs = 1
 
-    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
-        p = self.layer_param.slice_param
-        if p.HasField("axis") and p.HasField("slice_dim"):
-            raise self.config_error(
-                "slice_param: Either axis or slice_dim should be specified; not both."
-            )
-
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.layer_param.slice_param
         b = bottom[0]
-        if p.HasField("slice_dim"):
-            self.axis = int(p.slice_dim)
-            if self.axis >= b.num_axes:
-                raise self.config_error(
-                    f"slice_param.slice_dim out of range ({self.axis} for bottom "
-                    f"'{b.name}' {b.shape_string()})"
-                )
-        else:
-            try:
-                self.axis = b.canonical_axis_index(p.axis)
-            except ShapeError as e:
-                raise self.config_error(f"slice_param.axis: {e}") from None
+        self.axis = axis_or_legacy_dim(self, b, "slice_param", "slice_dim")
         try:
             sizes = slice_sizes(b.shape[self.axis], len(top), list(p.slice_point))
         except ValueError as e:
@@ -386,15 +366,9 @@ class CropLayer(Layer):
     exact_num_bottom_blobs = 2
     exact_num_top_blobs = 1
 
-    def _start_axis(self, b: Blob) -> int:
-        try:
-            return b.canonical_axis_index(self.layer_param.crop_param.axis)
-        except ShapeError as e:
-            raise self.config_error(f"crop_param.axis: {e}") from None
-
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.layer_param.crop_param
-        start = self._start_axis(bottom[0])
+        start = self.axis_index(bottom[0], "crop_param.axis")
         n = bottom[0].num_axes
         if len(p.offset) > 1 and start + len(p.offset) != n:
             raise self.config_error(
@@ -407,7 +381,7 @@ class CropLayer(Layer):
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.layer_param.crop_param
         data, ref = bottom
-        start = self._start_axis(data)
+        start = self.axis_index(data, "crop_param.axis")
         if ref.num_axes < data.num_axes:
             raise self.shape_error(
                 f"bottom[1] '{ref.name}' {ref.shape_string()} has fewer axes than "
@@ -464,10 +438,7 @@ class TileLayer(Layer):
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.layer_param.tile_param
         b = bottom[0]
-        try:
-            axis = b.canonical_axis_index(p.axis)
-        except ShapeError as e:
-            raise self.config_error(f"tile_param.axis: {e}") from None
+        axis = self.axis_index(b, "tile_param.axis")
         if not p.HasField("tiles"):
             raise self.config_error(
                 "tile_param.tiles: Number of tiles must be specified"
