@@ -20,6 +20,7 @@ from caffesolve.blob import Blob
 from caffesolve.errors import DataError, ShapeError
 from caffesolve.layers import register
 from caffesolve.layers.base import Layer
+from caffesolve.ops.scatter import add_rows_at
 
 Array = npt.NDArray[np.float32]
 
@@ -248,8 +249,7 @@ class EmbedLayer(Layer):
             raise self.config_error("Can't backpropagate to EmbedLayer input.")
         dy = top[0].diff.reshape(-1, self.N)
         if self.param_propagate_down[0]:
-            # Unbuffered, in bottom order: repeated indices add up as in
-            # Caffe's loop of axpys.
-            self.xp.add.at(self.blobs[0].diff, self._indices(bottom[0]), dy)
+            # In bottom order: repeated indices add up as in Caffe's axpys.
+            add_rows_at(self.blobs[0].diff, self._indices(bottom[0]), dy)
         if self.bias_term and self.param_propagate_down[1]:
             self.blobs[1].diff += dy.sum(axis=0)

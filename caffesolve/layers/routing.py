@@ -13,6 +13,7 @@ from caffesolve.blob import Blob
 from caffesolve.errors import DataError
 from caffesolve.layers import register
 from caffesolve.layers.base import Layer
+from caffesolve.ops.scatter import add_rows_at
 
 
 @register
@@ -132,4 +133,5 @@ class BatchReindexLayer(Layer):
             return
         diff = bottom[0].diff
         diff[...] = 0
-        self.xp.add.at(diff, self._indices(bottom), top[0].diff)
+        rows = top[0].diff.reshape(top[0].shape[0], -1)
+        add_rows_at(diff.reshape(diff.shape[0], -1), self._indices(bottom), rows)
