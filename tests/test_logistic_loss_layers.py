@@ -261,3 +261,27 @@ def test_multinomial_logistic_loss_errors() -> None:
         ConfigError, match="MultinomialLogisticLoss Layer cannot backpropagate to label"
     ):
         layer.backward(top, [False, True], bottom)
+
+
+def test_infogain_loss_backward_float32_in_caffes_order() -> None:
+    # bottom_diff = prob * sum_rows_H[label] - H[label, l], then one scal by
+    # loss_weight / normalizer; sum_rows_H a running float32 sum per row.
+    f = np.float32
+    g = rng()
+    x, label, h = Blob((3, 4)), Blob((3,)), Blob((4, 4))
+    x.data[...] = g.uniform(-2, 2, (3, 4))
+    label.data[...] = [2, 0, 3]
+    h.data[...] = g.uniform(0.1, 2, (4, 4))
+    layer = layer_from('name: "l" type: "InfogainLoss" loss_weight: 1 loss_weight: 0')
+    loss, prob = Blob(), Blob()
+    layer.setup([x, label, h], [loss, prob])
+    layer.forward([x, label, h], [loss, prob])
+    loss.diff[...] = f(0.9)
+    layer.backward([loss, prob], [True, False, False], [x, label, h])
+    weight = f(0.9) / f(3)
+    for i, gt in enumerate([2, 0, 3]):
+        row_sum = f(0)
+        for v in h.data[gt]:
+            row_sum += v
+        expected = (prob.data[i] * row_sum - h.data[gt]) * weight
+        np.testing.assert_array_equal(x.diff[i], expected)

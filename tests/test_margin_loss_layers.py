@@ -185,3 +185,75 @@ def test_contrastive_loss_errors_and_force_backward() -> None:
         )
     layer = layer_from('name: "c" type: "ContrastiveLoss"')
     assert [layer.allow_force_backward(i) for i in range(3)] == [True, True, False]
+
+
+def test_contrastive_loss_float32_in_caffes_order() -> None:
+    # Caffe's loops with float32 scalars: loss / num / 2, and
+    # beta = -alpha * mdist / (dist + 1e-4) for a dissimilar pair.
+    f = np.float32
+    g = rng()
+    a, b, y = Blob((5, 2)), Blob((5, 2)), Blob((5,))
+    a.data[...] = g.uniform(-1, 1, (5, 2))
+    b.data[...] = g.uniform(-1, 1, (5, 2))
+    y.data[...] = [1, 0, 0, 1, 0]
+    layer, top = layer_from('name: "c" type: "ContrastiveLoss"'), Blob()
+    layer.setup([a, b, y], [top])
+    layer.forward([a, b, y], [top])
+    margin, loss = f(1.0), f(0.0)
+    for i in range(5):
+        d = a.data[i] - b.data[i]
+        dist_sq = f(0.0) + d[0] * d[0] + d[1] * d[1]
+        if y.data[i]:
+            loss += dist_sq
+        else:
+            gap = max(margin - np.sqrt(dist_sq), f(0.0))
+            loss += gap * gap
+    assert top.data.dtype == np.float32
+    assert top.data[()] == loss / f(5) / f(2)
+    top.diff[...] = f(0.7)
+    layer.backward([top], [True, False, False], [a, b, y])
+    alpha = f(1) * f(0.7) / f(5)
+    for i in range(5):
+        d = a.data[i] - b.data[i]
+        dist = np.sqrt(f(0.0) + d[0] * d[0] + d[1] * d[1])
+        if y.data[i]:
+            expected = alpha * d
+        elif margin - dist > 0:
+            expected = (-alpha * (margin - dist) / (dist + f(1e-4))) * d
+        else:
+            expected = np.zeros(2, np.float32)
+        np.testing.assert_array_equal(a.diff[i], expected)
+
+
+def test_hinge_loss_float32_in_caffes_order() -> None:
+    f = np.float32
+    x, label = Blob((2, 3)), Blob((2,))
+    x.data[...] = [[0.25, -1.5, 0.7], [2.0, -0.1, 0.3]]
+    label.data[...] = [1, 0]
+    for norm in ("L1", "L2"):
+        layer = layer_from(
+            f'name: "h" type: "HingeLoss" hinge_loss_param {{ norm: {norm} }}'
+        )
+        top = Blob()
+        layer.setup([x, label], [top])
+        layer.forward([x, label], [top])
+        t = x.data.copy()
+        t[0, 1] *= -1
+        t[1, 0] *= -1
+        t = np.maximum(f(0), f(1) + t)
+        total = f(0)
+        for v in t.reshape(-1):
+            total += v if norm == "L1" else v * v
+        # L2's sum of squares is a BLAS dot in Caffe and here: its order
+        # (and fused multiply-adds) may move the last bit.
+        rtol = 0 if norm == "L1" else 2e-7
+        np.testing.assert_allclose(top.data[()], total / f(2), rtol=rtol)
+        top.diff[...] = f(1.3)
+        layer.backward([top], [True, False], [x, label])
+        t[0, 1] *= -1
+        t[1, 0] *= -1
+        if norm == "L1":
+            expected = np.sign(t) * (f(1.3) / f(2))
+        else:
+            expected = t * (f(1.3) * f(2) / f(2))
+        np.testing.assert_array_equal(x.diff, expected)
