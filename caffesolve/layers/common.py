@@ -244,6 +244,12 @@ class ArgMaxLayer(Layer):
 ReductionOp = caffe_pb2.ReductionParameter
 
 
+def sign(x: Array) -> Array:
+    """Caffe's caffe_cpu_sign (math_functions.hpp): (0 < x) - (x < 0), so
+    sign(-0) = 0."""
+    return (x > 0).astype(x.dtype) - (x < 0).astype(x.dtype)
+
+
 @register
 class ReductionLayer(Layer):
     """Caffe's Reduction (reduction_layer.cpp): each of the count(0, axis)
@@ -289,18 +295,16 @@ class ReductionLayer(Layer):
     ) -> None:
         if not propagate_down[0]:
             return
-        dx = bottom[0].diff.reshape(self.num, self.dim)
         # Caffe's bottom_coeff: one top diff times coeff per row.
         row_coeff = top[0].diff.reshape(self.num, 1) * self.coeff
+        x = bottom[0].data.reshape(self.num, self.dim)
         if self.op in (ReductionOp.SUM, ReductionOp.MEAN):
-            dx[...] = row_coeff
+            dx = self.xp.broadcast_to(row_coeff, x.shape)
         elif self.op == ReductionOp.ASUM:
-            x = bottom[0].data.reshape(self.num, self.dim)
-            sign = (x > 0).astype(x.dtype) - (x < 0).astype(x.dtype)
-            self.xp.multiply(sign, row_coeff, out=dx)
+            dx = sign(x) * row_coeff
         else:
-            x = bottom[0].data.reshape(self.num, self.dim)
-            self.xp.multiply(2 * row_coeff, x, out=dx)
+            dx = 2 * row_coeff * x
+        bottom[0].diff[...] = dx.reshape(bottom[0].shape)
 
 
 # -- Parameter -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import numpy.typing as npt
 
 from caffesolve.blob import Blob
 from caffesolve.layers import register
+from caffesolve.layers.common import sign
 from caffesolve.layers.loss import (
     LossLayer,
     integer_labels,
@@ -21,11 +22,6 @@ from caffesolve.proto import caffe_pb2
 
 Array = npt.NDArray[np.float32]
 HingeNorm = caffe_pb2.HingeLossParameter
-
-
-def sign(x: Array) -> Array:
-    """Caffe's caffe_cpu_sign: (0 < x) - (x < 0), so sign(-0) = 0."""
-    return (x > 0).astype(x.dtype) - (x < 0).astype(x.dtype)
 
 
 @register

@@ -466,7 +466,7 @@ class TileLayer(Layer):
         dy = top[0].diff.reshape(self.outer, self.tiles, self.inner)
         # A sum over a middle axis adds the tiles one after another, as
         # Caffe's copy-then-axpy loop does.
-        dy.sum(axis=1, out=bottom[0].diff.reshape(self.outer, self.inner))
+        bottom[0].diff[...] = dy.sum(axis=1).reshape(bottom[0].shape)
 
 
 # -- Silence ---------------------------------------------------------------------------
