@@ -10,6 +10,9 @@ from gradient_check import check_gradient, make_blob
 
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, DataError, ShapeError
+from caffesolve.net import Net
+from caffesolve.proto import caffe_pb2
+from caffesolve.proto.io import parse_prototxt_text
 
 
 def tops(n: int = 1) -> list[Blob]:
@@ -257,3 +260,47 @@ def test_hinge_loss_float32_in_caffes_order() -> None:
         else:
             expected = t * (f(1.3) * f(2) / f(2))
         np.testing.assert_array_equal(x.diff, expected)
+
+
+SIAMESE = """
+name: "siamese"
+layer { name: "pair_data" type: "Input" top: "pair_data" top: "sim"
+  input_param { shape { dim: 6 dim: 2 dim: 3 dim: 3 } shape { dim: 6 } } }
+layer { name: "slice_pair" type: "Slice" bottom: "pair_data" top: "data"
+  top: "data_p" slice_param { slice_dim: 1 slice_point: 1 } }
+layer { name: "feat" type: "InnerProduct" bottom: "data" top: "feat"
+  param { name: "feat_w" } param { name: "feat_b" }
+  inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }
+layer { name: "feat_p" type: "InnerProduct" bottom: "data_p" top: "feat_p"
+  param { name: "feat_w" } param { name: "feat_b" }
+  inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "ContrastiveLoss" bottom: "feat" bottom: "feat_p"
+  bottom: "sim" top: "loss" contrastive_loss_param { margin: 1 } }
+"""
+
+
+def test_siamese_net_after_caffes_example() -> None:
+    # Caffe's examples/siamese: Slice (legacy slice_dim) splits each pair, two
+    # towers share their params by name, ContrastiveLoss compares them.
+    param = parse_prototxt_text(SIAMESE, caffe_pb2.NetParameter(), "siamese.prototxt")
+    net = Net(param, caffe_pb2.TRAIN, rng=rng(), source="siamese.prototxt", quiet=True)
+    g = rng()
+    net.blob_by_name("pair_data").data[...] = g.uniform(0, 1, (6, 2, 3, 3))
+    net.blob_by_name("sim").data[...] = [1, 0, 0, 1, 0, 1]
+    net.clear_param_diffs()
+    loss = net.forward()
+    a, b = net.blob_by_name("feat"), net.blob_by_name("feat_p")
+    y = np.array([1, 0, 0, 1, 0, 1])
+    d = np.sqrt(((a.data - b.data).astype(np.float64) ** 2).sum(axis=1))
+    terms = np.where(y == 1, d**2, np.maximum(1 - d, 0) ** 2)
+    assert loss == pytest.approx(terms.sum() / 6 / 2, rel=1e-5)
+    net.backward()
+    np.testing.assert_allclose(a.diff, -b.diff, rtol=1e-6)
+    # The shared weight's diff holds both towers' InnerProduct gradients.
+    x = net.blob_by_name("pair_data").data.reshape(6, 2, 9)
+    w_diff = a.diff.T @ x[:, 0] + b.diff.T @ x[:, 1]
+    shared = net.layer_by_name("feat").blobs[0]
+    assert shared is net.layer_by_name("feat_p").blobs[0] or np.shares_memory(
+        shared.data, net.layer_by_name("feat_p").blobs[0].data
+    )
+    np.testing.assert_allclose(shared.diff, w_diff, rtol=1e-5, atol=1e-7)
