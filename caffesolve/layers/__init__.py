@@ -42,7 +42,7 @@ def create_layer(
 
 
 # Importing each family registers its layers.
-for _module in ("data", "neuron", "vision", "common", "loss"):
+for _module in ("data", "hdf5", "image_data", "neuron", "vision", "common", "loss"):
     importlib.import_module(f"caffesolve.layers.{_module}")
 
 __all__ = ["LAYERS", "Layer", "create_layer", "register"]
