@@ -314,9 +314,12 @@ def data_mean(db: str, out: str | None, backend: str, force: bool) -> None:
     """Caffe's compute_image_mean: the mean image of DB -> OUT (.binaryproto),
     and the per-channel means."""
     from caffesolve.data.datasets import default_reporter
+    from caffesolve.data.db import refuse_existing
     from caffesolve.data.image_mean import compute_image_mean, write_mean
 
     reporter = default_reporter()
+    if out is not None:
+        refuse_existing(out, force)
     mean = compute_image_mean(db, backend)
     reporter.line(f"Processed {mean.count} files.")
     if out is not None:

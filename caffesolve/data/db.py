@@ -95,6 +95,13 @@ def write_db(
         leveldb_source.write_leveldb(path, batches)
 
 
+def refuse_existing(path: str | os.PathLike[str], force: bool) -> None:
+    """Caffe's tools never overwrite without being asked: an existing `path`
+    is a DataError unless `force`."""
+    if Path(path).exists() and not force:
+        raise DataError(f"{path} already exists; pass --force to rebuild it")
+
+
 def build_atomic(
     dest: str | os.PathLike[str], build: Callable[[Path], None], force: bool = False
 ) -> None:
@@ -102,8 +109,7 @@ def build_atomic(
     `dest`. An existing `dest` is replaced only with `force` (and only once the
     new one is complete); on any failure the temporary folder is removed."""
     db = Path(dest)
-    if db.exists() and not force:
-        raise DataError(f"{db} already exists; pass --force to rebuild it")
+    refuse_existing(db, force)
     db.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{db.name}.", suffix=".tmp", dir=db.parent))
     try:

@@ -111,7 +111,6 @@ def write_mean(path: str | os.PathLike[str], mean: ImageMean, force: bool) -> No
     """mean.binaryproto, atomically; an existing file is replaced only with
     `force`."""
     p = Path(path)
-    if p.exists() and not force:
-        raise DataError(f"{p} already exists; pass --force to replace it")
+    db.refuse_existing(p, force)
     p.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(p, mean.blob.SerializeToString())

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from caffesolve.data.db import build_atomic, write_db
+from caffesolve.data.db import build_atomic, refuse_existing, write_db
 from caffesolve.data.image import (
     decode_image,
     encode_image,
@@ -135,6 +135,7 @@ def convert_imageset(
     count. Built in a temporary folder and renamed (db.build_atomic): an
     unreadable image or a size mismatch leaves nothing behind."""
     say = report or (lambda message: None)
+    refuse_existing(out, force)
     lines = read_image_list(list_file)
     if shuffle:
         say("Shuffling data")
