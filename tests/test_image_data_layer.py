@@ -135,9 +135,11 @@ def test_prefetch_and_resume_agree(tmp_path: Path) -> None:
     paths = write_images(tmp_path / "img", [(5, 5)] * 7)
     lst = image_list(tmp_path, paths)
     params = "batch_size: 3 shuffle: true"
-    extra = "transform_param { mirror: true crop_size: 3 } data_param { prefetch: 2 }"
-    plain, top_a = layer(lst, f"{tmp_path}/img/", params, extra.split(" data_param")[0])
-    pre, top_b = layer(lst, f"{tmp_path}/img/", params, extra)
+    tp = "transform_param { mirror: true crop_size: 3 }"
+    root = f"{tmp_path}/img/"
+    plain, top_a = layer(lst, root, params, tp + " data_param { prefetch: 0 }")
+    pre, top_b = layer(lst, root, params, tp)  # prefetch 4, Caffe's default
+    assert plain.prefetcher is None and pre.prefetcher is not None
     for _ in range(4):
         plain.forward([], top_a)
         pre.forward([], top_b)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -107,7 +107,7 @@ class BasePrefetchingDataLayer(Layer):
     out the next batch of `self.loader`, read then, or loaded ahead by one
     background thread when data_param.prefetch is set in the prototxt.
 
-    Not by default, because it does not pay here for LMDB Datums: reading,
+    Data does not prefetch by default, because it does not pay for Datums: reading,
     decoding and scaling a LeNet batch of 64 takes ~0.3 ms, about 1% of a
     LeNet iteration on CPU, and bench_data.py measures the same ms per
     iteration with and without the thread (also for PNG-encoded datums: the
@@ -119,6 +119,8 @@ class BasePrefetchingDataLayer(Layer):
 
     loader: BatchLoader
     output_labels: bool
+    # Caffe's default, data_param.prefetch: 4, when the prototxt sets none
+    prefetch_by_default: ClassVar[bool] = False
 
     def start_loading(self) -> None:
         self.consumed_state = self.loader.state()
@@ -126,10 +128,9 @@ class BasePrefetchingDataLayer(Layer):
         self._start_prefetch()
 
     def _start_prefetch(self) -> None:
-        # Only when asked for: Caffe's default (prefetch: 4) is not followed,
-        # benchmarks/bench_data.py measures no gain on CPU (see above).
         dp = self.layer_param.data_param
-        depth = dp.prefetch if dp.HasField("prefetch") else 0
+        asked = dp.HasField("prefetch") or self.prefetch_by_default
+        depth = dp.prefetch if asked else 0
         if depth > 0:
             self.prefetcher = Prefetcher(self, self.loader.load, depth)
 
