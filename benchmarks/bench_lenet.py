@@ -17,7 +17,7 @@ One run prints:
    update). All of them alternate in rounds, so load on a shared machine
    hits them alike; medians are shown. `--threads 1,2` repeats
    this table for each BLAS/torch thread count.
-2. per-layer forward/backward ms (`caffesolve time`'s code, net.time_net).
+2. per-layer forward/backward ms (`caffesolve time`'s code, tools.time_net).
 3. the batch-size sweep 16 ... 512: ms/iteration, images/s, and ms per image
    relative to batch 64 (1.00 = cost grows linearly with the batch).
 4. the peak resident memory of a LeNet training run (a child process: 1000
@@ -58,11 +58,12 @@ from caffesolve import kernels  # noqa: E402
 from caffesolve.backend import blas_threads, set_blas_threads, workers  # noqa: E402
 from caffesolve.data.lmdb_source import lmdb_exists  # noqa: E402
 from caffesolve.log import LOG  # noqa: E402
-from caffesolve.net import Net, time_net  # noqa: E402
+from caffesolve.net import Net  # noqa: E402
 from caffesolve.proto import caffe_pb2  # noqa: E402
 from caffesolve.proto.io import read_prototxt  # noqa: E402
 from caffesolve.proto.upgrade import read_net_params_from_text_file  # noqa: E402
 from caffesolve.solvers import Solver, create_solver  # noqa: E402
+from caffesolve.tools import time_net  # noqa: E402
 
 SOLVER = ROOT / "configs" / "fashion" / "lenet_solver.prototxt"
 SWEEP = (16, 32, 64, 128, 256, 512)

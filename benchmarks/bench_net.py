@@ -2,7 +2,7 @@
 
 Builds the TRAIN net of Caffe's examples/mnist/lenet_train_test.prototxt with
 its Data layer swapped for an Input layer of the same tops (random images in
-[0, 1), random labels), then times it with `caffesolve.net.time_net`, the
+[0, 1), random labels), then times it with `caffesolve.tools.time_net`, the
 code behind `caffesolve time`. Also reports the Net's own overhead: a whole
 `forward_backward()` against the sum of the layers' times.
 
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from caffesolve.net import Net, time_net
+from caffesolve.net import Net
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.upgrade import read_net_params_from_text_file
+from caffesolve.tools import time_net
 
 DEFAULT_MODEL = (
     Path(__file__).resolve().parents[2]

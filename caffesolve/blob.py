@@ -7,6 +7,7 @@ blob (Flatten, Reshape) make their top's arrays views of their bottom's.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
@@ -21,14 +22,20 @@ class Blob:
     """`data` and `diff` arrays of one shape, plus an optional name."""
 
     def __init__(
-        self, shape: Sequence[int] = (), name: str = "", dtype: type = F32
+        self,
+        shape: Sequence[int] = (),
+        name: str = "",
+        dtype: type = F32,
+        xp: ModuleType = np,
     ) -> None:
         # dtype is float32 in every net; gradient-check tests build float64
-        # blobs, and layer code keeps whatever dtype its bottoms have.
+        # blobs, and layer code keeps whatever dtype its bottoms have. `xp`:
+        # the array module of the net's backend (caffesolve.backend).
         self.name = name
+        self.xp = xp
         shape = tuple(int(d) for d in shape)
-        self.data: npt.NDArray[np.float32] = np.zeros(shape, dtype)
-        self.diff: npt.NDArray[np.float32] = np.zeros(shape, dtype)
+        self.data: npt.NDArray[np.float32] = xp.zeros(shape, dtype)
+        self.diff: npt.NDArray[np.float32] = xp.zeros(shape, dtype)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -44,7 +51,7 @@ class Blob:
 
     def shape_string(self) -> str:
         """Caffe's `Blob::shape_string`: '64 1 28 28 (50176)'."""
-        return " ".join(str(d) for d in self.shape) + f" ({self.count})"
+        return shape_string(self.shape)
 
     def canonical_axis_index(self, axis: int) -> int:
         """Caffe's CanonicalAxisIndex: a negative axis counts from the end."""
@@ -66,8 +73,8 @@ class Blob:
         if any(d < 0 for d in shape):
             raise ShapeError(f"blob '{self.name}': negative dimension in {shape}")
         if shape != self.data.shape:
-            self.data = np.zeros(shape, self.data.dtype)
-            self.diff = np.zeros(shape, self.data.dtype)
+            self.data = self.xp.zeros(shape, self.data.dtype)
+            self.diff = self.xp.zeros(shape, self.data.dtype)
 
     def reshape_like(self, other: Blob) -> None:
         self.reshape(other.shape)
@@ -96,7 +103,7 @@ class Blob:
         shape = proto_shape(proto)
         if reshape:
             self.reshape(shape)
-        elif not _shape_equals(shape, self.shape):
+        elif not shape_equals(shape, self.shape):
             raise ShapeError(
                 f"blob shape {' '.join(map(str, shape))} from file does not "
                 f"match {self.shape_string()}"
@@ -129,8 +136,15 @@ def proto_shape(proto: caffe_pb2.BlobProto) -> tuple[int, ...]:
     return (len(proto.data) or len(proto.double_data),)
 
 
-def _shape_equals(file_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+def shape_string(shape: Sequence[int]) -> str:
+    """Blob::shape_string for a bare shape: '10 500 (5000)'."""
+    count = int(np.prod(shape, dtype=np.int64))
+    return " ".join(str(d) for d in shape) + f" ({count})"
+
+
+def shape_equals(file_shape: Sequence[int], shape: Sequence[int]) -> bool:
     """Caffe's Blob::ShapeEquals: legacy 4-D shapes match with leading 1s."""
+    file_shape, shape = tuple(file_shape), tuple(shape)
     if file_shape == shape:
         return True
     if len(file_shape) == 4 and len(shape) <= 4:

@@ -66,8 +66,8 @@ _log_option = click.option(
 @contextlib.contextmanager
 def _logging_to(log_file: str | None) -> Iterator[None]:
     """Copy the glog lines to `log_file` (--log) while the block runs."""
+    from caffesolve import tools
     from caffesolve.log import LOG
-    from caffesolve.solvers import tools
 
     stream = tools.open_log_file(log_file) if log_file else None
     try:
@@ -570,34 +570,14 @@ def time_command(
     Input layers get random values in [0, 1); Data layers read their source.
     Results are Caffe's log lines on stderr.
     """
-    import numpy as np
-
-    from caffesolve.log import LOG
-    from caffesolve.net import Net, time_net
-    from caffesolve.proto import caffe_pb2
-    from caffesolve.proto.upgrade import read_net_params_from_text_file
+    from caffesolve import tools
 
     path = model or model_option
     if not path:
         raise click.UsageError("Need a model definition to time (MODEL or --model).")
     if model and model_option:
         raise click.UsageError("Give the model once, as MODEL or --model.")
-    param = read_net_params_from_text_file(path)
-    LOG.info("caffe.cpp:343", "Use CPU.")
-    net = Net(
-        param,
-        caffe_pb2.Phase.Value(phase.upper()),
-        stages=stages,
-        level=level,
-        rng=np.random.default_rng(),
-        source=path,
-    )
-    if weights:
-        net.copy_trained_layers_from(weights)
-    rng = np.random.default_rng(1701)
-    for blob in net.input_blobs:
-        blob.data[...] = rng.random(blob.shape, dtype=np.float32)
-    time_net(net, iterations)
+    tools.time(path, phase.upper(), stages, level, iterations, weights)
 
 
 # -- train / test ----------------------------------------------------------------
@@ -658,7 +638,7 @@ def train(
     caffesolve train SOLVER --snapshot lenet_iter_5000.solverstate
     caffesolve train SOLVER --weights pretrained.caffemodel --log train.log
     """
-    from caffesolve.solvers import tools
+    from caffesolve import tools
 
     with _logging_to(log_file):
         tools.train(
@@ -700,7 +680,7 @@ def test(model: str, weights: str, iterations: int, log_file: str | None) -> Non
     caffesolve test --model lenet_train_test.prototxt \\
         --weights lenet_iter_10000.caffemodel --iterations 100
     """
-    from caffesolve.solvers import tools
+    from caffesolve import tools
 
     with _logging_to(log_file):
         tools.score(model, weights, iterations)

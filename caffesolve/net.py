@@ -20,209 +20,26 @@ that need it in reverse; param diffs accumulate until `clear_param_diffs`.
 from __future__ import annotations
 
 import os
-import time
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 from google.protobuf import text_format
 
-from caffesolve.blob import Blob, proto_shape
+from caffesolve import weights
+from caffesolve.backend import CPU, Backend
+from caffesolve.blob import Blob
 from caffesolve.errors import CaffesolveError, ConfigError, ShapeError
 from caffesolve.layers import Layer, create_layer
-from caffesolve.log import LOG, fmt, fmt32
+from caffesolve.log import LOG, fmt32
+from caffesolve.net_param import filter_net, insert_splits
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import suggest
 from caffesolve.proto.upgrade import (
     net_needs_upgrade,
-    read_net_params_from_binary_file,
     read_net_params_from_text_file,
     upgrade_net_as_needed,
 )
-
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-# -- pure helpers: state rules, filtering, splits ----------------------------
-
-
-def state_meets_rule(
-    state: caffe_pb2.NetState,
-    rule: caffe_pb2.NetStateRule,
-    layer_name: str,
-    log: bool = True,
-) -> bool:
-    """Caffe's Net::StateMeetsRule: phase equal, level within [min, max],
-    every `stage` of the rule in the state, no `not_stage` in it."""
-    why, line = "", 0
-    if rule.HasField("phase") and rule.phase != state.phase:
-        line = 296
-        why = (
-            f"The NetState phase ({state.phase}) differed from the phase "
-            f"({rule.phase}) specified by a rule in layer {layer_name}"
-        )
-    elif rule.HasField("min_level") and state.level < rule.min_level:
-        line = 306
-        why = (
-            f"The NetState level ({state.level}) is above the min_level "
-            f"({rule.min_level}) specified by a rule in layer {layer_name}"
-        )
-    elif rule.HasField("max_level") and state.level > rule.max_level:
-        line = 316
-        why = (
-            f"The NetState level ({state.level}) is above the max_level "
-            f"({rule.max_level}) specified by a rule in layer {layer_name}"
-        )
-    else:
-        stages = set(state.stage)
-        missing = [s for s in rule.stage if s not in stages]
-        present = [s for s in rule.not_stage if s in stages]
-        if missing:
-            line = 332
-            why = (
-                f"The NetState did not contain stage '{missing[0]}' specified "
-                f"by a rule in layer {layer_name}"
-            )
-        elif present:
-            line = 347
-            why = (
-                f"The NetState contained a not_stage '{present[0]}' specified "
-                f"by a rule in layer {layer_name}"
-            )
-    if why and log:
-        LOG.info(f"net.cpp:{line}", why)
-    return not why
-
-
-def filter_net(
-    param: caffe_pb2.NetParameter, source: str = "<net>", log: bool = True
-) -> caffe_pb2.NetParameter:
-    """Caffe's Net::FilterNet: the layers `param.state` includes.
-
-    With no include rules a layer is in unless an exclude rule is met; with
-    include rules it is in only if one is met. Both kinds at once is an error.
-    """
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(param)
-    del out.layer[:]
-    for lp in param.layer:
-        if len(lp.include) and len(lp.exclude):
-            raise ConfigError(
-                f"{source}: layer '{lp.name}' ({lp.type}): Specify either include "
-                "rules or exclude rules; not both."
-            )
-        if lp.include:
-            included = any(
-                state_meets_rule(param.state, r, lp.name, log) for r in lp.include
-            )
-        else:
-            included = not any(
-                state_meets_rule(param.state, r, lp.name, log) for r in lp.exclude
-            )
-        if included:
-            out.layer.add().CopyFrom(lp)
-    return out
-
-
-def split_layer_name(layer_name: str, blob_name: str, blob_idx: int) -> str:
-    """Caffe's SplitLayerName: '{blob}_{layer}_{top index}_split'."""
-    return f"{blob_name}_{layer_name}_{blob_idx}_split"
-
-
-def split_blob_name(
-    layer_name: str, blob_name: str, blob_idx: int, split_idx: int
-) -> str:
-    """Caffe's SplitBlobName: '{blob}_{layer}_{top index}_split_{j}'."""
-    return f"{split_layer_name(layer_name, blob_name, blob_idx)}_{split_idx}"
-
-
-def insert_splits(
-    param: caffe_pb2.NetParameter, source: str = "<net>"
-) -> caffe_pb2.NetParameter:
-    """Caffe's InsertSplits: a Split layer after every top used more than once.
-
-    A top counts one use per consuming bottom, plus one if it has a non-zero
-    explicit loss_weight. A used-more-than-once top gets a Split layer right
-    after its producer; consumers read the split's tops in order. If the top
-    was weighted, the split's first top carries the weight (and is consumed
-    by nobody) and the producer's loss_weight list is cleared.
-    """
-    last_top: dict[str, tuple[int, int]] = {}
-    source_top: dict[tuple[int, int], tuple[int, int]] = {}
-    use_count: dict[tuple[int, int], int] = defaultdict(int)
-    loss_weight: dict[tuple[int, int], float] = defaultdict(float)
-    for i, lp in enumerate(param.layer):
-        for j, blob_name in enumerate(lp.bottom):
-            if blob_name not in last_top:
-                raise ConfigError(
-                    f"{source}: Unknown bottom blob '{blob_name}' (layer "
-                    f"'{lp.name}', bottom index {j})"
-                    + suggest(blob_name, list(last_top))
-                )
-            top_idx = last_top[blob_name]
-            source_top[(i, j)] = top_idx
-            use_count[top_idx] += 1
-        for j, blob_name in enumerate(lp.top):
-            last_top[blob_name] = (i, j)
-        for j in range(min(len(lp.loss_weight), len(lp.top))):
-            top_idx = last_top[lp.top[j]]
-            loss_weight[top_idx] = lp.loss_weight[j]
-            if lp.loss_weight[j]:
-                use_count[top_idx] += 1
-
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(param)
-    del out.layer[:]
-    next_split: dict[tuple[int, int], int] = defaultdict(int)
-    for i, original in enumerate(param.layer):
-        lp = out.layer.add()
-        lp.CopyFrom(original)
-        for j in range(len(lp.bottom)):
-            top_idx = source_top[(i, j)]
-            if use_count[top_idx] > 1:
-                producer = param.layer[top_idx[0]].name
-                lp.bottom[j] = split_blob_name(
-                    producer, lp.bottom[j], top_idx[1], next_split[top_idx]
-                )
-                next_split[top_idx] += 1
-        for j, blob_name in enumerate(lp.top):
-            count = use_count[(i, j)]
-            if count <= 1:
-                continue
-            weight = loss_weight[(i, j)]
-            split = out.layer.add()
-            split.name = split_layer_name(lp.name, blob_name, j)
-            split.type = "Split"
-            split.bottom.append(blob_name)
-            for k in range(count):
-                split.top.append(split_blob_name(lp.name, blob_name, j, k))
-                if weight:
-                    split.loss_weight.append(weight if k == 0 else 0.0)
-            if weight:
-                lp.ClearField("loss_weight")
-                next_split[(i, j)] += 1
-    return out
-
-
-def _shape_string(shape: Sequence[int]) -> str:
-    """Blob::shape_string for a bare shape: '10 500 (5000)'."""
-    count = int(np.prod(shape, dtype=np.int64))
-    return " ".join(str(d) for d in shape) + f" ({count})"
-
-
-def _shape_equals(file_shape: Sequence[int], shape: Sequence[int]) -> bool:
-    """Blob::ShapeEquals: equal, or a legacy 4-D shape padded with leading 1s."""
-    file_shape, shape = tuple(file_shape), tuple(shape)
-    if file_shape == shape:
-        return True
-    return (
-        len(file_shape) == 4
-        and len(shape) <= 4
-        and ((1,) * (4 - len(shape)) + shape == file_shape)
-    )
 
 
 def _loss_weight(layer: Layer, top_id: int) -> float:
@@ -233,15 +50,6 @@ def _loss_weight(layer: Layer, top_id: int) -> float:
 def _abs_mean(values: np.ndarray) -> float:
     """Blob::asum_data() / count(), the number debug_info prints."""
     return float(np.abs(values).sum(dtype=np.float32) / max(values.size, 1))
-
-
-def is_hdf5(path: str | os.PathLike[str]) -> bool:
-    """True if the file starts with HDF5's signature (H5Fis_hdf5)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(8) == _HDF5_SIGNATURE
-    except OSError:
-        return False
 
 
 # -- the Net -----------------------------------------------------------------
@@ -260,6 +68,7 @@ class Net:
         rng: np.random.Generator | None = None,
         source: str = "<net>",
         quiet: bool = False,
+        backend: Backend = CPU,
     ) -> None:
         """Build the net for `phase` (default: param.state.phase).
 
@@ -271,6 +80,7 @@ class Net:
         """
         self.source = source
         self.quiet = quiet
+        self.backend = backend
         self.rng = rng if rng is not None else np.random.default_rng()
         in_param = caffe_pb2.NetParameter()
         in_param.CopyFrom(param)
@@ -285,7 +95,7 @@ class Net:
         self.state = in_param.state
         filtered = filter_net(in_param, source, log=not quiet)
         if not quiet:
-            self._log(
+            self.log_info(
                 53,
                 "Initializing net from parameters: \n"
                 + text_format.MessageToString(filtered),
@@ -325,6 +135,7 @@ class Net:
         self.has_params_lr: list[bool] = []
         self.has_params_decay: list[bool] = []
         self.memory_used = 0
+        self.after_backward: list[Callable[[int], None]] = []
 
         self._blob_name_to_idx: dict[str, int] = {}
         self._available: set[str] = set()
@@ -337,7 +148,7 @@ class Net:
         # Whatever nobody consumed is an output (Caffe iterates a std::set).
         self.output_blob_indices: list[int] = []
         for blob_name in sorted(self._available):
-            self._log(244, f"This network produces output {blob_name}")
+            self.log_info(244, f"This network produces output {blob_name}")
             self.output_blob_indices.append(self._blob_name_to_idx[blob_name])
         self.output_blobs: list[Blob] = [
             self.blobs[i] for i in self.output_blob_indices
@@ -364,7 +175,7 @@ class Net:
         self._forward_plan = list(
             zip(self.layers, self.bottom_vecs, self.top_vecs, self._loss_tops)
         )
-        self._log(257, "Network initialization done.")
+        self.log_info(257, "Network initialization done.")
 
     @classmethod
     def from_prototxt(
@@ -383,7 +194,8 @@ class Net:
 
     # -- construction ---------------------------------------------------------
 
-    def _log(self, line: int, message: str) -> None:
+    def log_info(self, line: int, message: str) -> None:
+        """A net.cpp log line, unless the net was built quiet."""
         if not self.quiet:
             LOG.info(f"net.cpp:{line}", message)
 
@@ -411,18 +223,18 @@ class Net:
                 lp,
             )
         try:
-            layer = create_layer(lp, lp.phase, self.rng)
+            layer = create_layer(lp, lp.phase, self.rng, self.backend.xp)
         except CaffesolveError as e:
             raise self._error(e, lp) from e
         if len(lp.blobs) and not layer.blobs:
             # Caffe's Layer constructor: blobs in the definition are the
             # layer's params (layers skip their fillers when blobs exist).
-            layer.blobs = [Blob() for _ in lp.blobs]
+            layer.blobs = [Blob(xp=self.backend.xp) for _ in lp.blobs]
             for blob, proto in zip(layer.blobs, lp.blobs):
                 blob.from_proto(proto)
         self.layers.append(layer)
         self.layer_names.append(lp.name)
-        self._log(86, f"Creating Layer {lp.name}")
+        self.log_info(86, f"Creating Layer {lp.name}")
         for vec in (
             self.bottom_vecs,
             self.top_vecs,
@@ -452,7 +264,7 @@ class Net:
             layer.setup(self.bottom_vecs[layer_id], self.top_vecs[layer_id])
         except (CaffesolveError, ValueError) as e:
             raise self._error(e, lp) from e
-        self._log(124, f"Setting up {lp.name}")
+        self.log_info(124, f"Setting up {lp.name}")
         for top_id, top in enumerate(self.top_vecs[layer_id]):
             blob_id = self.top_id_vecs[layer_id][top_id]
             if len(self.blob_loss_weights) <= blob_id:
@@ -461,12 +273,12 @@ class Net:
                 )
             weight = _loss_weight(layer, top_id)
             self.blob_loss_weights[blob_id] = weight
-            self._log(131, f"Top shape: {top.shape_string()}")
+            self.log_info(131, f"Top shape: {top.shape_string()}")
             if weight:
-                self._log(134, f"    with loss weight {fmt32(weight)}")
+                self.log_info(134, f"    with loss weight {fmt32(weight)}")
                 top.diff[...] = weight  # Caffe's SetLossWeights
             self.memory_used += top.count
-        self._log(
+        self.log_info(
             139,
             f"Memory required for data: {self.memory_used * 4}",  # float32
         )
@@ -504,7 +316,7 @@ class Net:
         """
         blob_name = lp.top[top_id] if top_id < len(lp.top) else "(automatic)"
         if named and top_id < len(lp.bottom) and blob_name == lp.bottom[top_id]:
-            self._log(369, f"{lp.name} -> {blob_name} (in-place)")
+            self.log_info(369, f"{lp.name} -> {blob_name} (in-place)")
             blob_id = self._blob_name_to_idx[blob_name]
             self.top_vecs[layer_id].append(self.blobs[blob_id])
             self.top_id_vecs[layer_id].append(blob_id)
@@ -518,8 +330,8 @@ class Net:
                 lp,
             )
         else:
-            self._log(382, f"{lp.name} -> {blob_name}")
-            blob = Blob(name=blob_name)
+            self.log_info(382, f"{lp.name} -> {blob_name}")
+            blob = Blob(name=blob_name, xp=self.backend.xp)
             blob_id = len(self.blobs)
             self.blobs.append(blob)
             self.blob_names.append(blob_name)
@@ -543,7 +355,7 @@ class Net:
                 + suggest(blob_name, sorted(self._available))
             )
         blob_id = self._blob_name_to_idx[blob_name]
-        self._log(408, f"{lp.name} <- {blob_name}")
+        self.log_info(408, f"{lp.name} <- {blob_name}")
         self.bottom_vecs[layer_id].append(self.blobs[blob_id])
         self.bottom_id_vecs[layer_id].append(blob_id)
         self._available.discard(blob_name)
@@ -589,7 +401,7 @@ class Net:
         self.param_owners.append(owner_net_param_id)
         owner_layer_id, owner_param_id = self.param_layer_indices[owner_net_param_id]
         owner_name = self.layer_names[owner_layer_id]
-        self._log(
+        self.log_info(
             467,
             f"Sharing parameters '{param_name}' owned by layer '{owner_name}', "
             f"param index {owner_param_id}",
@@ -673,9 +485,9 @@ class Net:
                 self.layer_need_backward[layer_id] = False
             name = self.layer_names[layer_id]
             if self.layer_need_backward[layer_id]:
-                self._log(200, f"{name} needs backward computation.")
+                self.log_info(200, f"{name} needs backward computation.")
             else:
-                self._log(202, f"{name} does not need backward computation.")
+                self.log_info(202, f"{name} does not need backward computation.")
             for bottom_id, blob_id in enumerate(self.bottom_id_vecs[layer_id]):
                 blob_name = self.blob_names[blob_id]
                 if contributes:
@@ -802,7 +614,8 @@ class Net:
             )
 
     def backward_from_to(self, start: int, end: int) -> None:
-        """Layers start down to end inclusive (Caffe's BackwardFromTo)."""
+        """Layers start down to end inclusive (Caffe's BackwardFromTo); the
+        after_backward callbacks run after each layer, needed or not."""
         for i in range(start, end - 1, -1):
             if self.layer_need_backward[i]:
                 self.layers[i].backward(
@@ -810,6 +623,13 @@ class Net:
                 )
                 if self.debug_info:
                     self._backward_debug_info(i)
+            for callback in self.after_backward:
+                callback(i)
+
+    def add_after_backward(self, callback: Callable[[int], None]) -> None:
+        """Caffe's Net::add_after_backward: callback(layer index) after each
+        layer's backward (layer-wise gradient reduction hooks in here)."""
+        self.after_backward.append(callback)
 
     def backward(self) -> None:
         """Every layer that needs it, last to first; param diffs accumulate."""
@@ -892,164 +712,22 @@ class Net:
     # -- weights in and out ---------------------------------------------------
 
     def share_trained_layers_with(self, other: Net) -> None:
-        """Use `other`'s param data for the layers of the same name.
-
-        Caffe's ShareTrainedLayersWith (a test net reading the train net's
-        weights): data is shared, each net keeps its own diffs.
-        """
-        for source_layer, name in zip(other.layers, other.layer_names):
-            if name not in self.layer_names:
-                self._log(632, f"Ignoring source layer {name}")
-                continue
-            target = self.layers[self.layer_names.index(name)]
-            if len(target.blobs) != len(source_layer.blobs):
-                raise ShapeError(
-                    f"{self.source}: layer '{name}' ({target.layer_param.type}): "
-                    f"Incompatible number of blobs for layer {name} (source has "
-                    f"{len(source_layer.blobs)}, target has {len(target.blobs)})"
-                )
-            for j, (t, s) in enumerate(zip(target.blobs, source_layer.blobs)):
-                if t.shape != s.shape:
-                    raise ShapeError(
-                        f"{self.source}: Cannot share param {j} weights from layer "
-                        f"'{name}'; shape mismatch.  Source param shape is "
-                        f"{s.shape_string()}; target param shape is "
-                        f"{t.shape_string()}"
-                    )
-                t.share_data(s)
+        """Share `other`'s param data by layer name (weights.share_trained_layers)."""
+        weights.share_trained_layers(self, other)
 
     def copy_trained_layers_from(
         self, param_or_path: caffe_pb2.NetParameter | str | os.PathLike[str]
     ) -> None:
-        """Load weights by layer name (Caffe's CopyTrainedLayersFrom).
-
-        A binary NetParameter (.caffemodel, V1 `layers` upgraded) or an HDF5
-        file (.caffemodel.h5: /data/<layer>/<i>). Layers the file lacks keep
-        their fillers; file layers the net lacks are ignored. A blob count or
-        shape mismatch is an error naming the layer, the blob and both shapes.
-        """
-        if isinstance(param_or_path, caffe_pb2.NetParameter):
-            origin = "<NetParameter>"
-            param = param_or_path
-            if net_needs_upgrade(param):
-                param = caffe_pb2.NetParameter()
-                param.CopyFrom(param_or_path)
-                upgrade_net_as_needed(param, origin)
-        else:
-            origin = str(param_or_path)
-            if is_hdf5(param_or_path):
-                self.copy_trained_layers_from_hdf5(param_or_path)
-                return
-            param = read_net_params_from_binary_file(param_or_path)
-        for source_layer in param.layer:
-            name = source_layer.name
-            if name not in self.layer_names:
-                self._log(746, f"Ignoring source layer {name}")
-                continue
-            target = self.layers[self.layer_names.index(name)]
-            where = f"{origin}: layer '{name}' ({target.layer_param.type})"
-            if len(target.blobs) != len(source_layer.blobs):
-                raise ShapeError(
-                    f"{where}: Incompatible number of blobs for layer {name} "
-                    f"(file has {len(source_layer.blobs)}, net has "
-                    f"{len(target.blobs)})"
-                )
-            for j, (blob, proto) in enumerate(zip(target.blobs, source_layer.blobs)):
-                file_shape = proto_shape(proto)
-                if not _shape_equals(file_shape, blob.shape):
-                    raise ShapeError(
-                        f"{where}: Cannot copy param {j} weights from layer "
-                        f"'{name}'; shape mismatch.  Source param shape is "
-                        f"{_shape_string(file_shape)}; target param shape is "
-                        f"{blob.shape_string()}. To learn this layer's parameters "
-                        "from scratch rather than copying from a saved net, "
-                        "rename the layer."
-                    )
-                try:
-                    blob.from_proto(proto, reshape=False)
-                except ShapeError as e:
-                    raise ShapeError(f"{where}: param {j}: {e}") from None
-
-    def copy_trained_layers_from_hdf5(self, path: str | os.PathLike[str]) -> None:
-        """Weights from Caffe's HDF5 layout: /data/<layer name>/<blob index>."""
-        try:
-            import h5py
-        except ImportError:  # pragma: no cover - h5py is an extra
-            raise ConfigError(
-                f"{path}: reading HDF5 weights needs h5py (pip install h5py)"
-            ) from None
-        with h5py.File(path, "r") as f:
-            if "data" not in f:
-                raise ConfigError(f"{path}: Error reading weights (no /data group)")
-            data = f["data"]
-            for name in data:
-                if name not in self.layer_names_index:
-                    self._log(801, f"Ignoring source layer {name}")
-                    continue
-                layer_id = self.layer_names_index[name]
-                target = self.layers[layer_id]
-                where = f"{path}: layer '{name}' ({target.layer_param.type})"
-                group = data[name]
-                if len(group) > len(target.blobs):
-                    raise ShapeError(
-                        f"{where}: Incompatible number of blobs for layer {name} "
-                        f"(file has {len(group)}, net has {len(target.blobs)})"
-                    )
-                for j, blob in enumerate(target.blobs):
-                    if str(j) not in group:
-                        net_param_id = self.param_id_vecs[layer_id][j]
-                        if self.param_owners[net_param_id] != -1:
-                            continue  # shared: the owner's dataset fills it
-                        raise ShapeError(
-                            f"{where}: Incompatible number of blobs for layer "
-                            f"{name} (no dataset {j} in the file)"
-                        )
-                    dataset = group[str(j)]
-                    if tuple(dataset.shape) != blob.shape:
-                        raise ShapeError(
-                            f"{where}: Cannot load blob from hdf5; shape mismatch. "
-                            f"Source shape is {_shape_string(dataset.shape)} target "
-                            f"shape is {blob.shape_string()}"
-                        )
-                    blob.data[...] = dataset[()]
+        """Load weights by layer name (weights.copy_trained_layers_from)."""
+        weights.copy_trained_layers_from(self, param_or_path)
 
     def to_proto(self, write_diff: bool = False) -> caffe_pb2.NetParameter:
-        """The net as a NetParameter with every layer's blobs (Caffe's ToProto).
-
-        Each layer contributes a copy of its LayerParameter (the one the net
-        ran, with phase, Split layers included) with its blobs in place of any
-        the definition had; written out, this is a .caffemodel Caffe loads.
-        """
-        param = caffe_pb2.NetParameter()
-        param.name = self.name
-        for layer in self.layers:
-            lp = param.layer.add()
-            lp.CopyFrom(layer.layer_param)
-            del lp.blobs[:]
-            for blob in layer.blobs:
-                lp.blobs.add().CopyFrom(blob.to_proto(write_diff))
-        return param
+        """The net with every layer's blobs (weights.net_to_proto)."""
+        return weights.net_to_proto(self, write_diff)
 
     def to_hdf5(self, path: str | os.PathLike[str], write_diff: bool = False) -> None:
-        """Caffe's ToHDF5: /data/<layer>/<i> for params each layer owns, and
-        /diff/<layer>/<i> for every param if write_diff."""
-        import h5py
-
-        with h5py.File(Path(path), "w") as f:
-            data = f.create_group("data")
-            diff = f.create_group("diff") if write_diff else None
-            for layer_id, (layer, name) in enumerate(
-                zip(self.layers, self.layer_names)
-            ):
-                layer_data = data.create_group(name)
-                layer_diff = diff.create_group(name) if diff is not None else None
-                for j in range(len(layer.blobs)):
-                    net_param_id = self.param_id_vecs[layer_id][j]
-                    blob = self.params[net_param_id]
-                    if self.param_owners[net_param_id] == -1:
-                        layer_data.create_dataset(str(j), data=blob.data)
-                    if layer_diff is not None:
-                        layer_diff.create_dataset(str(j), data=blob.diff)
+        """Caffe's HDF5 weights layout (weights.net_to_hdf5)."""
+        weights.net_to_hdf5(self, path, write_diff)
 
     # -- state for resume -----------------------------------------------------
 
@@ -1067,92 +745,3 @@ class Net:
         for name, s in state.items():
             if name in self.layer_names_index:
                 self.layers[self.layer_names_index[name]].set_state(s)
-
-
-# -- `caffe time` -------------------------------------------------------------------
-
-
-@dataclass
-class NetTiming:
-    """Average milliseconds per iteration, per layer and per pass."""
-
-    layer_names: list[str]
-    forward_ms: list[float]
-    backward_ms: list[float]
-    forward_pass_ms: float
-    backward_pass_ms: float
-    forward_backward_ms: float
-    total_ms: float
-    iterations: int
-
-
-def time_net(net: Net, iterations: int = 50, log: bool = True) -> NetTiming:
-    """Time forward and backward of every layer, as tools/caffe.cpp time().
-
-    One untimed forward+backward first (allocations), then `iterations`
-    timed passes; Caffe's log lines and layout ("   conv1\tforward: 0.1 ms.").
-    Like Caffe's tool, every layer's backward runs (with the net's
-    propagate_down flags), whether or not Net.backward would run it.
-    """
-    if iterations < 1:
-        raise ConfigError(f"--iterations must be at least 1 (got {iterations})")
-
-    def info(line: int, message: str) -> None:
-        if log:
-            LOG.info(f"caffe.cpp:{line}", message)
-
-    info(351, "Performing Forward")
-    initial_loss = net.forward()
-    info(356, f"Initial loss: {fmt32(initial_loss)}")
-    info(357, "Performing Backward")
-    net.backward()
-    n = len(net.layers)
-    info(365, "*** Benchmark begins ***")
-    info(366, f"Testing for {iterations} iterations.")
-    layers, bottoms, tops = net.layers, net.bottom_vecs, net.top_vecs
-    clock = time.perf_counter
-    forward_s = [0.0] * n
-    backward_s = [0.0] * n
-    forward_total = backward_total = 0.0
-    total_start = clock()
-    for j in range(iterations):
-        iter_start = clock()
-        for i in range(n):
-            t = clock()
-            net.forward_layer(i)
-            forward_s[i] += clock() - t
-        forward_total += clock() - iter_start
-        backward_start = clock()
-        for i in range(n - 1, -1, -1):
-            t = clock()
-            layers[i].backward(tops[i], net.bottom_need_backward[i], bottoms[i])
-            backward_s[i] += clock() - t
-        backward_total += clock() - backward_start
-        info(
-            394,
-            f"Iteration: {j + 1} forward-backward time: "
-            f"{fmt((clock() - iter_start) * 1e3)} ms.",
-        )
-    total_ms = (clock() - total_start) * 1e3
-    timing = NetTiming(
-        layer_names=list(net.layer_names),
-        forward_ms=[s * 1e3 / iterations for s in forward_s],
-        backward_ms=[s * 1e3 / iterations for s in backward_s],
-        forward_pass_ms=forward_total * 1e3 / iterations,
-        backward_pass_ms=backward_total * 1e3 / iterations,
-        forward_backward_ms=total_ms / iterations,
-        total_ms=total_ms,
-        iterations=iterations,
-    )
-    info(397, "Average time per layer: ")
-    for name, f_ms, b_ms in zip(
-        timing.layer_names, timing.forward_ms, timing.backward_ms
-    ):
-        info(400, f"{name:>10}\tforward: {fmt(f_ms)} ms.")
-        info(403, f"{name:>10}\tbackward: {fmt(b_ms)} ms.")
-    info(408, f"Average Forward pass: {fmt(timing.forward_pass_ms)} ms.")
-    info(410, f"Average Backward pass: {fmt(timing.backward_pass_ms)} ms.")
-    info(412, f"Average Forward-Backward: {fmt(timing.forward_backward_ms)} ms.")
-    info(414, f"Total Time: {fmt(total_ms)} ms.")
-    info(415, "*** Benchmark ends ***")
-    return timing

@@ -28,6 +28,7 @@ import numpy as np
 from caffesolve.errors import ConfigError, SnapshotError
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import atomic_write, atomic_write_bytes, read_binaryproto
+from caffesolve.weights import is_hdf5
 
 if TYPE_CHECKING:
     from caffesolve.net import Net
@@ -49,11 +50,6 @@ def model_filename(prefix: str, it: int, snapshot_format: int = BINARYPROTO) -> 
 
 def state_filename(prefix: str, it: int, snapshot_format: int = BINARYPROTO) -> str:
     return snapshot_filename(prefix, it, STATE_EXTENSION[snapshot_format])
-
-
-def is_hdf5(path: str | os.PathLike[str]) -> bool:
-    """Caffe picks the HDF5 reader by the `.h5` suffix."""
-    return str(path).endswith(".h5")
 
 
 def check_snapshot_write_permissions(
@@ -109,21 +105,14 @@ def _h5_bytes(fill: Any) -> bytes:
 
 
 def write_model(
-    path: str | os.PathLike[str], net: Net, write_diff: bool = False
+    path: str | os.PathLike[str], net: Net, write_diff: bool, snapshot_format: int
 ) -> None:
-    """The learned blobs of `net`: binary NetParameter (Net.to_proto), or for
-    `.h5` Caffe's HDF5 layout (Net.to_hdf5); atomic either way."""
-    if is_hdf5(path):
+    """The learned blobs of `net`: binary NetParameter (Net.to_proto), or with
+    snapshot_format HDF5 Caffe's HDF5 layout (Net.to_hdf5); atomic either way."""
+    if snapshot_format == HDF5:
         atomic_write(path, lambda tmp: net.to_hdf5(tmp, write_diff))
     else:
         atomic_write_bytes(path, net.to_proto(write_diff).SerializeToString())
-
-
-def load_weights(net: Net, path: str | os.PathLike[str]) -> None:
-    """Copy trained layers (by name) from a .caffemodel or .caffemodel.h5."""
-    if not Path(path).exists():
-        raise SnapshotError(f"{path}: weights file not found")
-    net.copy_trained_layers_from(str(path))
 
 
 # -- solver states ------------------------------------------------------------------
@@ -145,10 +134,11 @@ def decode_resume(blob: bytes, path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def write_solver_state(
-    path: str | os.PathLike[str], state: caffe_pb2.SolverState
+    path: str | os.PathLike[str], state: caffe_pb2.SolverState, snapshot_format: int
 ) -> None:
-    """A SolverState: binary proto, or Caffe's HDF5 layout for `.h5`."""
-    if is_hdf5(path):
+    """A SolverState: binary proto, or Caffe's HDF5 layout with snapshot_format
+    HDF5."""
+    if snapshot_format == HDF5:
         atomic_write_bytes(path, solverstate_h5_bytes(state))
     else:
         atomic_write_bytes(path, state.SerializeToString())

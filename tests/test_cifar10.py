@@ -14,7 +14,7 @@ import lmdb
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_convert_imageset import varint
+from conftest import varint
 from test_datasets import Server
 
 from caffesolve.cli import cli

@@ -1,25 +1,18 @@
-"""`caffesolve data mnist | fashion-mnist` through click's CliRunner."""
+"""`caffesolve data ...` through click's CliRunner."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from click.testing import CliRunner
+from conftest import run_cli
 from test_datasets import TRAIN, Server, check_dbs, tiny_files
-
-from caffesolve.cli import cli
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_from_dir_then_refuse_then_force(tmp_path: Path) -> None:
     tiny_files(tmp_path / "src", gz=False)
     out = tmp_path / "data" / "mnist"
     args = ["data", "mnist", "--from", str(tmp_path / "src"), "--out", str(out)]
-    code, stdout, stderr = run(*args, "--skip-checksum")
+    code, stdout, stderr = run_cli(*args, "--skip-checksum")
     assert code == 0, stderr
     assert stdout.split() == [
         str(out / "mnist_train_lmdb"),
@@ -27,17 +20,17 @@ def test_from_dir_then_refuse_then_force(tmp_path: Path) -> None:
     ]
     assert f"A total of {len(TRAIN[1])} items. Rows: 28 Cols: 28" in stderr
     check_dbs({"train": out / "mnist_train_lmdb", "test": out / "mnist_test_lmdb"})
-    code, _, stderr = run(*args, "--skip-checksum")
+    code, _, stderr = run_cli(*args, "--skip-checksum")
     assert code == 1
     assert "already exist; pass --force" in stderr
     assert len(stderr.strip().splitlines()) == 1  # one line, no traceback
-    code, _, stderr = run(*args, "--skip-checksum", "--force")
+    code, _, stderr = run_cli(*args, "--skip-checksum", "--force")
     assert code == 0, stderr
 
 
 def test_checksums_are_checked_by_default(tmp_path: Path) -> None:
     tiny_files(tmp_path / "src")
-    code, _, stderr = run(
+    code, _, stderr = run_cli(
         "data", "mnist", "--from", str(tmp_path / "src"), "--out", str(tmp_path / "o")
     )
     assert code == 1
@@ -48,7 +41,7 @@ def test_corrupt_idx_is_one_line_error(tmp_path: Path) -> None:
     tiny_files(tmp_path / "src", gz=False)
     p = tmp_path / "src" / "train-labels-idx1-ubyte"
     p.write_bytes(b"\0\0\x08\x03" + p.read_bytes()[4:])  # image magic on labels
-    code, _, stderr = run(
+    code, _, stderr = run_cli(
         "data",
         "fashion-mnist",
         "--from",
@@ -66,7 +59,7 @@ def test_download_with_mirror_option(tmp_path: Path) -> None:
     server = Server(files)
     try:
         out = tmp_path / "m"
-        code, stdout, stderr = run(
+        code, stdout, stderr = run_cli(
             "data",
             "mnist",
             "--mirror",
@@ -88,7 +81,7 @@ def test_download_with_mirror_option(tmp_path: Path) -> None:
 
 
 def test_missing_from_folder_is_a_usage_error(tmp_path: Path) -> None:
-    code, _, stderr = run("data", "mnist", "--from", str(tmp_path / "nope"))
+    code, _, stderr = run_cli("data", "mnist", "--from", str(tmp_path / "nope"))
     assert code == 2 and "does not exist" in stderr
 
 
@@ -100,23 +93,23 @@ def test_images_and_mean_commands(tmp_path: Path) -> None:
     lst.write_text("".join(f"{p.name} {i}\n" for i, p in enumerate(paths)))
     db, mean = tmp_path / "db", tmp_path / "mean.binaryproto"
     root = str(tmp_path / "img") + "/"
-    code, stdout, stderr = run("data", "images", str(lst), root, str(db), "--gray")
+    code, stdout, stderr = run_cli("data", "images", str(lst), root, str(db), "--gray")
     assert code == 0, stderr
     assert stdout.strip() == str(db)
     assert "A total of 3 images." in stderr and "Processed 3 files." in stderr
-    code, _, stderr = run("data", "images", str(lst), root, str(db))
+    code, _, stderr = run_cli("data", "images", str(lst), root, str(db))
     assert code == 1 and "already exists; pass --force" in stderr
     assert len(stderr.strip().splitlines()) == 1
-    code, _, stderr = run("data", "images", str(lst), root, str(db), "--force",
+    code, _, stderr = run_cli("data", "images", str(lst), root, str(db), "--force",
                           "--backend", "leveldb")  # fmt: skip
     assert code == 0, stderr
-    code, stdout, stderr = run(
+    code, stdout, stderr = run_cli(
         "data", "mean", str(db), str(mean), "--backend", "leveldb"
     )
     assert code == 0, stderr
     assert stdout.strip() == str(mean) and mean.is_file()
     assert "Number of channels: 3" in stderr and "mean_value channel [2]: " in stderr
-    code, _, stderr = run("data", "mean", str(db), str(mean))  # the default is lmdb
+    code, _, stderr = run_cli("data", "mean", str(db), str(mean))  # the default is lmdb
     assert code == 1 and len(stderr.strip().splitlines()) == 1
-    code, _, stderr = run("data", "mean", str(db), "--backend", "leveldb")
+    code, _, stderr = run_cli("data", "mean", str(db), "--backend", "leveldb")
     assert code == 0 and "mean_value channel [0]: " in stderr  # no OUT: print only

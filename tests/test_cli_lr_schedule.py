@@ -10,11 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from caffesolve.cli import cli
-
-EXAMPLES = Path(__file__).parents[2] / "shared" / "caffe-examples"
+from conftest import EXAMPLES, run_cli
 
 # Caffe's examples/mnist/lenet_solver.prototxt (its numbers, our file).
 LENET = """net: "lenet_train_test.prototxt"
@@ -41,17 +37,12 @@ def lenet(tmp_path: Path) -> Path:
     return path
 
 
-def run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
 def rows_of_csv(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
 def test_default_table_is_display_steps_to_max_iter(lenet: Path) -> None:
-    code, out, _ = run("lr-schedule", str(lenet))
+    code, out, _ = run_cli("lr-schedule", str(lenet))
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == ["iteration", "lr"]
@@ -66,7 +57,9 @@ def test_default_table_is_display_steps_to_max_iter(lenet: Path) -> None:
 
 
 def test_csv_parses(lenet: Path) -> None:
-    code, out, _ = run("lr-schedule", str(lenet), "--format", "csv", "--every", "1000")
+    code, out, _ = run_cli(
+        "lr-schedule", str(lenet), "--format", "csv", "--every", "1000"
+    )
     assert code == 0
     rows = rows_of_csv(out)
     assert [r["iteration"] for r in rows] == [str(i) for i in range(0, 10001, 1000)]
@@ -75,7 +68,7 @@ def test_csv_parses(lenet: Path) -> None:
 
 def test_json_loads(lenet: Path) -> None:
     args = ("--format", "json", "--start", "100", "--stop", "300")
-    code, out, _ = run("lr-schedule", str(lenet), *args)
+    code, out, _ = run_cli("lr-schedule", str(lenet), *args)
     assert code == 0
     doc = json.loads(out)
     assert doc["lr_policy"] == "inv"
@@ -85,7 +78,7 @@ def test_json_loads(lenet: Path) -> None:
 
 def test_set_overrides_policy(lenet: Path) -> None:
     args = ("--set", "lr_policy=step", "--set", "stepsize=2000", "--set", "gamma=0.1")
-    code, out, _ = run("lr-schedule", str(lenet), *args, "--format", "csv")
+    code, out, _ = run_cli("lr-schedule", str(lenet), *args, "--format", "csv")
     assert code == 0
     rates = {int(r["iteration"]): float(r["lr"]) for r in rows_of_csv(out)}
     for it, rate in rates.items():
@@ -95,13 +88,13 @@ def test_set_overrides_policy(lenet: Path) -> None:
 
 def test_start_stop_every(lenet: Path) -> None:
     args = ("--start", "5", "--stop", "26", "--every", "7", "--format", "csv")
-    code, out, _ = run("lr-schedule", str(lenet), *args)
+    code, out, _ = run_cli("lr-schedule", str(lenet), *args)
     assert code == 0
     assert [r["iteration"] for r in rows_of_csv(out)] == ["5", "12", "19", "26"]
 
 
 def test_display_zero_gives_about_twenty_rows(lenet: Path) -> None:
-    code, out, _ = run("lr-schedule", str(lenet), "--set", "display=0")
+    code, out, _ = run_cli("lr-schedule", str(lenet), "--set", "display=0")
     assert code == 0
     iterations = [int(line.split()[0]) for line in out.splitlines()[1:]]
     assert iterations[0] == 0 and iterations[-1] == 10000
@@ -112,7 +105,7 @@ def test_multistep_example(tmp_path: Path) -> None:
     path = tmp_path / "multistep.prototxt"
     text = LENET.replace('"inv"', '"multistep"').replace("gamma: 0.0001", "gamma: 0.9")
     path.write_text(text + "stepvalue: 5000\nstepvalue: 7000\nstepvalue: 8000\n")
-    code, out, _ = run("lr-schedule", str(path), "--format", "csv")
+    code, out, _ = run_cli("lr-schedule", str(path), "--format", "csv")
     assert code == 0
     rates = {r["iteration"]: r["lr"] for r in rows_of_csv(out)}
     assert (rates["4900"], rates["5000"], rates["7000"], rates["10000"]) == (
@@ -125,7 +118,7 @@ def test_multistep_example(tmp_path: Path) -> None:
 
 def test_compare_adds_a_column_per_policy(lenet: Path) -> None:
     args = ("--compare", "step,poly", "--set", "stepsize=3000", "--set", "gamma=0.5")
-    code, out, _ = run("lr-schedule", str(lenet), *args, "--format", "csv")
+    code, out, _ = run_cli("lr-schedule", str(lenet), *args, "--format", "csv")
     assert code == 0
     rows = rows_of_csv(out)
     assert list(rows[0]) == ["iteration", "inv", "step", "poly"]
@@ -137,21 +130,21 @@ def test_compare_adds_a_column_per_policy(lenet: Path) -> None:
 
 
 def test_compare_needs_the_policys_fields(lenet: Path) -> None:
-    code, _, err = run("lr-schedule", str(lenet), "--compare", "step")
+    code, _, err = run_cli("lr-schedule", str(lenet), "--compare", "step")
     assert code == 1
     assert "stepsize" in err and str(lenet) in err
     assert len(err.strip().splitlines()) == 1
 
 
 def test_compare_unknown_policy_is_a_usage_error(lenet: Path) -> None:
-    code, _, err = run("lr-schedule", str(lenet), "--compare", "stpe")
+    code, _, err = run_cli("lr-schedule", str(lenet), "--compare", "stpe")
     assert code == 2
     assert "did you mean `step`" in err
 
 
 def test_poly_past_max_iter_json_null(lenet: Path) -> None:
     args = ("--set", "lr_policy=poly", "--stop", "10100", "--format", "json")
-    code, out, _ = run("lr-schedule", str(lenet), *args)
+    code, out, _ = run_cli("lr-schedule", str(lenet), *args)
     assert code == 0
     rows = json.loads(out)["rows"]
     assert rows[-2] == {"iteration": 10000, "lr": 0.0}
@@ -170,7 +163,7 @@ def test_poly_past_max_iter_json_null(lenet: Path) -> None:
 def test_user_errors_are_one_line_exit_1(
     lenet: Path, args: tuple[str, ...], words: list[str]
 ) -> None:
-    code, out, err = run("lr-schedule", str(lenet), *args)
+    code, out, err = run_cli("lr-schedule", str(lenet), *args)
     assert code == 1
     assert out == ""
     lines = err.strip().splitlines()
@@ -182,20 +175,20 @@ def test_user_errors_are_one_line_exit_1(
 def test_syntax_error_line_col(tmp_path: Path) -> None:
     path = tmp_path / "bad.prototxt"
     path.write_text('base_lr: 0.01\nlr_policy: "inv"\ngamma 0.1 0.2\n')
-    code, _, err = run("lr-schedule", str(path))
+    code, _, err = run_cli("lr-schedule", str(path))
     assert code == 1
     assert f"{path}:3:" in err
 
 
 def test_stop_before_start_is_a_usage_error(lenet: Path) -> None:
-    code, _, _ = run("lr-schedule", str(lenet), "--start", "50", "--stop", "10")
+    code, _, _ = run_cli("lr-schedule", str(lenet), "--start", "50", "--stop", "10")
     assert code == 2
 
 
 def test_plot_writes_png(lenet: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     png = tmp_path / "lr.png"
-    code, out, err = run(
+    code, out, err = run_cli(
         "lr-schedule", str(lenet), "--plot", str(png), "--compare", "poly,exp"
     )
     assert code == 0
@@ -211,7 +204,7 @@ def test_plot_without_matplotlib(
         if name == "matplotlib" or name.startswith("matplotlib."):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    code, _, err = run("lr-schedule", str(lenet), "--plot", str(tmp_path / "x.png"))
+    code, _, err = run_cli("lr-schedule", str(lenet), "--plot", str(tmp_path / "x.png"))
     assert code == 1
     assert "matplotlib" in err and len(err.strip().splitlines()) == 1
 
@@ -219,7 +212,7 @@ def test_plot_without_matplotlib(
 @pytest.mark.skipif(not EXAMPLES.is_dir(), reason="caffe-examples absent")
 def test_caffe_example_solver_unchanged() -> None:
     path = EXAMPLES / "mnist__lenet_multistep_solver.prototxt"
-    code, out, _ = run("lr-schedule", str(path), "--format", "json")
+    code, out, _ = run_cli("lr-schedule", str(path), "--format", "json")
     assert code == 0
     rows = {r["iteration"]: r["lr"] for r in json.loads(out)["rows"]}
     assert rows[9500] == 0.0059049
@@ -227,6 +220,6 @@ def test_caffe_example_solver_unchanged() -> None:
 
 
 def test_help_mentions_examples() -> None:
-    code, out, _ = run("lr-schedule", "--help")
+    code, out, _ = run_cli("lr-schedule", "--help")
     assert code == 0
     assert "--compare" in out and "--set" in out and "--plot" in out

@@ -13,10 +13,11 @@ from click.testing import CliRunner
 from caffesolve.cli import cli
 from caffesolve.errors import ConfigError
 from caffesolve.log import LOG
-from caffesolve.net import Net, time_net
+from caffesolve.net import Net
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import write_binaryproto
 from caffesolve.proto.upgrade import read_net_params_from_text_file
+from caffesolve.tools import time_net
 
 MODEL = """
 name: "tiny"

@@ -6,23 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import layer_from, rng
 from gradient_check import check_gradient, make_blob
 
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
-from caffesolve.layers import Layer, create_layer
-from caffesolve.proto import caffe_pb2
-from caffesolve.proto.io import parse_prototxt_text
-
-
-def layer_from(text: str, phase: int = caffe_pb2.TRAIN, seed: int = 1701) -> Layer:
-    param = parse_prototxt_text(text, caffe_pb2.LayerParameter(), "<test>")
-    return create_layer(param, phase, np.random.default_rng(seed))
-
-
-def rng() -> np.random.Generator:
-    return np.random.default_rng(1701)
-
 
 # -- InnerProduct ----------------------------------------------------------------
 

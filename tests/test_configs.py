@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLES
 
 from caffesolve.layers.data import missing_source_hint
 from caffesolve.proto import caffe_pb2
@@ -18,7 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.prototxt"))
 SOLVERS = [p for p in CONFIGS if "solver" in p.name]
 NETS = [p for p in CONFIGS if "solver" not in p.name]
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "caffe-examples"
 
 
 def rel(p: Path) -> str:

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from test_cifar10 import write_batches
 
+from caffesolve import tools
 from caffesolve.data.cifar10 import prepare_cifar10
 from caffesolve.data.datasets import write_lmdb_atomic
 from caffesolve.log import LOG
 from caffesolve.net import Net
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import read_prototxt
-from caffesolve.solvers import tools
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLVERS = sorted(p for p in (ROOT / "configs").rglob("*solver*.prototxt"))

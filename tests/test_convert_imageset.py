@@ -11,20 +11,12 @@ import lmdb
 import numpy as np
 import plyvel
 import pytest
+from conftest import varint
 from image_helpers import photos, write_images
 
 from caffesolve.data.imageset import convert_imageset, read_image_list
 from caffesolve.errors import DataError
 from caffesolve.proto import caffe_pb2
-
-
-def varint(v: int) -> bytes:
-    out = b""
-    while True:
-        b, v = v & 0x7F, v >> 7
-        out += bytes([b | (0x80 if v else 0)])
-        if not v:
-            return out
 
 
 def caffe_raw_datum(img: np.ndarray, label: int) -> bytes:

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from gradient_check import check_gradient, make_blob
 
-from caffesolve import im2col as lowering
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
-from caffesolve.layers import Layer, create_layer, vision
-from caffesolve.layers.vision import ConvolutionLayer
+from caffesolve.layers import Layer, conv, create_layer
+from caffesolve.layers.conv import ConvolutionLayer
+from caffesolve.ops import conv as lowering
+from caffesolve.ops import row_shift
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import parse_prototxt_text
 
@@ -259,8 +260,8 @@ def test_gradient_bottom_diff_in_row_pieces(
     # Backward folds the column matrix back a few output rows at a time
     # (one row per piece, or 2 rows with a shorter last piece of 1 row).
     monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: True)
-    monkeypatch.setattr(lowering, "row_shift_ok", lambda g: False)
-    monkeypatch.setattr(vision, "COL_PIECE_BYTES", piece_bytes)
+    monkeypatch.setattr(row_shift, "row_shift_ok", lambda g: False)
+    monkeypatch.setattr(conv, "COL_PIECE_BYTES", piece_bytes)
     layer = conv_layer("num_output: 2 kernel_size: 2 pad: 1 stride: 1 " + GAUSS)
     rng = np.random.default_rng(8)
     bottom, top = make_blob((2, 2, 4, 3), rng), Blob(dtype=np.float64)
@@ -277,7 +278,7 @@ def test_forward_batch_inner_without_row_shift(
     # The full batch-inner column matrix (used when stride_h > 1 or
     # group > 1) on every case, against the direct reference.
     monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: True)
-    monkeypatch.setattr(lowering, "row_shift_ok", lambda g: False)
+    monkeypatch.setattr(row_shift, "row_shift_ok", lambda g: False)
     layer = conv_layer(params + " " + GAUSS)
     bottom, top = run_forward(layer, shape)
     assert layer.batch_inner and not layer.row_shift
@@ -295,7 +296,7 @@ def test_gradient_batch_inner_without_row_shift(
     params: str, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: True)
-    monkeypatch.setattr(lowering, "row_shift_ok", lambda g: False)
+    monkeypatch.setattr(row_shift, "row_shift_ok", lambda g: False)
     layer = conv_layer(params + " " + GAUSS)
     rng = np.random.default_rng(5)
     bottom, top = make_blob(shape, rng, name="x"), Blob(dtype=np.float64)

@@ -14,6 +14,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
+from conftest import MNIST_T10K, varint
 
 from caffesolve.data import datasets as dsm
 from caffesolve.data.datasets import Dataset, IdxFile, Reporter, prepare_dataset
@@ -28,7 +29,6 @@ from caffesolve.data.idx import (
 from caffesolve.errors import DataError
 from caffesolve.proto import caffe_pb2
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-t10k"
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -172,11 +172,11 @@ def test_verify_checksum_gz_raw_and_mismatch(tmp_path: Path) -> None:
         verify_checksum(tmp_path / "c", gz_md5, raw_md5)
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="no shared MNIST t10k files")
+@pytest.mark.skipif(not MNIST_T10K.is_dir(), reason="no shared MNIST t10k files")
 def test_official_mnist_checksums_match_the_table() -> None:
     for role in ("test_images", "test_labels", "train_labels"):
         f = dsm.MNIST.files[role]
-        path = SHARED / (f.name + ".gz")
+        path = MNIST_T10K / (f.name + ".gz")
         assert hashlib.md5(path.read_bytes()).hexdigest() == f.gz_md5
         verify_checksum(path, None, f.raw_md5)
 
@@ -276,15 +276,6 @@ def caffe_datum_bytes(image: np.ndarray, label: int) -> bytes:
     """The wire bytes Caffe's convert_mnist_data writes, assembled by hand:
     channels=1 (field 1), height (2), width (3), data (4, length-delimited),
     label (5), each a tag byte then a varint."""
-
-    def varint(v: int) -> bytes:
-        out = b""
-        while True:
-            b, v = v & 0x7F, v >> 7
-            out += bytes([b | (0x80 if v else 0)])
-            if not v:
-                return out
-
     h, w = image.shape
     return (
         b"\x08\x01\x10"

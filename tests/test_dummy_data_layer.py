@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import layer_from
 
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError
-from caffesolve.layers import create_layer
 from caffesolve.layers.base import Layer
-from caffesolve.proto import caffe_pb2
-from caffesolve.proto.io import parse_prototxt_text
 
 
 def dummy(param_text: str, tops: int, seed: int = 1701) -> tuple[Layer, list[Blob]]:
     names = " ".join(f'top: "t{i}"' for i in range(tops))
-    param = parse_prototxt_text(
+    lay = layer_from(
         f'name: "d" type: "DummyData" {names} dummy_data_param {{ {param_text} }}',
-        caffe_pb2.LayerParameter(),
+        seed=seed,
     )
-    lay = create_layer(param, caffe_pb2.TRAIN, np.random.default_rng(seed))
     top = [Blob() for _ in range(tops)]
     lay.setup([], top)
     return lay, top

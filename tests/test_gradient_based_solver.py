@@ -20,18 +20,14 @@ from solver_helpers import (
 )
 
 from caffesolve.errors import ConfigError
-from caffesolve.log import LOG
 from caffesolve.solvers import SOLVERS
 
 ITERS = 5
 
 
 @pytest.fixture(autouse=True)
-def _quiet_and_data() -> None:
-    LOG.quiet = True
+def _quiet_and_data(quiet_log: None) -> None:
     FIXED["data"] = make_data()
-    yield
-    LOG.quiet = False
 
 
 def gradients(

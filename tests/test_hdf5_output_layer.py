@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import layer_from
 
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
@@ -18,13 +19,10 @@ from caffesolve.proto.io import parse_prototxt_text
 
 
 def output_layer(path: Path) -> Layer:
-    param = parse_prototxt_text(
+    return layer_from(
         f'name: "out" type: "HDF5Output" bottom: "data" bottom: "label" '
-        f'hdf5_output_param {{ file_name: "{path}" }}',
-        caffe_pb2.LayerParameter(),
+        f'hdf5_output_param {{ file_name: "{path}" }}'
     )
-    lay = create_layer(param)
-    return lay
 
 
 def blobs(data: np.ndarray, label: np.ndarray) -> list[Blob]:

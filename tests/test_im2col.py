@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from caffesolve import im2col as lw
 from caffesolve import kernels
-from caffesolve.im2col import ConvGeometry, PoolGeometry
+from caffesolve.ops import conv, pooling, row_shift
+from caffesolve.ops.conv import ConvGeometry
+from caffesolve.ops.pooling import PoolGeometry
 
 GEOMETRIES = [
     ConvGeometry(2, 3, 5, 6, 3, 3),
@@ -52,7 +53,7 @@ def caffe_im2col_values(
 def test_im2col_elements(g: ConvGeometry, batch_inner: bool) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(g.num, g.channels, g.height, g.width))
-    col = lw.im2col(x, g, batch_inner)
+    col = conv.im2col(x, g, batch_inner)
     assert col.shape == (g.channels * g.kernel_h * g.kernel_w, g.col_cols)
     for n, row, y, xx, expect in caffe_im2col_values(x, g):
         assert col[row, column_index(g, n, y, xx, batch_inner)] == expect
@@ -66,8 +67,8 @@ def test_col2im_is_adjoint_of_im2col(g: ConvGeometry, batch_inner: bool) -> None
     rng = np.random.default_rng(1)
     x = rng.normal(size=(g.num, g.channels, g.height, g.width))
     c = rng.normal(size=(g.kernel_dim, g.col_cols))
-    lhs = np.sum(lw.im2col(x, g, batch_inner) * c)
-    rhs = np.sum(x * lw.col2im(c, g, batch_inner))
+    lhs = np.sum(conv.im2col(x, g, batch_inner) * c)
+    rhs = np.sum(x * conv.col2im(c, g, batch_inner))
     assert lhs == pytest.approx(rhs, rel=1e-12)
 
 
@@ -75,38 +76,38 @@ def test_col2im_is_adjoint_of_im2col(g: ConvGeometry, batch_inner: bool) -> None
 def test_buffers_reused_and_padding_stays_zero(batch_inner: bool) -> None:
     g = ConvGeometry(2, 2, 4, 4, 3, 3, 1, 1, 1, 1)
     rng = np.random.default_rng(2)
-    work = np.zeros(lw.padded_shape(g, batch_inner))
+    work = np.zeros(conv.padded_shape(g, batch_inner))
     out = np.empty((g.kernel_dim, g.col_cols))
-    diff_work = np.full(lw.padded_shape(g, batch_inner), 99.0)  # dirty on purpose
+    diff_work = np.full(conv.padded_shape(g, batch_inner), 99.0)  # dirty on purpose
     dx = np.empty((g.num, g.channels, g.height, g.width))
     for _ in range(2):
         x = rng.normal(size=dx.shape)
-        lw.im2col(x, g, batch_inner, out=out, work=work)
-        np.testing.assert_array_equal(out, lw.im2col(x, g, batch_inner))
+        conv.im2col(x, g, batch_inner, out=out, work=work)
+        np.testing.assert_array_equal(out, conv.im2col(x, g, batch_inner))
         c = rng.normal(size=out.shape)
-        lw.col2im(c, g, batch_inner, out=dx, work=diff_work)
-        np.testing.assert_array_equal(dx, lw.col2im(c, g, batch_inner))
+        conv.col2im(c, g, batch_inner, out=dx, work=diff_work)
+        np.testing.assert_array_equal(dx, conv.col2im(c, g, batch_inner))
 
 
 def test_float32_stays_float32() -> None:
     g = GEOMETRIES[1]
     x = np.ones((g.num, g.channels, g.height, g.width), np.float32)
     for batch_inner in (False, True):
-        col = lw.im2col(x, g, batch_inner)
+        col = conv.im2col(x, g, batch_inner)
         assert col.dtype == np.float32
-        assert lw.col2im(col, g, batch_inner).dtype == np.float32
+        assert conv.col2im(col, g, batch_inner).dtype == np.float32
 
 
 def test_layout_round_trips() -> None:
     rng = np.random.default_rng(3)
     x = rng.normal(size=(3, 2, 4, 5))
-    np.testing.assert_array_equal(lw.chwn_to_nchw(lw.nchw_to_chwn(x)), x)
+    np.testing.assert_array_equal(conv.chwn_to_nchw(conv.nchw_to_chwn(x)), x)
     y = rng.normal(size=(3, 4, 2, 2))
     for batch_inner in (False, True):
         cols = np.empty((4, 3 * 2 * 2))
-        lw.nchw_to_columns(y, batch_inner, cols)
+        conv.nchw_to_columns(y, batch_inner, cols)
         back = np.empty_like(y)
-        lw.columns_to_nchw(cols, 3, batch_inner, back)
+        conv.columns_to_nchw(cols, 3, batch_inner, back)
         np.testing.assert_array_equal(back, y)
 
 
@@ -127,7 +128,7 @@ def test_layout_round_trips() -> None:
 def test_conv_out_size(
     size: int, kernel: int, stride: int, pad: int, dilation: int, expect: int
 ) -> None:
-    assert lw.conv_out_size(size, kernel, stride, pad, dilation) == expect
+    assert conv.conv_out_size(size, kernel, stride, pad, dilation) == expect
 
 
 @pytest.mark.parametrize(
@@ -147,14 +148,14 @@ def test_conv_out_size(
 def test_pool_out_size(
     size: int, kernel: int, stride: int, pad: int, ceil_mode: bool, expect: int
 ) -> None:
-    assert lw.pool_out_size(size, kernel, stride, pad, ceil_mode) == expect
+    assert pooling.pool_out_size(size, kernel, stride, pad, ceil_mode) == expect
 
 
 def test_prefer_batch_inner_for_lenet() -> None:
     conv1 = ConvGeometry(64, 1, 28, 28, 5, 5)
     conv2 = ConvGeometry(64, 20, 12, 12, 5, 5)
-    assert not lw.prefer_batch_inner(conv1, 20)
-    assert lw.prefer_batch_inner(conv2, 50)
+    assert not conv.prefer_batch_inner(conv1, 20)
+    assert conv.prefer_batch_inner(conv2, 50)
 
 
 def test_ave_pool_divisor_hand_values() -> None:
@@ -162,7 +163,7 @@ def test_ave_pool_divisor_hand_values() -> None:
     # at min(start + 3, 5): sizes 3, 3, 2.
     g = PoolGeometry(1, 1, 4, 4, 3, 3, 2, 2, 1, 1)
     np.testing.assert_array_equal(
-        lw.ave_pool_divisor(g, np.float64), np.outer([3, 3, 2], [3, 3, 2])
+        pooling.ave_pool_divisor(g, np.float64), np.outer([3, 3, 2], [3, 3, 2])
     )
 
 
@@ -170,7 +171,7 @@ def test_argmax_to_caffe_mask() -> None:
     g = PoolGeometry(1, 1, 4, 5, 2, 3, 2, 2, 1, 1)
     argmax = np.zeros((1, 1, g.out_h, g.out_w), np.uint8)
     argmax[0, 0, 1, 1] = 1 * 3 + 2  # kernel row 1, column 2
-    mask = lw.argmax_to_caffe_mask(argmax, g, np.float32)
+    mask = pooling.argmax_to_caffe_mask(argmax, g, np.float32)
     # output (1, 1) starts at (1*2 - 1, 1*2 - 1) = (1, 1): element (2, 3)
     assert mask[0, 0, 1, 1] == 2 * 5 + 3
 
@@ -183,13 +184,13 @@ def test_im2col_per_image_elements(g: ConvGeometry) -> None:
     # col[n] is Caffe's im2col of image n: row (c, i, j), column (y, x).
     rng = np.random.default_rng(4)
     x = rng.normal(size=(g.num, g.channels, g.height, g.width))
-    work = np.zeros(lw.padded_shape(g, False)) if g.has_pad else None
-    col = lw.im2col_per_image(x, g, work=work)
+    work = np.zeros(conv.padded_shape(g, False)) if g.has_pad else None
+    col = conv.im2col_per_image(x, g, work=work)
     assert col.shape == (g.num, g.kernel_dim, g.out_h * g.out_w)
     for n, row, y, xx, expect in caffe_im2col_values(x, g):
         assert col[n, row, y * g.out_w + xx] == expect
     # the same numbers as the (K, N*P) batch-outer matrix, image by image
-    flat = lw.im2col(x, g, False).reshape(g.kernel_dim, g.num, -1)
+    flat = conv.im2col(x, g, False).reshape(g.kernel_dim, g.num, -1)
     np.testing.assert_array_equal(col, flat.transpose(1, 0, 2))
 
 
@@ -197,11 +198,11 @@ def test_im2col_per_image_elements(g: ConvGeometry) -> None:
 def test_col2im_per_image_is_adjoint(g: ConvGeometry) -> None:
     rng = np.random.default_rng(5)
     x = rng.normal(size=(g.num, g.channels, g.height, g.width))
-    c = rng.normal(size=lw.per_image_shape(g))
-    work = np.full(lw.padded_shape(g, False), 7.0) if g.has_pad else None
+    c = rng.normal(size=conv.per_image_shape(g))
+    work = np.full(conv.padded_shape(g, False), 7.0) if g.has_pad else None
     dx = np.full_like(x, np.nan)  # must be overwritten everywhere
-    lw.col2im_per_image(c, g, dx, work)
-    lhs = np.sum(lw.im2col_per_image(x, g) * c)
+    conv.col2im_per_image(c, g, dx, work)
+    lhs = np.sum(conv.im2col_per_image(x, g) * c)
     assert lhs == pytest.approx(np.sum(x * dx), rel=1e-12)
 
 
@@ -214,15 +215,15 @@ def test_im2col_per_image_float32_runs_copy() -> None:
         ConvGeometry(2, 1, 7, 7, 5, 5),
     ):
         x = rng.normal(size=(g.num, g.channels, g.height, g.width)).astype(np.float32)
-        work = np.zeros(lw.padded_shape(g, False), np.float32) if g.has_pad else None
-        col = lw.im2col_per_image(x, g, work=work)
+        work = np.zeros(conv.padded_shape(g, False), np.float32) if g.has_pad else None
+        col = conv.im2col_per_image(x, g, work=work)
         assert col.dtype == np.float32
-        flat = lw.im2col(x.astype(np.float64), g, False)
+        flat = conv.im2col(x.astype(np.float64), g, False)
         expect = flat.reshape(g.kernel_dim, g.num, -1).transpose(1, 0, 2)
         np.testing.assert_array_equal(col, expect.astype(np.float32))
 
 
-ROW_SHIFT_GEOMETRIES = [g for g in GEOMETRIES if lw.row_shift_ok(g)] + [
+ROW_SHIFT_GEOMETRIES = [g for g in GEOMETRIES if row_shift.row_shift_ok(g)] + [
     ConvGeometry(3, 2, 6, 7, 2, 3, 1, 2, 1, 0, 1, 2),  # stride_w 2, dilation_w 2
     ConvGeometry(2, 2, 6, 5, 3, 3, 1, 1, 2, 1),  # pad 2 rows, 1 column
 ]
@@ -246,11 +247,11 @@ def test_row_shift_matches_im2col(g: ConvGeometry, paths: str) -> None:
     x = rng.normal(size=(g.num, g.channels, g.height, g.width))
     w = rng.normal(size=(m, g.channels, g.kernel_h, g.kernel_w))
     dy = rng.normal(size=(m, g.col_cols))
-    col = lw.im2col(x, g, True)
+    col = conv.im2col(x, g, True)
 
-    shifted = np.empty(lw.shifted_shape(g))
-    work = np.zeros(lw.padded_shape(g, True))
-    lw.row_shift_columns(x, g, shifted, work)
+    shifted = np.empty(row_shift.shifted_shape(g))
+    work = np.zeros(conv.padded_shape(g, True))
+    row_shift.row_shift_columns(x, g, shifted, work)
     rows = shifted.reshape(g.padded_h, g.channels, g.kernel_w, g.out_w, g.num)
     for h, j, xx in itertools.product(
         range(g.padded_h), range(g.kernel_w), range(g.out_w)
@@ -262,27 +263,27 @@ def test_row_shift_matches_im2col(g: ConvGeometry, paths: str) -> None:
         np.testing.assert_array_equal(rows[h, :, j, xx], expect)
 
     y = np.full((m, g.col_cols), np.nan)
-    lw.row_shift_forward(lw.row_shift_weights(w), shifted, g, y)
+    row_shift.row_shift_forward(row_shift.row_shift_weights(w), shifted, g, y)
     np.testing.assert_allclose(y, w.reshape(m, -1) @ col, rtol=1e-12, atol=1e-12)
 
-    dw = lw.row_shift_weight_gemm(dy, shifted, g)
+    dw = row_shift.row_shift_weight_gemm(dy, shifted, g)
     np.testing.assert_allclose(
         dw, (dy @ col.T).reshape(w.shape), rtol=1e-12, atol=1e-12
     )
 
     dx = np.full_like(x, np.nan)
     dy_rows = dy.reshape(m, g.out_h, -1).transpose(1, 0, 2).copy()
-    acc = np.full(lw.padded_shape(g, True), 5.0)  # dirty on purpose
-    sdiff = np.full(lw.shifted_shape(g), np.nan)
-    lw.row_shift_backward_data(w, dy_rows, g, sdiff, acc, dx)
-    expect = lw.col2im(w.reshape(m, -1).T @ dy, g, True)
+    acc = np.full(conv.padded_shape(g, True), 5.0)  # dirty on purpose
+    sdiff = np.full(row_shift.shifted_shape(g), np.nan)
+    row_shift.row_shift_backward_data(w, dy_rows, g, sdiff, acc, dx)
+    expect = conv.col2im(w.reshape(m, -1).T @ dy, g, True)
     np.testing.assert_allclose(dx, expect, rtol=1e-12, atol=1e-12)
 
 
 def test_row_shift_only_for_vertical_stride_and_dilation_one() -> None:
-    assert lw.row_shift_ok(ConvGeometry(1, 1, 5, 5, 3, 3, 1, 2))
-    assert not lw.row_shift_ok(ConvGeometry(1, 1, 5, 5, 3, 3, 2, 1))
-    assert not lw.row_shift_ok(ConvGeometry(1, 1, 9, 9, 3, 3, 1, 1, 0, 0, 2, 1))
+    assert row_shift.row_shift_ok(ConvGeometry(1, 1, 5, 5, 3, 3, 1, 2))
+    assert not row_shift.row_shift_ok(ConvGeometry(1, 1, 5, 5, 3, 3, 2, 1))
+    assert not row_shift.row_shift_ok(ConvGeometry(1, 1, 9, 9, 3, 3, 1, 1, 0, 0, 2, 1))
 
 
 # -- pooling over tiling windows ------------------------------------------------------
@@ -299,10 +300,10 @@ TILE_CASES = [
 
 def test_pool_tiles_detects_tilings() -> None:
     for g in TILE_CASES:
-        assert lw.pool_tiles(g)
-    assert not lw.pool_tiles(PoolGeometry(1, 1, 5, 5, 2, 2, 2, 2))  # ceil window
-    assert not lw.pool_tiles(PoolGeometry(1, 1, 6, 6, 3, 3, 2, 2))  # overlap
-    assert not lw.pool_tiles(PoolGeometry(1, 1, 6, 6, 2, 2, 2, 2, 1, 1))  # pad
+        assert pooling.pool_tiles(g)
+    assert not pooling.pool_tiles(PoolGeometry(1, 1, 5, 5, 2, 2, 2, 2))  # ceil window
+    assert not pooling.pool_tiles(PoolGeometry(1, 1, 6, 6, 3, 3, 2, 2))  # overlap
+    assert not pooling.pool_tiles(PoolGeometry(1, 1, 6, 6, 2, 2, 2, 2, 1, 1))  # pad
 
 
 def tricky_values(shape: tuple[int, ...], dtype: type, seed: int) -> np.ndarray:
@@ -323,31 +324,31 @@ def test_tiled_max_pool_matches_general_path(g: PoolGeometry, dtype: type) -> No
     area = g.kernel_h * g.kernel_w
     index_dtype = np.uint8 if area <= 256 else np.uint16
     out_shape = (g.num, g.channels, g.out_h, g.out_w)
-    buf = lw.tile_buffers(g, dtype, index_dtype)
+    buf = pooling.tile_buffers(g, dtype, index_dtype)
     for seed in range(3):
         x = tricky_values((g.num, g.channels, g.height, g.width), dtype, seed)
         top, index = np.empty(out_shape, dtype), np.empty(out_shape, index_dtype)
-        lw.max_pool_tiles_forward(x, g, top, index, buf)
+        pooling.max_pool_tiles_forward(x, g, top, index, buf)
         ref_top, ref_index = np.empty_like(top), np.empty_like(index)
-        lw.max_pool_forward(x, g, ref_top, ref_index)
+        pooling.max_pool_forward(x, g, ref_top, ref_index)
         np.testing.assert_array_equal(top, ref_top)
         np.testing.assert_array_equal(index, ref_index)
         no_index = np.empty_like(top)
-        lw.max_pool_tiles_forward(x, g, no_index, None, buf)
+        pooling.max_pool_tiles_forward(x, g, no_index, None, buf)
         np.testing.assert_array_equal(no_index, ref_top)
 
         dy = np.random.default_rng(seed).normal(size=out_shape).astype(dtype)
         dx = np.full_like(x, np.nan)
-        lw.max_pool_tiles_backward(dy, index, g, dx, buf)
+        pooling.max_pool_tiles_backward(dy, index, g, dx, buf)
         ref_dx = np.empty_like(x)
-        lw.max_pool_backward(dy, ref_index, g, ref_dx)
+        pooling.max_pool_backward(dy, ref_index, g, ref_dx)
         np.testing.assert_array_equal(dx, ref_dx)
 
 
 def test_tile_planes_definition() -> None:
     g = PoolGeometry(2, 2, 6, 6, 3, 2, 3, 2)
     x = np.arange(2 * 2 * 6 * 6, dtype=np.float64).reshape(2, 2, 6, 6)
-    planes = lw.tile_planes(x, g, lw.tile_buffers(g, np.float64, np.uint8))
+    planes = pooling.tile_planes(x, g, pooling.tile_buffers(g, np.float64, np.uint8))
     for i in range(3):
         for j in range(2):
             expect = x[:, :, i::3, j::2].reshape(-1)
@@ -363,12 +364,12 @@ def test_row_shift_compiled_kernels_give_the_numpy_bits(g: ConvGeometry) -> None
     results = []
     for numpy_path in (False, True):
         with kernels.forced(numpy_path):
-            shifted = np.full(lw.shifted_shape(g), np.nan, np.float32)
-            work = np.zeros(lw.padded_shape(g, True), np.float32)
-            lw.row_shift_columns(x, g, shifted, work)
+            shifted = np.full(row_shift.shifted_shape(g), np.nan, np.float32)
+            work = np.zeros(conv.padded_shape(g, True), np.float32)
+            row_shift.row_shift_columns(x, g, shifted, work)
             dx = np.full_like(x, np.nan)
-            sdiff = np.empty(lw.shifted_shape(g), np.float32)
-            lw.row_shift_backward_data(w, dy_rows, g, sdiff, work, dx)
+            sdiff = np.empty(row_shift.shifted_shape(g), np.float32)
+            row_shift.row_shift_backward_data(w, dy_rows, g, sdiff, work, dx)
             results.append((shifted, dx))
     for got, ref in zip(*results):
         np.testing.assert_array_equal(got, ref)

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import layer_from
 from image_helpers import photos, write_images
 
 from caffesolve.blob import Blob
@@ -45,8 +46,7 @@ def layer(
         f'image_data_param {{ source: "{source}" root_folder: "{root}" {params} }} '
         f"{extra}"
     )
-    param = parse_prototxt_text(text, caffe_pb2.LayerParameter())
-    lay = create_layer(param, phase, np.random.default_rng(seed))
+    lay = layer_from(text, phase, seed)
     top = [Blob(), Blob()]
     lay.setup([], top)
     return lay, top  # type: ignore[return-value]

@@ -11,7 +11,7 @@ import lmdb
 import numpy as np
 import plyvel
 import pytest
-from test_convert_imageset import varint
+from conftest import varint
 
 from caffesolve.data.image_mean import compute_image_mean, sequential_sum, write_mean
 from caffesolve.data.lmdb_source import datum_bytes

@@ -4,10 +4,9 @@ and test_accuracy_layer.cpp."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import EXAMPLES, layer_from, rng
 from gradient_check import check_gradient, make_blob
 
 from caffesolve.blob import Blob
@@ -15,16 +14,6 @@ from caffesolve.errors import ConfigError, DataError, ShapeError
 from caffesolve.layers import Layer, create_layer
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import parse_prototxt_text
-
-
-def layer_from(text: str, phase: int = caffe_pb2.TRAIN) -> Layer:
-    param = parse_prototxt_text(text, caffe_pb2.LayerParameter(), "<test>")
-    return create_layer(param, phase, np.random.default_rng(1701))
-
-
-def rng() -> np.random.Generator:
-    return np.random.default_rng(1701)
-
 
 # -- EuclideanLoss ---------------------------------------------------------------
 
@@ -366,8 +355,6 @@ def test_accuracy_errors() -> None:
 
 
 # -- Caffe's example nets: the layers of LeNet's tail and the autoencoder -----------
-
-EXAMPLES = Path(__file__).parents[2] / "shared" / "caffe-examples"
 
 
 def example_layers(name: str) -> dict[str, caffe_pb2.LayerParameter]:

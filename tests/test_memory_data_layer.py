@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import layer_from
 
 from caffesolve.blob import Blob
 from caffesolve.errors import DataError, ShapeError
-from caffesolve.layers import create_layer
 from caffesolve.layers.data import MemoryDataLayer
 from caffesolve.net import Net
 from caffesolve.proto import caffe_pb2
@@ -21,7 +21,7 @@ TEXT = (
 
 
 def memory_layer(text: str = TEXT) -> tuple[MemoryDataLayer, list[Blob]]:
-    lay = create_layer(parse_prototxt_text(text, caffe_pb2.LayerParameter()))
+    lay = layer_from(text)
     top = [Blob(), Blob()]
     lay.setup([], top)
     return lay, top  # type: ignore[return-value]

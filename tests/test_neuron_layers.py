@@ -6,21 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import layer_from
 from gradient_check import check_gradient, make_blob
 
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError
-from caffesolve.layers import Layer, create_layer
 from caffesolve.proto import caffe_pb2
-from caffesolve.proto.io import parse_prototxt_text
 
 SHAPE = (2, 3, 4, 5)
 SLOPE = float(np.float32(0.01))  # the proto float, as Caffe reads it
-
-
-def layer_from(text: str, phase: int = caffe_pb2.TRAIN, seed: int = 1701) -> Layer:
-    param = parse_prototxt_text(text, caffe_pb2.LayerParameter(), "<test>")
-    return create_layer(param, phase, np.random.default_rng(seed))
 
 
 def gaussian_blob(shape: tuple[int, ...] = SHAPE, seed: int = 1701) -> Blob:

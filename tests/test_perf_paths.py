@@ -566,7 +566,7 @@ def test_run_parallel_goes_inline_for_a_while_when_starved(
 def test_inner_product_forward_in_halves_matches_reference() -> None:
     # 64 x 800 x 500 multiply-adds: over SPLIT_MACS, so the GEMM runs as two
     # halves of the batch; the result is still x W^T + b up to float32 sums.
-    from caffesolve.layers.common import SPLIT_MACS, SPLIT_ROWS
+    from caffesolve.layers.inner_product import SPLIT_MACS, SPLIT_ROWS
 
     assert 64 >= SPLIT_ROWS and 64 * 800 * 500 >= SPLIT_MACS
     layer = layer_from(

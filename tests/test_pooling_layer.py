@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from gradient_check import check_gradient
 
-from caffesolve import im2col as lowering
 from caffesolve import kernels
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
 from caffesolve.layers import create_layer
-from caffesolve.layers.vision import PoolingLayer
+from caffesolve.layers.pooling import PoolingLayer
+from caffesolve.ops import pooling as lowering
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import parse_prototxt_text
 

@@ -17,7 +17,6 @@ from solver_helpers import (
 
 from caffesolve import snapshot as snap
 from caffesolve.errors import ConfigError, SnapshotError
-from caffesolve.log import LOG
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import read_binaryproto
 
@@ -38,11 +37,8 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "ip2" bottom: "targets" top: 
 
 
 @pytest.fixture(autouse=True)
-def _quiet_and_data() -> None:
-    LOG.quiet = True
+def _quiet_and_data(quiet_log: None) -> None:
     FIXED["data"] = make_data(batches=5)
-    yield
-    LOG.quiet = False
 
 
 def generic_param(prefix: Path, **fields: object) -> caffe_pb2.SolverParameter:

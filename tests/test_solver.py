@@ -25,11 +25,8 @@ from caffesolve.solvers.base import SignalHandler, update_smoothed_loss
 
 
 @pytest.fixture(autouse=True)
-def _quiet_and_data() -> None:
-    LOG.quiet = True
+def _quiet_and_data(quiet_log: None) -> None:
     FIXED["data"] = make_data(batches=5)
-    yield
-    LOG.quiet = False
 
 
 def generic(**fields: object):
@@ -259,3 +256,92 @@ def test_debug_info_logs_forward_backward_at_display_iterations(
     assert all(float(v) >= 0 for *_, v in forward)
     backward = re.findall(r"\[Backward\] All net params", text)
     assert len(backward) == 2
+
+
+class Recorder:
+    """A SolverCallback that records what it sees: the first param's diff when
+    the gradients are ready, and the data at both hooks."""
+
+    def __init__(self, solver) -> None:
+        self.solver = solver
+        self.events: list[tuple[str, int]] = []
+        self.diffs: list[np.ndarray] = []
+        self.data_at_start: list[np.ndarray] = []
+        self.data_when_ready: list[np.ndarray] = []
+
+    def on_start(self) -> None:
+        blob = self.solver.net.learnable_params[0]
+        self.events.append(("on_start", self.solver.iter))
+        assert not blob.diff.any()  # cleared before the hook, filled after
+        self.data_at_start.append(blob.data.copy())
+
+    def on_gradients_ready(self) -> None:
+        blob = self.solver.net.learnable_params[0]
+        self.events.append(("on_gradients_ready", self.solver.iter))
+        self.diffs.append(blob.diff.copy())
+        self.data_when_ready.append(blob.data.copy())
+
+
+def test_callbacks_run_between_clear_backward_and_update() -> None:
+    # Caffe's Solver::Step: on_start after ClearParamDiffs, on_gradients_ready
+    # after the forward/backward passes and before ApplyUpdate.
+    solver = make_solver(generic(max_iter=3, momentum=0.0, weight_decay=0.0))
+    recorder = Recorder(solver)
+    solver.add_callback(recorder)
+    solver.step(3)
+    assert recorder.events == [
+        ("on_start", 0),
+        ("on_gradients_ready", 0),
+        ("on_start", 1),
+        ("on_gradients_ready", 1),
+        ("on_start", 2),
+        ("on_gradients_ready", 2),
+    ]
+    rate = np.float32(solver.param.base_lr)
+    for k in range(2):
+        # Not updated yet when the gradients are ready; plain SGD then moves
+        # the weights by exactly lr * diff before the next on_start.
+        np.testing.assert_array_equal(
+            recorder.data_when_ready[k], recorder.data_at_start[k]
+        )
+        assert recorder.diffs[k].any()
+        expected = recorder.data_at_start[k] - rate * recorder.diffs[k]
+        np.testing.assert_allclose(recorder.data_at_start[k + 1], expected, 1e-6)
+
+
+def test_net_after_backward_runs_once_per_layer_top_down() -> None:
+    solver = make_solver(generic(max_iter=1))
+    net = solver.net
+    seen: list[int] = []
+    net.add_after_backward(seen.append)
+    net.forward()
+    net.backward()
+    assert seen == list(range(len(net.layers) - 1, -1, -1))
+
+
+def test_non_root_solver_neither_tests_nor_snapshots(tmp_path: Path) -> None:
+    # Caffe::root_solver(): only the root runs TestAll and the periodic and
+    # final snapshots; the others train.
+    prefix = tmp_path / "snap"
+    param = generic(
+        max_iter=4,
+        test_interval=2,
+        test_iter=[1],
+        snapshot=2,
+        snapshot_prefix=str(prefix),
+    )
+    log, stream = quiet_log()
+    solver = make_solver(param, log=log)
+    solver.is_root = False
+    solver.solve()
+    assert solver.iter == 4
+    assert "Testing net" not in stream.getvalue()
+    assert list(tmp_path.iterdir()) == []
+    root, text = run_logged(param)
+    assert "Testing net" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "snap_iter_2.caffemodel",
+        "snap_iter_2.solverstate",
+        "snap_iter_4.caffemodel",
+        "snap_iter_4.solverstate",
+    ]

@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLES
 
 from caffesolve import log
 from caffesolve.errors import ConfigError
@@ -21,8 +22,6 @@ from caffesolve.solver_param import (
     validate_solver,
     warn_unimplemented,
 )
-
-EXAMPLES = Path(__file__).parents[2] / "shared" / "caffe-examples"
 
 NET = 'name: "tiny"\nlayer { name: "data" type: "Input" top: "data" }\n'
 BASE = 'net: "net.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 100\n'

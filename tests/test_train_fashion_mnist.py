@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from caffesolve import tools
 from caffesolve.cli import cli
 from caffesolve.log import LOG
-from caffesolve.solvers import tools
 
 ROOT = Path(__file__).resolve().parents[1]
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")

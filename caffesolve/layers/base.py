@@ -6,8 +6,9 @@ learnable `blobs`), then `reshape` (size the tops from the bottoms), then record
 the loss weight of each top. The Net calls `reshape` then `forward` on every
 pass, and `backward` with one propagate_down flag per bottom.
 
-Layer math takes its array module from its blobs (`array_module`) and keeps
-the dtype of its bottoms: float32 in nets, float64 in gradient-check tests.
+Layer math allocates with `self.xp`, the array module of the net's backend
+(caffesolve.backend), and keeps the dtype of its bottoms: float32 in nets,
+float64 in gradient-check tests.
 Param diffs accumulate (+=) over backward calls; bottom diffs are overwritten.
 """
 
@@ -18,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from caffesolve.blob import Blob
-from caffesolve.errors import ConfigError
+from caffesolve.errors import ConfigError, ShapeError
 from caffesolve.proto import caffe_pb2
 
 
@@ -40,6 +41,8 @@ class Layer:
     is_loss: ClassVar[bool] = False
     # False for layers whose top must not be their bottom (Split, Flatten...).
     allow_in_place: ClassVar[bool] = True
+    # The array module of the layer's blobs and buffers (caffesolve.backend).
+    xp: Any = np
 
     def __init__(
         self,
@@ -66,6 +69,39 @@ class Layer:
 
     def config_error(self, message: str) -> ConfigError:
         return ConfigError(f"{self.where()}: {message}")
+
+    def shape_error(self, message: str) -> ShapeError:
+        """A ShapeError naming this layer (a bottom that does not fit)."""
+        return ShapeError(f"{self.where()}: {message}")
+
+    # -- learnable blobs and buffers ------------------------------------------------
+
+    def fill(self, blob: Blob, filler: caffe_pb2.FillerParameter, field: str) -> None:
+        """Fill a new learnable blob from `filler` with the layer's rng; a
+        filler error names the layer and the field (`field`)."""
+        from caffesolve.fillers import fill
+
+        try:
+            fill(blob, filler, self.rng)
+        except ConfigError as e:
+            raise self.config_error(f"{field}: {e}") from None
+
+    def buffer(
+        self, name: str, shape: tuple[int, ...], dtype: Any, fill: float = 0.0
+    ) -> Any:
+        """A work array kept across iterations under `name`, made anew (filled
+        with `fill`: the zero borders of padded images stay zero) only when its
+        shape or dtype changes. `forget_buffers()` drops them all."""
+        buffers = self.__dict__.setdefault("_buffers", {})
+        buf = buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self.xp.full(shape, fill, dtype)
+            buffers[name] = buf
+        return buf
+
+    def forget_buffers(self) -> None:
+        """Drop every buffer made by `buffer` (their shapes are out of date)."""
+        self.__dict__["_buffers"] = {}
 
     # -- life cycle --------------------------------------------------------------
 

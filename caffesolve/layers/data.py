@@ -17,8 +17,7 @@ from caffesolve.data.db import Cursor, backend_at, open_cursor
 from caffesolve.data.lmdb_source import decode_datums
 from caffesolve.data.prefetch import Prefetcher
 from caffesolve.data.transformer import DataTransformer
-from caffesolve.errors import ConfigError, DataError, ShapeError
-from caffesolve.fillers import fill
+from caffesolve.errors import DataError
 from caffesolve.layers import register
 from caffesolve.layers.base import Layer
 from caffesolve.log import LOG
@@ -337,10 +336,7 @@ class DummyDataLayer(Layer):
 
     def _fill(self, blob: Blob, filler: caffe_pb2.FillerParameter) -> None:
         if blob.count:
-            try:
-                fill(blob, filler, self.rng)
-            except ConfigError as e:
-                raise self.config_error(f"data_filler: {e}") from None
+            self.fill(blob, filler, "dummy_data_param.data_filler")
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         """Tops keep the shapes set at setup (Caffe: no-op)."""
@@ -425,20 +421,18 @@ class MemoryDataLayer(Layer):
                         problem = f"has wrong {what}"
                         break
             if problem:
-                raise ShapeError(
-                    f"{self.where()}: {name} {problem} (memory_data_param: "
+                raise self.shape_error(
+                    f"{name} {problem} (memory_data_param: "
                     f"{self.channels}x{self.height}x{self.width}; got "
                     f"{getattr(arr, 'dtype', type(arr).__name__)} "
                     f"{'x'.join(map(str, np.shape(arr)))})"
                 )
         if data.shape[0] != labels.shape[0]:
-            raise ShapeError(
-                f"{self.where()}: data and labels must have the same first dimension"
-            )
+            raise self.shape_error("data and labels must have the same first dimension")
         if data.shape[0] % self.batch_size:
-            raise ShapeError(
-                f"{self.where()}: first dimensions of input arrays must be a "
-                f"multiple of batch size ({self.batch_size})"
+            raise self.shape_error(
+                "first dimensions of input arrays must be a multiple of batch "
+                f"size ({self.batch_size})"
             )
         self.reset(data, labels.reshape(-1), data.shape[0])
 
@@ -448,7 +442,7 @@ class MemoryDataLayer(Layer):
         """Caffe's Reset: read batches from `data` and `labels` (n rows) from
         row 0, without a transformation."""
         if n % self.batch_size:
-            raise ShapeError(f"{self.where()}: n must be a multiple of batch size")
+            raise self.shape_error("n must be a multiple of batch size")
         if self.layer_param.HasField("transform_param"):
             LOG.warning(
                 "memory_data_layer.cpp:86",

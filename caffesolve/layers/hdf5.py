@@ -269,9 +269,9 @@ class HDF5OutputLayer(Layer):
         data_shape = legacy_shape(bottom[0], self.where())
         label_shape = legacy_shape(bottom[1], self.where())
         if data_shape[0] != label_shape[0]:
-            raise ShapeError(
-                f"{self.where()}: data blob and label blob must have the same "
-                f"batch size ({data_shape[0]} and {label_shape[0]})"
+            raise self.shape_error(
+                "data blob and label blob must have the same batch size "
+                f"({data_shape[0]} and {label_shape[0]})"
             )
         LOG.info("hdf5_output_layer.cpp:40", f"Saving HDF5 file {self.file_name}")
         for name, blob, shape in (
@@ -286,8 +286,8 @@ class HDF5OutputLayer(Layer):
                 continue
             ds = self.file[name]
             if ds.shape[1:] != shape[1:]:
-                raise ShapeError(
-                    f"{self.where()}: bottom '{blob.name}' is "
+                raise self.shape_error(
+                    f"bottom '{blob.name}' is "
                     f"{'x'.join(map(str, shape))}, earlier batches in "
                     f"{self.file_name} were {'x'.join(map(str, ds.shape[1:]))} per row"
                 )

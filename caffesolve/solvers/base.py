@@ -30,6 +30,7 @@ from caffesolve.blob import Blob, proto_shape
 from caffesolve.errors import ConfigError, SnapshotError
 from caffesolve.log import LOG, Log
 from caffesolve.proto import caffe_pb2
+from caffesolve.weights import load_weights
 
 if TYPE_CHECKING:
     from caffesolve.net import Net
@@ -47,6 +48,23 @@ class SolverAction:
 
 
 ActionFunction = Callable[[], str]
+
+
+class SolverCallback:
+    """Caffe's Solver::Callback: hooks into every iteration of `step`.
+
+    `on_start` runs after the param diffs are cleared and any test pass, before
+    the forward/backward passes; `on_gradients_ready` runs after them (the
+    diffs are complete, the loss smoothed and displayed), before
+    `apply_update`. Both do nothing here; data-parallel training overrides
+    them (broadcast, gradient reduction), as Caffe's P2PSync and NCCL do.
+    """
+
+    def on_start(self) -> None:
+        """Before this iteration's forward/backward passes."""
+
+    def on_gradients_ready(self) -> None:
+        """After them, before ApplyUpdate."""
 
 
 def update_smoothed_loss(
@@ -108,7 +126,15 @@ class Solver:
         self.smoothed_loss = F32(0)
         self.last_snapshot_iter: int | None = None
         self.history: list[Blob] = []
+        self.callbacks: list[SolverCallback] = []
+        # Caffe::root_solver(): only the root tests, snapshots and logs the
+        # display lines; in one process it is always the root.
+        self.is_root = True
         self.pre_solve()
+
+    def add_callback(self, callback: SolverCallback) -> None:
+        """Caffe's add_callback: `callback`'s hooks run every iteration."""
+        self.callbacks.append(callback)
 
     # -- set-up ----------
 
@@ -155,7 +181,7 @@ class Solver:
                 path = path.strip()
                 if path:
                     self.log.info(*msg.finetuning_from(path))
-                    snap.load_weights(net, path)
+                    load_weights(net, path)
 
     def pre_solve(self) -> None:
         """Allocate the history blobs (SGDSolver and subclasses)."""
@@ -181,11 +207,15 @@ class Solver:
         start_iter = self.iter
         self.step(self.param.max_iter - self.iter)
         if (
-            self.param.snapshot_after_train or self.requested_early_exit
-        ) and self.last_snapshot_iter != self.iter:
+            (self.param.snapshot_after_train or self.requested_early_exit)
+            and self.last_snapshot_iter != self.iter
+            and self.is_root
+        ):
             self.snapshot()
         if self.requested_early_exit:
             self.log.info(*msg.optimization_stopped_early())
+            return
+        if not self.is_root:
             return
         if self.param.display and self.iter % self.param.display == 0:
             loss = F32(self.net.forward())
@@ -217,9 +247,12 @@ class Solver:
                 and self.iter % p.test_interval == 0
                 and (self.iter > 0 or p.test_initialization)
             ):
-                self.test_all()
+                if self.is_root:
+                    self.test_all()
                 if self.requested_early_exit:
                     break
+            for callback in self.callbacks:
+                callback.on_start()
             display = bool(p.display) and self.iter % p.display == 0
             self.net.debug_info = display and p.debug_info
             loss = F32(0)
@@ -233,7 +266,7 @@ class Solver:
                 self.iter - start_iter,
                 p.average_loss,
             )
-            if display:
+            if display and self.is_root:
                 lapse = time.perf_counter() - timer
                 per_s = (self.iter - iterations_last) / (lapse or 1.0)
                 self.log.info(
@@ -244,10 +277,12 @@ class Solver:
                 timer = time.perf_counter()
                 iterations_last = self.iter
                 self.log_outputs()
+            for callback in self.callbacks:
+                callback.on_gradients_ready()
             self.apply_update()
             request = self.get_requested_action()
             if (
-                p.snapshot and self.iter % p.snapshot == 0
+                p.snapshot and self.iter % p.snapshot == 0 and self.is_root
             ) or request == SolverAction.SNAPSHOT:
                 self.snapshot()
             if request == SolverAction.STOP:
@@ -320,10 +355,10 @@ class Solver:
         prefix = self.param.snapshot_prefix
         model_path = snap.model_filename(prefix, self.iter, fmt)
         self.log.info(*msg.snapshotting_model(model_path, hdf5))
-        snap.write_model(model_path, self.net, self.param.snapshot_diff)
+        snap.write_model(model_path, self.net, self.param.snapshot_diff, fmt)
         state_path = snap.state_filename(prefix, self.iter, fmt)
         self.log.info(*msg.snapshotting_solver_state(state_path, hdf5))
-        snap.write_solver_state(state_path, self.solver_state(model_path))
+        snap.write_solver_state(state_path, self.solver_state(model_path), fmt)
         self.last_snapshot_iter = self.iter
 
     def solver_state(self, model_path: str) -> caffe_pb2.SolverState:
@@ -350,7 +385,7 @@ class Solver:
         self.iter = state.iter
         if state.learned_net:
             model = snap.resolve_learned_net(state.learned_net, state_file)
-            snap.load_weights(self.net, model)
+            load_weights(self.net, model)
         self.current_step = state.current_step
         if len(state.history) != len(self.history):
             raise SnapshotError(

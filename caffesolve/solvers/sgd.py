@@ -46,7 +46,7 @@ def sgd_update(
     diff, saves allocating the local_rate*diff temporary. One compiled pass
     (kernels.py, the same bits) where it applies."""
     if _compiled_pass(diff, history):
-        kernel = kernels.compiled(kernels.sgd_update)
+        kernel = kernels.compiled(sgd_update_kernel)
         kernel(diff.reshape(-1), history.reshape(-1), F32(local_rate), F32(momentum))
         return
     history *= F32(momentum)
@@ -63,7 +63,7 @@ def l2_regularize(
     """L2 weight decay, in place: diff += local_decay * data (sgd_solver.cpp).
     One compiled pass (kernels.py, the same bits) where it applies."""
     if _compiled_pass(diff, data):
-        kernel = kernels.compiled(kernels.l2_regularize)
+        kernel = kernels.compiled(l2_regularize_kernel)
         kernel(diff.reshape(-1), data.reshape(-1), F32(local_decay))
         return
     diff += np.multiply(data, F32(local_decay), out=scratch)
@@ -109,7 +109,7 @@ class SGDSolver(Solver):
         """Caffe's PreSolve: zero history, one blob per learnable param (x blocks)."""
         params = self.net.learnable_params
         self.history = [
-            Blob(p.shape, name=f"history{b}_{i}")
+            Blob(p.shape, name=f"history{b}_{i}", xp=self.net.backend.xp)
             for b in range(self.history_blocks)
             for i, p in enumerate(params)
         ]
@@ -200,3 +200,27 @@ class SGDSolver(Solver):
             self.param.momentum,
             self.scratch(param_id),
         )
+
+
+# -- the compiled loops ------------------------------------------------------------
+#
+# The two element-wise steps of an SGD update in one pass each, over flat
+# contiguous arrays, instead of NumPy's one pass per operation. The operations
+# and their rounding are the NumPy path's (sgd.py): every product is rounded
+# to the array's type before the sum (scalars come as float32, as Caffe's
+# Dtype), so both give the same bits.
+
+
+def l2_regularize_kernel(diff, data, local_decay):  # type: ignore[no-untyped-def]
+    """diff += local_decay * data (Caffe's Regularize, L2)."""
+    for k in range(diff.size):
+        diff[k] += local_decay * data[k]
+
+
+def sgd_update_kernel(diff, history, local_rate, momentum):  # type: ignore[no-untyped-def]
+    """history = momentum * history + local_rate * diff; diff = history
+    (Caffe's SGD ComputeUpdateValue)."""
+    for k in range(diff.size):
+        h = momentum * history[k] + local_rate * diff[k]
+        history[k] = h
+        diff[k] = h

@@ -1,24 +1,20 @@
-"""Vision layers: Convolution and Pooling (conv_layer.cpp, base_conv_layer.cpp,
-pooling_layer.cpp).
+"""Convolution (Caffe's conv_layer.cpp over base_conv_layer.cpp).
 
-Both keep Caffe's parameters, checks, output sizes and arithmetic; the array
-work lives in caffesolve/im2col.py. Convolution lowers the whole batch at once,
-in one of three layouts (im2col.py): per-image columns with one stacked GEMM
-call (large planes, LeNet conv1); the row-shift matrix with one GEMM per
-output row (small planes, vertical stride 1, one group: LeNet conv2); or one
-batch-inner column matrix with one GEMM per group otherwise. Results differ
-from Caffe's only in the order of float32 sums. Buffers are kept across
-iterations, and the columns built by forward are reused by the weight
-gradient in backward (Caffe rebuilds them from the same bottom).
+Keeps Caffe's parameters, checks, output sizes and arithmetic; the array work
+lives in caffesolve/ops/conv.py and ops/row_shift.py. Convolution lowers the
+whole batch at once, in one of three layouts: per-image columns with one
+stacked GEMM call (large planes, LeNet conv1); the row-shift matrix with one
+GEMM per output row (small planes, vertical stride 1, one group: LeNet
+conv2); or one batch-inner column matrix with one GEMM per group otherwise.
+Results differ from Caffe's only in the order of float32 sums. Buffers are
+kept across iterations, and the columns built by forward are reused by the
+weight gradient in backward (Caffe rebuilds them from the same bottom).
 
 With more than one worker thread (caffesolve.backend.run_parallel), the
 convolution runs in independent pieces: forward by halves of the batch
 (per-image columns) or of the output rows (row shift), backward the weight
 and the data gradient side by side. Each piece writes its own outputs with
 the same GEMMs as the inline path, so results are the same bit for bit.
-MAX pooling over 2x2 windows with stride 2 (LeNet's, VGG's) runs compiled
-kernels (caffesolve/kernels.py); pooling stays inline (measured on 2 cores,
-splitting it was no faster).
 """
 
 from __future__ import annotations
@@ -30,8 +26,6 @@ from functools import partial
 import numpy as np
 import numpy.typing as npt
 
-from caffesolve import im2col as lowering
-from caffesolve import kernels
 from caffesolve.backend import (
     array_module,
     parallel_parts,
@@ -39,10 +33,20 @@ from caffesolve.backend import (
     split_range,
 )
 from caffesolve.blob import Blob
-from caffesolve.errors import ConfigError, ShapeError
-from caffesolve.im2col import ConvGeometry, PoolGeometry
+from caffesolve.errors import ShapeError
 from caffesolve.layers import register
 from caffesolve.layers.base import Layer
+from caffesolve.ops import conv as lowering
+from caffesolve.ops import row_shift
+from caffesolve.ops.conv import (
+    ConvGeometry,
+    conv_data_gemm,
+    conv_forward_gemm,
+    conv_weight_gemm,
+    per_image_data_gemm,
+    per_image_forward_gemm,
+    per_image_weight_products,
+)
 from caffesolve.proto import caffe_pb2
 
 Array = npt.NDArray[np.float32]
@@ -50,18 +54,6 @@ Array = npt.NDArray[np.float32]
 # Size of the pieces in which backward makes and folds back the column matrix
 # of the bottom diff (batch-inner lowering): small enough to stay in cache.
 COL_PIECE_BYTES = 1 << 21
-
-
-def _fill(
-    layer: Layer, blob: Blob, filler: caffe_pb2.FillerParameter, field: str
-) -> None:
-    """Fill a new learnable blob; a filler error names the layer and field."""
-    from caffesolve.fillers import fill
-
-    try:
-        fill(blob, filler, layer.rng)
-    except ConfigError as e:
-        raise layer.config_error(f"{field}: {e}") from None
 
 
 def _per_axis(
@@ -105,105 +97,6 @@ def _pair(
     return a, b
 
 
-# -- Convolution ----------------------------------------------------------------------
-
-
-def conv_forward_gemm(w: Array, col: Array, group: int, out: Array) -> None:
-    """out (M, cols) = W (M, K/group) x col (K, cols), group by group
-    (base_conv_layer.cpp forward_cpu_gemm)."""
-    xp = array_module(w)
-    if group == 1:
-        xp.matmul(w, col, out=out)
-        return
-    m, kg = w.shape
-    xp.matmul(
-        w.reshape(group, m // group, kg),
-        col.reshape(group, kg, -1),
-        out=out.reshape(group, m // group, -1),
-    )
-
-
-def conv_weight_gemm(dy: Array, col: Array, group: int) -> Array:
-    """dW (M, K/group) = dY (M, cols) x col^T, group by group
-    (weight_cpu_gemm, summed over the batch by the GEMM itself)."""
-    xp = array_module(dy)
-    if group == 1:
-        return xp.matmul(dy, col.T)
-    m, cols = dy.shape
-    k = col.shape[0]
-    return xp.matmul(
-        dy.reshape(group, m // group, cols),
-        col.reshape(group, k // group, cols).transpose(0, 2, 1),
-    ).reshape(m, k // group)
-
-
-def conv_data_gemm(w: Array, dy: Array, group: int, out: Array) -> None:
-    """dcol (K, cols) = W^T x dY, group by group (backward_cpu_gemm)."""
-    xp = array_module(w)
-    if group == 1:
-        xp.matmul(w.T, dy, out=out)
-        return
-    m, kg = w.shape
-    xp.matmul(
-        w.reshape(group, m // group, kg).transpose(0, 2, 1),
-        dy.reshape(group, m // group, -1),
-        out=out.reshape(group, kg, -1),
-    )
-
-
-def per_image_forward_gemm(w: Array, col: Array, group: int, out: Array) -> None:
-    """out (N, M, P) = W (M, K/group) x col[n] (K, P) for every image n,
-    group by group: forward_cpu_gemm per image, as Caffe runs it."""
-    xp = array_module(w)
-    if group == 1:
-        xp.matmul(w, col, out=out)
-        return
-    m, kg = w.shape
-    n, _, p = col.shape
-    xp.matmul(
-        w.reshape(group, m // group, kg),
-        col.reshape(n, group, kg, p),
-        out=out.reshape(n, group, m // group, p),
-    )
-
-
-def per_image_weight_products(dy: Array, col: Array, group: int, out: Array) -> None:
-    """out[n] (group, M/group, K/group) = dY[n] (M, P) x col[n]^T for every
-    image n, group by group: Caffe's weight_cpu_gemm of each image."""
-    xp = array_module(dy)
-    n, m, p = dy.shape
-    kg = col.shape[1] // group
-    xp.matmul(
-        dy.reshape(n, group, m // group, p),
-        col.reshape(n, group, kg, p).transpose(0, 1, 3, 2),
-        out=out,
-    )
-
-
-def per_image_weight_gemm(dy: Array, col: Array, group: int) -> Array:
-    """dW (M, K/group) = sum over images n of dY[n] (M, P) x col[n]^T,
-    group by group (weight_cpu_gemm, one per image, then added up)."""
-    xp = array_module(dy)
-    n, m, _ = dy.shape
-    kg = col.shape[1] // group
-    per_image = xp.empty((n, group, m // group, kg), dy.dtype)
-    per_image_weight_products(dy, col, group, per_image)
-    return per_image.sum(axis=0).reshape(m, kg)
-
-
-def per_image_data_gemm(w: Array, dy: Array, group: int, out: Array) -> None:
-    """dcol[n] (K, P) = W^T x dY[n] for every image n, group by group
-    (backward_cpu_gemm)."""
-    xp = array_module(w)
-    m, kg = w.shape
-    n, _, p = dy.shape
-    xp.matmul(
-        w.reshape(group, m // group, kg).transpose(0, 2, 1),
-        dy.reshape(n, group, m // group, p),
-        out=out.reshape(n, group, kg, p),
-    )
-
-
 def _row_shift_rows(
     w_rows: Array,
     shifted: Array,
@@ -217,7 +110,7 @@ def _row_shift_rows(
     """Output rows first_row .. stop_row - 1 of the row-shift forward GEMM,
     plus the bias (M, 1), into their columns of `y` and then their rows of
     the top (N, M, oh, ow): one piece of the forward."""
-    lowering.row_shift_forward(w_rows, shifted, g, y, first_row, stop_row)
+    row_shift.row_shift_forward(w_rows, shifted, g, y, first_row, stop_row)
     if bias is not None:
         width = shifted.shape[2]
         y[:, first_row * width : stop_row * width] += bias
@@ -297,15 +190,14 @@ class ConvolutionLayer(Layer):
             self._check_blobs(weight_shape)
         else:
             weight = Blob(weight_shape, dtype=dtype)
-            _fill(self, weight, p.weight_filler, "convolution_param.weight_filler")
+            self.fill(weight, p.weight_filler, "convolution_param.weight_filler")
             self.blobs = [weight]
             if self.bias_term:
                 bias = Blob((self.num_output,), dtype=dtype)
-                _fill(self, bias, p.bias_filler, "convolution_param.bias_filler")
+                self.fill(bias, p.bias_filler, "convolution_param.bias_filler")
                 self.blobs.append(bias)
         self.param_propagate_down = [True] * len(self.blobs)
         self.geometry: ConvGeometry | None = None
-        self._buffers: dict[str, Array] = {}
         self._cols: list[Array | None] = []
         self._col_valid: list[bool] = []
 
@@ -363,29 +255,20 @@ class ConvolutionLayer(Layer):
             # smaller row-shift matrix, one GEMM per output row (im2col.py);
             # one group only.
             self.row_shift = (
-                self.batch_inner and self.group == 1 and lowering.row_shift_ok(g)
+                self.batch_inner and self.group == 1 and row_shift.row_shift_ok(g)
             )
-            self._buffers = {}
+            self.forget_buffers()
             self._cols = [None] * len(bottom)
             self._col_valid = [False] * len(bottom)
 
     # -- buffers, kept across iterations ------------------------------------------
-
-    def _buffer(
-        self, name: str, shape: tuple[int, ...], dtype: np.dtype, fill: float = 0.0
-    ) -> Array:
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self.xp.full(shape, fill, dtype)  # zero borders of padded images
-            self._buffers[name] = buf
-        return buf
 
     def _col(self, i: int, dtype: np.dtype) -> Array:
         g = self.geometry
         assert g is not None
         col = self._cols[i]
         if self.row_shift:
-            shape = lowering.shifted_shape(g)
+            shape = row_shift.shifted_shape(g)
         elif not self.batch_inner:
             shape = lowering.per_image_shape(g)
         else:
@@ -404,7 +287,7 @@ class ConvolutionLayer(Layer):
         work = None
         if g.has_pad or self.batch_inner:
             shape = lowering.padded_shape(g, self.batch_inner)
-            work = self._buffer("image", shape, x.dtype)
+            work = self.buffer("image", shape, x.dtype)
         if not self.batch_inner:
             lowering.im2col_per_image(x, g, out=col, work=work)
         else:
@@ -418,11 +301,11 @@ class ConvolutionLayer(Layer):
         g = self.geometry
         assert g is not None
         col = self._col(i, x.dtype)
-        work = self._buffer("image", lowering.padded_shape(g, True), x.dtype)
+        work = self.buffer("image", lowering.padded_shape(g, True), x.dtype)
         parts = parallel_parts(col.nbytes, g.channels)
         run_parallel(
             [
-                partial(lowering.row_shift_columns, x, g, col, work, c0, c1)
+                partial(row_shift.row_shift_columns, x, g, col, work, c0, c1)
                 for c0, c1 in split_range(g.channels, parts)
             ]
         )
@@ -446,13 +329,13 @@ class ConvolutionLayer(Layer):
         assert g is not None
         w = self.blobs[0].data.reshape(self.num_output, -1)
         if self.row_shift:
-            w_rows = lowering.row_shift_weights(self.blobs[0].data)
+            w_rows = row_shift.row_shift_weights(self.blobs[0].data)
         for i, (b, t) in enumerate(zip(bottom, top)):
             x = self._bottom4(b.data, f"bottom '{b.name}' data")
             if not self.batch_inner:
                 self._forward_per_image(i, x, t, w)
                 continue
-            y = self._buffer("y", (self.num_output, g.col_cols), x.dtype)
+            y = self.buffer("y", (self.num_output, g.col_cols), x.dtype)
             bias = self.blobs[1].data[:, None] if self.bias_term else None
             out = self._top4(t.data, f"top '{t.name}' data")
             if self.row_shift:
@@ -483,14 +366,14 @@ class ConvolutionLayer(Layer):
         col = self._col(i, x.dtype)
         work = None
         if g.has_pad:
-            work = self._buffer("image", lowering.padded_shape(g, False), x.dtype)
+            work = self.buffer("image", lowering.padded_shape(g, False), x.dtype)
         top4 = self._top4(t.data, f"top '{t.name}' data")
         out = top4.reshape(g.num, self.num_output, -1)
         plane = None
         if self.bias_term:
             # Add a (M, oh*ow) plane of biases: a contiguous add, several
             # times faster than broadcasting bias[:, None].
-            plane = self._buffer("bias_plane", out.shape[1:], x.dtype)
+            plane = self.buffer("bias_plane", out.shape[1:], x.dtype)
             self.xp.copyto(plane, self.blobs[1].data[:, None])
 
         def images(n0: int, n1: int) -> None:
@@ -517,12 +400,12 @@ class ConvolutionLayer(Layer):
                 self._backward_per_image(i, t, propagate_down[i], b)
                 continue
             dtype = b.data.dtype
-            dy = self._buffer("dy", (self.num_output, g.col_cols), dtype)
+            dy = self.buffer("dy", (self.num_output, g.col_cols), dtype)
             top_diff = self._top4(t.diff, f"top '{t.name}' diff")
             lowering.nchw_to_columns(top_diff, self.batch_inner, dy)
             if self.bias_term and self.param_propagate_down[1]:
                 # Caffe's backward_cpu_bias: a GEMV of top diff with ones.
-                ones = self._buffer("ones", (g.col_cols,), dtype, fill=1.0)
+                ones = self.buffer("ones", (g.col_cols,), dtype, fill=1.0)
                 self.blobs[1].diff += self.xp.matmul(dy, ones)
             # The weight and the data gradient read the same dY and write
             # different arrays: one on each worker.
@@ -547,7 +430,7 @@ class ConvolutionLayer(Layer):
         assert g is not None
         weight = self.blobs[0]
         if self.row_shift:
-            weight.diff += lowering.row_shift_weight_gemm(dy, col, g)
+            weight.diff += row_shift.row_shift_weight_gemm(dy, col, g)
         else:
             dw = conv_weight_gemm(dy, col, self.group)
             weight.diff += dw.reshape(weight.shape)
@@ -567,7 +450,7 @@ class ConvolutionLayer(Layer):
         dy = top_diff.reshape(g.num, self.num_output, -1)
         if self.bias_term and self.param_propagate_down[1]:
             # Caffe's backward_cpu_bias: a GEMV per image with ones.
-            ones = self._buffer("ones", (dy.shape[2],), dy.dtype, fill=1.0)
+            ones = self.buffer("ones", (dy.shape[2],), dy.dtype, fill=1.0)
             self.blobs[1].diff += self.xp.matmul(dy, ones).sum(axis=0)
         pieces: list[Callable[[], None]] = []
         products = None
@@ -577,7 +460,7 @@ class ConvolutionLayer(Layer):
                 col = self._im2col(i, self._bottom4(b.data, "bottom data"))
             m, kg = self.num_output // self.group, col.shape[1] // self.group
             shape = (g.num, self.group, m, kg)
-            products = self._buffer("weight_products", shape, dy.dtype)
+            products = self.buffer("weight_products", shape, dy.dtype)
             parts = 1 if propagate_down else parallel_parts(col.nbytes, g.num)
             for n0, n1 in split_range(g.num, parts):
                 pieces.append(
@@ -592,14 +475,14 @@ class ConvolutionLayer(Layer):
         if propagate_down:
             bottom_diff = self._bottom4(b.diff, f"bottom '{b.name}' diff")
             if products is not None:
-                dcol = self._buffer("dcol", lowering.per_image_shape(g), dy.dtype)
+                dcol = self.buffer("dcol", lowering.per_image_shape(g), dy.dtype)
             else:
                 self._col_valid[i] = False  # its buffer is reused for the diff
                 dcol = self._col(i, dy.dtype)
             work = None
             if g.has_pad:
                 shape = lowering.padded_shape(g, False)
-                work = self._buffer("image_diff", shape, dy.dtype)
+                work = self.buffer("image_diff", shape, dy.dtype)
 
             def data_gradient() -> None:
                 per_image_data_gemm(w, dy, self.group, dcol)
@@ -620,23 +503,23 @@ class ConvolutionLayer(Layer):
         dtype = dy.dtype
         if self.row_shift:
             m = self.num_output
-            dy_rows = self._buffer("dy_rows", (g.out_h, m, g.out_w * g.num), dtype)
+            dy_rows = self.buffer("dy_rows", (g.out_h, m, g.out_w * g.num), dtype)
             self.xp.copyto(dy_rows, dy.reshape(m, g.out_h, -1).transpose(1, 0, 2))
-            shifted_diff = self._buffer(
-                "shifted_diff", lowering.shifted_shape(g), dtype
+            shifted_diff = self.buffer(
+                "shifted_diff", row_shift.shifted_shape(g), dtype
             )
-            acc = self._buffer("image_diff", lowering.padded_shape(g, True), dtype)
-            lowering.row_shift_backward_data(
+            acc = self.buffer("image_diff", lowering.padded_shape(g, True), dtype)
+            row_shift.row_shift_backward_data(
                 self.blobs[0].data, dy_rows, g, shifted_diff, acc, bottom_diff
             )
             return
         shape = lowering.padded_shape(g, True)
-        acc = self._buffer("image_diff", shape, dtype)
+        acc = self.buffer("image_diff", shape, dtype)
         acc[...] = 0
         block = lowering.col2im_row_block(g, dy.itemsize, COL_PIECE_BYTES)
         row_cols = g.out_w * g.num
         dy_rows = dy.reshape(self.num_output, g.out_h, row_cols)
-        piece = self._buffer("col_piece", (g.kernel_dim, block * row_cols), dtype)
+        piece = self.buffer("col_piece", (g.kernel_dim, block * row_cols), dtype)
         for y0 in range(0, g.out_h, block):
             rows = min(block, g.out_h - y0)
             if rows != block:
@@ -645,270 +528,3 @@ class ConvolutionLayer(Layer):
             conv_data_gemm(w, part, self.group, piece)
             lowering.col2im_add(piece, g, True, acc, y0, rows)
         lowering.col2im_finish(acc, g, True, bottom_diff)
-
-
-# -- Pooling ------------------------------------------------------------------------
-
-
-def _argmax_dtype(window: int) -> type:
-    """The smallest unsigned type holding window offsets 0 .. window-1."""
-    if window <= 256:
-        return np.uint8
-    if window <= 65536:
-        return np.uint16
-    return np.uint32
-
-
-def _max_pool_2x2(
-    x: Array, g: PoolGeometry, out: Array, argmax: npt.NDArray[np.integer] | None
-) -> None:
-    """MAX forward with the compiled 2x2 kernels (kernels.py), with the
-    argmax or (None) without it; inline: split between the workers it was no
-    faster (benchmarks/bench_vision.py)."""
-    planes = g.num * g.channels
-    x3 = x.reshape(planes, g.height, g.width)
-    out3 = out.reshape(planes, g.out_h, g.out_w)
-    if argmax is None:
-        kernels.compiled(kernels.max_pool_2x2_max)(x3, out3)
-        return
-    kernel = kernels.compiled(kernels.max_pool_2x2)
-    kernel(x3, out3, argmax.reshape(out3.shape))
-
-
-@register
-class PoolingLayer(Layer):
-    """Caffe's Pooling (pooling_layer.cpp), MAX or AVE over kernel windows
-    with stride and pad, or over the whole image with global_pooling.
-    Output size: ceil((in + 2*pad - kernel) / stride) + 1 (floor with
-    round_mode FLOOR), less one if the last window would start in the padding.
-    MAX takes the first maximum in window order and may output Caffe's mask
-    (index h*width + w) as a second top; backward routes each top diff to it.
-    AVE divides by the window clipped to in + pad; backward spreads evenly."""
-
-    type = "Pooling"
-    exact_num_bottom_blobs = 1
-    min_top_blobs = 1
-    max_top_blobs = 2
-
-    def __init__(
-        self,
-        param: caffe_pb2.LayerParameter,
-        phase: int = caffe_pb2.TRAIN,
-        rng: np.random.Generator | None = None,
-    ) -> None:
-        super().__init__(param, phase, rng)
-        # Caffe's MaxTopBlobs: MAX may also output its mask.
-        is_max = param.pooling_param.pool == caffe_pb2.PoolingParameter.MAX
-        self.max_top_blobs = 2 if is_max else 1
-
-    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
-        p = self.layer_param.pooling_param
-        P = caffe_pb2.PoolingParameter
-        if p.pool == P.STOCHASTIC:
-            raise self.config_error(
-                "pooling_param.pool STOCHASTIC is not supported (use MAX or AVE)"
-            )
-        if p.pool not in (P.MAX, P.AVE):
-            raise self.config_error(f"Unknown pooling method {p.pool}.")
-        self.pool = p.pool
-        self.global_pooling = bool(p.global_pooling)
-        has_kh, has_kw = p.HasField("kernel_h"), p.HasField("kernel_w")
-        if self.global_pooling:
-            if p.HasField("kernel_size") or has_kh or has_kw:
-                raise self.config_error(
-                    "With Global_pooling: true Filter size cannot specified"
-                )
-        else:
-            if p.HasField("kernel_size") and (has_kh or has_kw):
-                raise self.config_error(
-                    "Filter size is kernel_size OR kernel_h and kernel_w; not both"
-                )
-            if not (p.HasField("kernel_size") or (has_kh and has_kw)):
-                raise self.config_error(
-                    "pooling_param.kernel_size is required (For non-square "
-                    "filters both kernel_h and kernel_w are required.)"
-                )
-        has_ph, has_pw = p.HasField("pad_h"), p.HasField("pad_w")
-        if not (
-            (not p.HasField("pad") and has_ph and has_pw) or not (has_ph or has_pw)
-        ):
-            raise self.config_error("pad is pad OR pad_h and pad_w are required.")
-        has_sh, has_sw = p.HasField("stride_h"), p.HasField("stride_w")
-        if not (
-            (not p.HasField("stride") and has_sh and has_sw) or not (has_sh or has_sw)
-        ):
-            raise self.config_error(
-                "Stride is stride OR stride_h and stride_w are required."
-            )
-        if self.global_pooling:
-            self.kernel = (bottom[0].shape[-2], bottom[0].shape[-1])
-        elif p.HasField("kernel_size"):
-            self.kernel = (int(p.kernel_size), int(p.kernel_size))
-        else:
-            self.kernel = (int(p.kernel_h), int(p.kernel_w))
-        if min(self.kernel) <= 0:
-            raise self.config_error("Filter dimensions cannot be zero.")
-        self.pad = (int(p.pad_h), int(p.pad_w)) if has_ph else (int(p.pad),) * 2
-        if has_sh:
-            self.stride = (int(p.stride_h), int(p.stride_w))
-        else:
-            self.stride = (int(p.stride),) * 2
-        if min(self.stride) <= 0:
-            raise self.config_error("Stride dimensions cannot be zero.")
-        if self.global_pooling and (self.pad != (0, 0) or self.stride != (1, 1)):
-            raise self.config_error(
-                "With Global_pooling: true; only pad = 0 and stride = 1"
-            )
-        if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
-            raise self.config_error(
-                f"pad ({self.pad[0]}, {self.pad[1]}) must be smaller than the "
-                f"kernel ({self.kernel[0]}, {self.kernel[1]}) (pooling_param.pad)"
-            )
-        self.ceil_mode = p.round_mode == P.CEIL
-        self.geometry: PoolGeometry | None = None
-        self._buffers: dict[str, np.ndarray] = {}
-        self._argmax_valid = False
-
-    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
-        self.xp = array_module(bottom[0].data)  # numpy (CuPy later)
-        shape = bottom[0].shape
-        if len(shape) != 4:
-            raise ShapeError(
-                f"{self.where()}: Input must have 4 axes, corresponding to "
-                f"(num, channels, height, width) (bottom '{bottom[0].name}' is "
-                f"{bottom[0].shape_string()})"
-            )
-        n, c, h, w = shape
-        if self.global_pooling:
-            self.kernel = (h, w)
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
-        g = PoolGeometry(n, c, h, w, kh, kw, sh, sw, ph, pw, self.ceil_mode)
-        oh, ow = g.out_h, g.out_w
-        if oh <= 0 or ow <= 0:
-            raise ShapeError(
-                f"{self.where()}: kernel {kh}x{kw} is larger than the padded "
-                f"bottom {bottom[0].shape_string()}"
-            )
-        for t in top:
-            t.reshape((n, c, oh, ow))
-        if g != self.geometry:
-            self.geometry = g
-            self._buffers = {}
-            self._tile_buffers: lowering.TileBuffers | None = None
-            self._argmax_valid = False
-            if self.pool == caffe_pb2.PoolingParameter.AVE:
-                divisor = lowering.ave_pool_divisor(g, bottom[0].data.dtype)
-                self.divisor = self.xp.asarray(divisor)
-
-    def _buffer(
-        self, name: str, shape: tuple[int, ...], dtype: type, fill: float = 0
-    ) -> np.ndarray:
-        buf = self._buffers.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self.xp.full(shape, fill, dtype)
-            self._buffers[name] = buf
-        return buf
-
-    def _canvas(self, name: str, dtype: type, fill: float) -> np.ndarray | None:
-        """The padded canvas buffer, or None when windows stay in the image."""
-        g = self.geometry
-        assert g is not None
-        if not g.needs_canvas:
-            return None
-        shape = (g.num, g.channels, g.canvas_h, g.canvas_w)
-        return self._buffer(name, shape, dtype, fill)
-
-    def _tiles(self, dtype: type) -> lowering.TileBuffers | None:
-        """Buffers of the tiling path (NumPy arrays, windows that tile the
-        bottom: LeNet's 2x2 stride 2), or None for the general path."""
-        g = self.geometry
-        assert g is not None
-        if self.xp is not np or not lowering.pool_tiles(g):
-            return None
-        tiles = self._tile_buffers
-        if tiles is None or tiles.planes.dtype != dtype:
-            area = g.kernel_h * g.kernel_w
-            tiles = lowering.tile_buffers(g, dtype, _argmax_dtype(area))
-            self._tile_buffers = tiles
-        return tiles
-
-    def _compiled_2x2(self, x: Array, out: Array) -> bool:
-        """True when MAX pooling runs the compiled 2x2 kernels: 2x2 windows
-        with stride 2 tiling the bottom, and x and out (bottom and top, or
-        top diff and bottom diff) arrays the kernels take."""
-        g = self.geometry
-        assert g is not None
-        return (
-            g.kernel_h == g.kernel_w == 2
-            and lowering.pool_tiles(g)
-            and kernels.takes(x, out)
-        )
-
-    def _max_forward(self, x: Array, out: Array, with_argmax: bool) -> None:
-        g = self.geometry
-        assert g is not None
-        argmax = cols = None
-        area = g.kernel_h * g.kernel_w
-        if with_argmax:
-            argmax = self._buffer("argmax", out.shape, _argmax_dtype(area))
-        if self._compiled_2x2(x, out):
-            _max_pool_2x2(x, g, out, argmax)
-            self._argmax_valid = with_argmax
-            return
-        tiles = self._tiles(x.dtype)
-        if tiles is not None:
-            lowering.max_pool_tiles_forward(x, g, out, argmax, tiles)
-            self._argmax_valid = with_argmax
-            return
-        if with_argmax:
-            cols = self._buffer("windows", (area,) + out.shape, x.dtype)
-        work = self._canvas("canvas", x.dtype, -np.inf)
-        lowering.max_pool_forward(x, g, out, argmax, work, cols)
-        self._argmax_valid = with_argmax
-
-    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        g = self.geometry
-        assert g is not None
-        x, out = bottom[0].data, top[0].data
-        if self.pool == caffe_pb2.PoolingParameter.AVE:
-            work = self._canvas("canvas", x.dtype, 0.0)
-            divisor = self.divisor.astype(x.dtype, copy=False)
-            lowering.ave_pool_forward(x, g, divisor, out, work)
-            return
-        # A TEST net never runs backward: skip the argmax unless a mask is asked.
-        with_argmax = self.phase == caffe_pb2.TRAIN or len(top) > 1
-        self._max_forward(x, out, with_argmax)
-        if len(top) > 1:
-            argmax = self._buffers["argmax"]
-            top[1].data[...] = lowering.argmax_to_caffe_mask(argmax, g, x.dtype)
-
-    def backward(
-        self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
-    ) -> None:
-        if not propagate_down[0]:
-            return
-        g = self.geometry
-        assert g is not None
-        dy, dx = top[0].diff, bottom[0].diff
-        work = self._canvas("canvas_diff", dx.dtype, 0.0)
-        if self.pool == caffe_pb2.PoolingParameter.AVE:
-            divisor = self.divisor.astype(dx.dtype, copy=False)
-            lowering.ave_pool_backward(dy, g, divisor, dx, work)
-            return
-        if len(top) > 1:
-            # Caffe routes by the mask top's values when there is one.
-            lowering.caffe_mask_backward(dy, top[1].data, g, dx)
-            return
-        if not self._argmax_valid:
-            scratch = self.xp.empty(top[0].shape, bottom[0].data.dtype)
-            self._max_forward(bottom[0].data, scratch, True)
-        argmax = self._buffers["argmax"]
-        if self._compiled_2x2(dy, dx):
-            kernel = kernels.compiled(kernels.max_pool_2x2_backward)
-            kernel(dy.reshape(-1), argmax.reshape(-1), dx.reshape(-1), g.width)
-            return
-        tiles = self._tiles(dx.dtype)
-        if tiles is not None:
-            lowering.max_pool_tiles_backward(dy, argmax, g, dx, tiles)
-            return
-        lowering.max_pool_backward(dy, argmax, g, dx, work)

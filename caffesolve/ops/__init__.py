@@ -1,0 +1,1 @@
+"""Array functions that know no Blob, Layer or proto (Caffe's util/)."""

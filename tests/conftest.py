@@ -1,0 +1,61 @@
+"""Shared test helpers: layer construction, the CLI runner, a quiet log, and
+the paths of ../shared (Caffe's example prototxts, the MNIST test digits).
+
+Plain functions and constants are imported by the test modules
+(`from conftest import layer_from`); fixtures are found by pytest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from caffesolve.cli import cli
+from caffesolve.layers import Layer, create_layer
+from caffesolve.log import LOG
+from caffesolve.proto import caffe_pb2
+from caffesolve.proto.io import parse_prototxt_text
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+EXAMPLES = SHARED / "caffe-examples"  # Caffe's example and zoo prototxts
+MNIST_T10K = SHARED / "data" / "mnist-t10k"  # real MNIST test digits
+
+SEED = 1701  # Caffe's test seed
+
+
+def rng(seed: int = SEED) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def layer_from(text: str, phase: int = caffe_pb2.TRAIN, seed: int = SEED) -> Layer:
+    """A layer built from its LayerParameter text, with its own seeded rng."""
+    param = parse_prototxt_text(text, caffe_pb2.LayerParameter(), "<test>")
+    return create_layer(param, phase, rng(seed))
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """`caffesolve ARGS` in-process: (exit code, stdout, stderr)."""
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def varint(v: int) -> bytes:
+    """A protobuf varint, for wire bytes assembled by hand in the tests."""
+    out = b""
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out += bytes([b | (0x80 if v else 0)])
+        if not v:
+            return out
+
+
+@pytest.fixture
+def quiet_log() -> Iterator[None]:
+    """Silence the glog stream for the test (restored afterwards)."""
+    LOG.quiet = True
+    yield
+    LOG.quiet = False
