@@ -8,6 +8,7 @@ exit status 1 (a traceback only with --debug). Usage errors exit 2 (click).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -145,19 +146,25 @@ def _run_data(
     mirrors: tuple[str, ...],
     skip_checksum: bool,
 ) -> None:
+    """Get data set `name` and write its files; print their paths."""
+    from caffesolve.data.cifar10 import prepare_cifar10
     from caffesolve.data.datasets import DATASETS, default_reporter, prepare_dataset
 
-    dbs = prepare_dataset(
-        DATASETS[name],
+    prepare = (
+        prepare_cifar10
+        if name == "cifar10"
+        else functools.partial(prepare_dataset, DATASETS[name])
+    )
+    paths = prepare(
         out,
-        from_dir=from_dir,
+        from_dir,
         force=force,
         mirrors=list(mirrors) or None,
         verify=not skip_checksum,
         reporter=default_reporter(),
     )
-    for db in dbs.values():
-        click.echo(str(db))
+    for path in paths.values():
+        click.echo(str(path))
 
 
 @data_group.command("mnist")
@@ -213,19 +220,7 @@ def data_cifar10(
     converted as convert_cifar_data does, and the train set's mean as
     compute_image_mean writes it.
     """
-    from caffesolve.data.cifar10 import prepare_cifar10
-    from caffesolve.data.datasets import default_reporter
-
-    paths, _ = prepare_cifar10(
-        out,
-        from_path=from_dir,
-        force=force,
-        mirrors=list(mirrors) or None,
-        verify=not skip_checksum,
-        reporter=default_reporter(),
-    )
-    for path in paths.values():
-        click.echo(str(path))
+    _run_data("cifar10", out, from_dir, force, mirrors, skip_checksum)
 
 
 _backend_option = click.option(
@@ -319,7 +314,7 @@ def data_mean(db: str, out: str | None, backend: str, force: bool) -> None:
 
     reporter = default_reporter()
     if out is not None:
-        refuse_existing(out, force)
+        refuse_existing(out, force=force)
     mean = compute_image_mean(db, backend)
     reporter.line(f"Processed {mean.count} files.")
     if out is not None:

@@ -47,7 +47,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                               images, labels)  # fmt: skip
     batches = tmp_path_factory.mktemp("cifar")
     write_batches(batches, records=20)
-    prepare_cifar10(root / "data" / "cifar10", from_path=batches, verify=False)
+    prepare_cifar10(root / "data" / "cifar10", batches, verify=False)
     return root
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
-import lmdb
 import numpy as np
 import plyvel
 import pytest
 from conftest import varint
 from image_helpers import photos, write_images
+from test_datasets import read_lmdb
 
 from caffesolve.data.imageset import convert_imageset, read_image_list
 from caffesolve.errors import DataError
@@ -35,14 +35,6 @@ def caffe_raw_datum(img: np.ndarray, label: int) -> bytes:
 def caffe_encoded_datum(data: bytes, label: int) -> bytes:
     """ReadFileToDatum: data (4), label (5), encoded (7) = 1."""
     return b"\x22" + varint(len(data)) + data + b"\x28" + varint(label) + b"\x38\x01"
-
-
-def read_lmdb(path: Path) -> list[tuple[bytes, bytes]]:
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    with env.begin() as txn:
-        items = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
-    env.close()
-    return items
 
 
 def listed(tmp_path: Path, names: list[str], labels: list[int]) -> Path:

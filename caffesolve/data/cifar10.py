@@ -30,7 +30,7 @@ import numpy.typing as npt
 from caffesolve.data import db
 from caffesolve.data.datasets import Reporter, download_file
 from caffesolve.data.idx import verify_checksum
-from caffesolve.data.image_mean import ImageMean, compute_image_mean, write_mean
+from caffesolve.data.image_mean import compute_image_mean, write_mean
 from caffesolve.data.lmdb_source import datum_bytes
 from caffesolve.errors import DataError
 
@@ -169,27 +169,23 @@ def cifar_records(
 
 def prepare_cifar10(
     out: str | os.PathLike[str],
-    from_path: str | os.PathLike[str] | None = None,
+    from_dir: str | os.PathLike[str] | None = None,
     force: bool = False,
     mirrors: Sequence[str] | None = None,
     verify: bool = True,
     reporter: Reporter | None = None,
     retries: int = 3,
     retry_delay: float = 1.0,
-) -> tuple[dict[str, Path], ImageMean]:
-    """Get CIFAR-10 and write its two LMDBs and mean.binaryproto under `out`."""
+) -> dict[str, Path]:
+    """Get CIFAR-10 and write its two LMDBs and mean.binaryproto under `out`;
+    `from_dir` may be the tarball itself. Returns the three paths."""
     reporter = reporter or Reporter()
     out_dir = Path(out)
     paths = {name: out_dir / name for name in OUTPUTS}
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not force:
-        raise DataError(
-            f"{', '.join(existing)} already exist; pass --force to rebuild "
-            "(or use them as they are)"
-        )
+    db.refuse_existing(*paths.values(), force=force)
     raw, checked = fetch_batches(
         out_dir,
-        Path(from_path) if from_path is not None else None,
+        Path(from_dir) if from_dir is not None else None,
         mirrors,
         verify,
         reporter,
@@ -216,4 +212,4 @@ def prepare_cifar10(
     write_mean(paths["mean.binaryproto"], mean, force)
     for c, m in enumerate(mean.channel_means):
         reporter.line(f"mean_value channel [{c}]: {m:.6g}")
-    return {k: paths[k] for k in OUTPUTS}, mean
+    return paths

@@ -28,7 +28,7 @@ from typing import TextIO
 import numpy as np
 import numpy.typing as npt
 
-from caffesolve.data.db import build_atomic
+from caffesolve.data.db import build_atomic, refuse_existing
 from caffesolve.data.idx import read_mnist_pair, verify_checksum
 from caffesolve.data.lmdb_source import lmdb_exists, write_datum_lmdb
 from caffesolve.errors import DataError
@@ -376,12 +376,7 @@ def prepare_dataset(
     reporter = reporter or Reporter()
     out_dir = Path(out)
     dbs = {s: out_dir / ds.lmdb_name(s) for s in ("train", "test")}
-    existing = [str(p) for p in dbs.values() if p.exists()]
-    if existing and not force:
-        raise DataError(
-            f"{', '.join(existing)} already exist; pass --force to rebuild "
-            "(or use them as they are)"
-        )
+    refuse_existing(*dbs.values(), force=force)
     paths = fetch_files(
         ds,
         out_dir,

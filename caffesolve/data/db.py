@@ -95,11 +95,18 @@ def write_db(
         leveldb_source.write_leveldb(path, batches)
 
 
-def refuse_existing(path: str | os.PathLike[str], force: bool) -> None:
-    """Caffe's tools never overwrite without being asked: an existing `path`
-    is a DataError unless `force`."""
-    if Path(path).exists() and not force:
-        raise DataError(f"{path} already exists; pass --force to rebuild it")
+def refuse_existing(*paths: str | os.PathLike[str], force: bool) -> None:
+    """caffesolve's data tools never overwrite without being asked: an
+    existing output is a DataError unless `force`."""
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if force or not existing:
+        return
+    if len(existing) == 1:
+        raise DataError(f"{existing[0]} already exists; pass --force to rebuild it")
+    raise DataError(
+        f"{', '.join(existing)} already exist; pass --force to rebuild "
+        "(or use them as they are)"
+    )
 
 
 def build_atomic(
@@ -109,7 +116,7 @@ def build_atomic(
     `dest`. An existing `dest` is replaced only with `force` (and only once the
     new one is complete); on any failure the temporary folder is removed."""
     db = Path(dest)
-    refuse_existing(db, force)
+    refuse_existing(db, force=force)
     db.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{db.name}.", suffix=".tmp", dir=db.parent))
     try:

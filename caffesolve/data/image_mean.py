@@ -111,6 +111,6 @@ def write_mean(path: str | os.PathLike[str], mean: ImageMean, force: bool) -> No
     """mean.binaryproto, atomically; an existing file is replaced only with
     `force`."""
     p = Path(path)
-    db.refuse_existing(p, force)
+    db.refuse_existing(p, force=force)
     p.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(p, mean.blob.SerializeToString())

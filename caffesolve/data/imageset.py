@@ -135,7 +135,7 @@ def convert_imageset(
     count. Built in a temporary folder and renamed (db.build_atomic): an
     unreadable image or a size mismatch leaves nothing behind."""
     say = report or (lambda message: None)
-    refuse_existing(out, force)
+    refuse_existing(out, force=force)
     lines = read_image_list(list_file)
     if shuffle:
         say("Shuffling data")
