@@ -323,7 +323,9 @@ def test_leveldb_without_plyvel_names_the_extra(
 ) -> None:
     ldb = make_leveldb(tmp_path / "ldb", 2)
     monkeypatch.setitem(sys.modules, "plyvel", None)
-    with pytest.raises(DataError, match=r"pip install 'caffesolve\[leveldb\]'"):
+    with pytest.raises(
+        DataError, match=r"layer 'd' .Data.: LevelDB .*'caffesolve\[leveldb\]'"
+    ):
         leveldb_layer(ldb)
 
 

@@ -27,13 +27,13 @@ _OPTIONS = {
 }
 
 
-def plyvel_module() -> Any:
+def plyvel_module(where: str = "") -> Any:
     """The plyvel module, or a DataError naming the extra to install."""
     try:
         import plyvel
     except ModuleNotFoundError:
         raise DataError(
-            "LevelDB databases need the `plyvel` package: "
+            f"{where}LevelDB databases need the `plyvel` package: "
             "pip install 'caffesolve[leveldb]'"
         ) from None
     return plyvel
@@ -58,7 +58,7 @@ class _SharedDB:
 
     @classmethod
     def get(cls, path: str, where: str) -> _SharedDB:
-        plyvel = plyvel_module()
+        plyvel = plyvel_module(where)
         key = os.path.realpath(path)
         with cls._lock:
             shared = cls._open.get(key)
