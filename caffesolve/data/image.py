@@ -15,7 +15,7 @@ C = 1 for gray), as a cv::Mat is. Decoding follows cv::imread's three modes:
 - "unchanged" (-1; Datums decoded natively by the Data layer and
   compute_image_mean): the file's channels, 1, 3 or 4 (BGRA); no EXIF turn.
 
-Against opencv-python (3.4 and 5.0) on real photos this gives the same bytes
+Against opencv-python (3.4, 4.14, 5.0) on real photos this gives the same bytes
 in "color" mode for PNG and JPEG, and in "gray" mode for JPEG and for PNG
 without a colour profile; a PNG with a gAMA/iCCP profile differs by up to 35
 levels in "gray" mode with OpenCV 3.4 (its libpng converts in linear light).
