@@ -49,6 +49,8 @@ def create_layer(
 # Importing each family registers its layers.
 for _module in (
     "data",
+    "hdf5",
+    "image_data",
     "neuron",
     "conv",
     "pooling",
