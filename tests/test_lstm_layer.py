@@ -503,9 +503,12 @@ def test_sine_example_resumes_bit_identically(sine_workdir: Path) -> None:
 CAPTION_NET = """
 name: "LRCNLike"
 layer { name: "input" type: "Input" top: "words" top: "cont" top: "image"
-  top: "target" input_param { shape { dim: 6 dim: 4 dim: 8 } shape { dim: 6 dim: 4 }
+  top: "target" input_param { shape { dim: 6 dim: 4 } shape { dim: 6 dim: 4 }
   shape { dim: 4 dim: 5 } shape { dim: 6 dim: 4 } } }
-layer { name: "lstm1" type: "LSTM" bottom: "words" bottom: "cont" top: "lstm1"
+layer { name: "embed" type: "Embed" bottom: "words" top: "embedded"
+  embed_param { input_dim: 12 num_output: 8 bias_term: false
+    weight_filler { type: "uniform" min: -0.08 max: 0.08 } } }
+layer { name: "lstm1" type: "LSTM" bottom: "embedded" bottom: "cont" top: "lstm1"
   recurrent_param { num_output: 16
     weight_filler { type: "uniform" min: -0.08 max: 0.08 }
     bias_filler { type: "constant" value: 0 } } }
@@ -523,8 +526,8 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "predict" bottom: "target"
 
 
 def test_lrcn_style_captioning_net_learns() -> None:
-    """The shape of Caffe's LRCN captioning net (factored: an LSTM over the
-    words, a second LSTM with the image features as static input,
+    """The shape of Caffe's LRCN captioning net (factored: Embed and an LSTM
+    over the words, a second LSTM with the image features as static input,
     InnerProduct and SoftmaxWithLoss over axis 2 with ignore_label for the
     padding) learns its batch: the loss falls from ln(10) to under a tenth."""
     param = caffe_pb2.SolverParameter(
@@ -536,7 +539,7 @@ def test_lrcn_style_captioning_net_learns() -> None:
     solver = create_solver(param)
     rng = np.random.default_rng(0)
     net = solver.net
-    net.blob_by_name("words").data[...] = rng.uniform(-1, 1, (6, 4, 8))
+    net.blob_by_name("words").data[...] = rng.integers(0, 12, (6, 4))
     cont = np.ones((6, 4))
     cont[0] = 0
     net.blob_by_name("cont").data[...] = cont
