@@ -7,7 +7,7 @@ faster on LeNet's shapes (benchmarks/bench_vision.py --kernels
 compiled,numpy): MAX pooling 2x2/2 forward about 2.5x (4x without the
 argmax, in TEST nets) and backward about 2x, conv2's row-shift matrix about
 1.3x and its bottom-diff fold about 3.5x, SGD's decay and momentum steps
-about 2x, LSTMUnit's step about 2.5x to 20x (benchmarks/bench_recurrent.py;
+about 2x, LSTMUnit's step 2.7x to 21x (benchmarks/bench_recurrent.py;
 its NumPy twin asks libm for expf values, see ops/lstm_unit.py). Each kernel
 is Caffe's loop written out, with the comparisons and
 the float32 operations in the NumPy path's order, so both paths give the
