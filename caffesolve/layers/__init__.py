@@ -56,6 +56,7 @@ for _module in (
     "shape",
     "common",
     "loss",
+    "python",
 ):
     importlib.import_module(f"caffesolve.layers.{_module}")
 
