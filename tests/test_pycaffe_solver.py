@@ -14,6 +14,7 @@ from test_pycaffe_net import SIMPLE_NET
 import caffe
 from caffe.proto import caffe_pb2
 from caffesolve.errors import ConfigError
+from caffesolve.pycaffe import runtime
 from caffesolve.solvers.adam import AdamSolver as CoreAdam
 
 pytestmark = pytest.mark.usefixtures("quiet_log")
@@ -179,7 +180,10 @@ def test_solver_parameter_written_from_python(
     assert (tmp_path / "py_iter_4.caffemodel").is_file()  # snapshot_after_train
 
 
-def test_set_random_seed_makes_nets_repeat(tmp_path: Path) -> None:
+def test_set_random_seed_makes_nets_repeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(runtime._state, "rng", None)  # restored afterwards
     net_file = tmp_path / "net.prototxt"
     net_file.write_text(SIMPLE_NET)
     caffe.set_random_seed(1701)
