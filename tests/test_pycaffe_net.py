@@ -13,7 +13,6 @@ import pytest
 
 import caffe
 from caffesolve.errors import CaffesolveError, ConfigError, ShapeError
-from caffesolve.layers import LAYERS
 
 pytestmark = pytest.mark.usefixtures("quiet_log")
 
@@ -317,8 +316,6 @@ layer { type: 'InnerProduct' name: 'ip' bottom: 'data' top: 'ip'
 
 
 def test_set_input_arrays_feeds_memory_data(tmp_path: Path) -> None:
-    if "MemoryData" not in LAYERS:  # the layer comes with the data layers' branch
-        pytest.skip("the MemoryData layer is not in this build yet")
     net = caffe.Net(write(tmp_path, MEMORY_NET), caffe.TRAIN)
     data = np.arange(4 * 6, dtype=np.float32).reshape(4, 1, 2, 3)
     labels = np.array([3, 1, 4, 1], np.float32)

@@ -202,6 +202,20 @@ def test_keyword_routing() -> None:
         L.ReLU(top, no_such_field=1).to_proto()
 
 
+def test_zero_tops(tmp_path: Path) -> None:
+    """test_net_spec.py's silent net: DummyData tops eaten by Silence layers."""
+    n = caffe.NetSpec()
+    n.data, n.data2 = L.DummyData(shape=dict(dim=3), ntop=2)
+    n.silence_data = L.Silence(n.data, ntop=0)
+    n.silence_data2 = L.Silence(n.data2, ntop=0)
+    proto = n.to_proto()
+    assert [(layer.name, list(layer.top)) for layer in proto.layer] == [
+        ("data", ["data", "data2"]), ("silence_data", []), ("silence_data2", []),
+    ]  # fmt: skip
+    net = load(tmp_path, proto)
+    assert net.forward() == {} and net.outputs == []
+
+
 def test_type_error() -> None:
     data = L.Input(ntop=2)  # a 2-tuple of Tops
     with pytest.raises(
