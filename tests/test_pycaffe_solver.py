@@ -15,6 +15,8 @@ import caffe
 from caffe.proto import caffe_pb2
 from caffesolve.errors import ConfigError
 from caffesolve.pycaffe import runtime
+from caffesolve.pycaffe.solver import FACES
+from caffesolve.solvers import SOLVERS
 from caffesolve.solvers.adam import AdamSolver as CoreAdam
 
 pytestmark = pytest.mark.usefixtures("quiet_log")
@@ -152,6 +154,7 @@ def test_solver_classes_and_get_solver(tmp_path: Path, monkeypatch) -> None:
     plain = solver_file(tmp_path, momentum=0, name="plain")
     for cls in (caffe.AdaGradSolver, caffe.RMSPropSolver, caffe.AdaDeltaSolver):
         assert cls(plain)._solver.type == cls.solver_type
+    assert sorted(FACES) == sorted(SOLVERS)  # every solver type has its class
     bad = solver_file(tmp_path, extra='type: "Adamm"', name="bad")
     with pytest.raises(ConfigError, match="Unknown solver type: Adamm"):
         caffe.get_solver(bad)

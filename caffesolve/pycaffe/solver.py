@@ -150,16 +150,9 @@ class AdamSolver(SGDSolver):
     solver_type = "Adam"
 
 
+# The face of each solver type (SOLVERS' keys), for get_solver.
 FACES: dict[str, type[SGDSolver]] = {
-    cls.solver_type: cls  # type: ignore[misc]
-    for cls in (
-        SGDSolver,
-        NesterovSolver,
-        AdaGradSolver,
-        RMSPropSolver,
-        AdaDeltaSolver,
-        AdamSolver,
-    )
+    str(cls.solver_type): cls for cls in (SGDSolver, *SGDSolver.__subclasses__())
 }
 
 
