@@ -189,7 +189,7 @@ def draw_net_file(
     if not fmt:
         raise ConfigError(f"{out}: give the picture an extension (.png, .svg, .dot)")
     param = read_net_params_from_text_file(net_path)
-    _write(out, render(net_graph(param, rankdir, phase), fmt, str(out)))
+    write_picture(out, render(net_graph(param, rankdir, phase), fmt, str(out)))
 
 
 def render(graph: Any, fmt: str, where: str) -> bytes:
@@ -212,7 +212,8 @@ def render(graph: Any, fmt: str, where: str) -> bytes:
         ) from None
 
 
-def _write(out: str | os.PathLike[str], data: bytes) -> None:
+def write_picture(out: str | os.PathLike[str], data: bytes) -> None:
+    """Write the picture atomically; an unwritable path is a ConfigError."""
     try:
         atomic_write_bytes(out, data)
     except OSError as e:

@@ -10,7 +10,6 @@ extra) and Graphviz's `dot` for pictures (.dot / .raw text need neither).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from caffesolve import draw
@@ -63,4 +62,4 @@ def draw_net_to_file(
     """Draw the net into `filename`, in the format its extension names."""
     ext = str(filename).rsplit(".", 1)[-1]
     graph = get_pydot_graph(caffe_net, rankdir, phase=phase, display_lrm=display_lrm)
-    Path(filename).write_bytes(draw.render(graph, ext, str(filename)))
+    draw.write_picture(filename, draw.render(graph, ext, str(filename)))
