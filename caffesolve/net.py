@@ -229,7 +229,8 @@ class Net:
         if len(lp.blobs) and not layer.blobs:
             # Caffe's Layer constructor: blobs in the definition are the
             # layer's params (layers skip their fillers when blobs exist).
-            layer.blobs = [Blob(xp=self.backend.xp) for _ in lp.blobs]
+            # (Filled in place: a Python layer's list is also its own.)
+            layer.blobs.extend(Blob(xp=self.backend.xp) for _ in lp.blobs)
             for blob, proto in zip(layer.blobs, lp.blobs):
                 blob.from_proto(proto)
         self.layers.append(layer)
@@ -263,6 +264,8 @@ class Net:
         try:
             layer.setup(self.bottom_vecs[layer_id], self.top_vecs[layer_id])
         except (CaffesolveError, ValueError) as e:
+            if layer.runs_user_code and not isinstance(e, CaffesolveError):
+                raise  # the user's own exception, unchanged (as pycaffe)
             raise self._error(e, lp) from e
         self.log_info(124, f"Setting up {lp.name}")
         for top_id, top in enumerate(self.top_vecs[layer_id]):

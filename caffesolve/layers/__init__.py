@@ -62,6 +62,7 @@ for _module in (
     "logistic_loss",
     "margin_loss",
     "recurrent",
+    "python",
 ):
     importlib.import_module(f"caffesolve.layers.{_module}")
 

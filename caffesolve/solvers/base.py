@@ -100,7 +100,10 @@ class Solver:
         source: str = "<solver>",
         log: Log = LOG,
         action_function: ActionFunction | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
+        """`rng` is the Generator to use when random_seed is -1 (pycaffe's
+        caffe.set_random_seed); by default OS entropy seeds a new one."""
         self.param = param
         self.source = source
         self.log = log
@@ -111,8 +114,10 @@ class Solver:
         configure_blas_threads()
         self.log.info(*msg.initializing_solver(text_format.MessageToString(param)))
         self.check_param()
-        seed = param.random_seed if param.random_seed >= 0 else None
-        self.rng = np.random.default_rng(seed)
+        if param.random_seed >= 0 or rng is None:
+            seed = param.random_seed if param.random_seed >= 0 else None
+            rng = np.random.default_rng(seed)
+        self.rng = rng
         self.net: Net = self.init_train_net()
         self.test_nets: list[Net] = self.init_test_nets()
         # After the nets (Caffe checks before): a missing data source, which
