@@ -277,3 +277,69 @@ def test_dropout_ratio_zero_keeps_everything() -> None:
     y, dx = run(DROPOUT % 0.0, x, x, False)
     np.testing.assert_array_equal(y, x)
     np.testing.assert_array_equal(dx, x)
+
+
+# -- Caffe's own float arithmetic in TanH and Sigmoid ------------------------------
+
+
+def _libm_tanhf() -> object:
+    import ctypes
+    import ctypes.util
+
+    fn = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6").tanhf
+    fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
+    return fn
+
+
+def test_tanh_is_libm_tanhf_bit_for_bit() -> None:
+    # tanh_layer.cpp calls tanh(float), i.e. tanhf; NumPy's float32 tanh is
+    # off by an ulp for about a third of these.
+    from caffesolve import kernels
+
+    x = (np.random.default_rng(1701).normal(size=3000) * 3).astype(np.float32)
+    tanhf = _libm_tanhf()
+    expected = np.array([tanhf(float(v)) for v in x], np.float32)
+    layer = layer_from('name: "t" type: "TanH"')
+    bottom, top = Blob(x.shape), Blob(x.shape)
+    bottom.data[...] = x
+    with kernels.forced(numpy_paths=False):
+        if not kernels.enabled():
+            pytest.skip("numba not installed")
+        layer.setup([bottom], [top])
+        layer.forward([bottom], [top])
+    assert top.data.view(np.uint32).tolist() == expected.view(np.uint32).tolist()
+    with kernels.forced(numpy_paths=True):  # NumPy's tanh: within 2 ulps
+        layer.forward([bottom], [top])
+    np.testing.assert_array_max_ulp(top.data, expected, 2)
+
+
+def test_sigmoid_is_caffes_double_expression() -> None:
+    # sigmoid_layer.cpp: 0.5 * tanh(0.5 * x) + 0.5 with double literals, so
+    # the sum is double, rounded to float once; backward top_diff * sigmoid_x
+    # in float, times (1. - sigmoid_x) in double.
+    import math
+
+    from caffesolve import kernels
+
+    rng = np.random.default_rng(1701)
+    x = (rng.normal(size=2000) * 4).astype(np.float32)
+    dy = rng.normal(size=2000).astype(np.float32)
+    want_y = np.array([0.5 * math.tanh(0.5 * float(v)) + 0.5 for v in x], np.float32)
+    first = dy * want_y  # float32 products
+    want_dx = np.array(
+        [float(a) * (1.0 - float(y)) for a, y in zip(first, want_y)], np.float32
+    )
+    for numpy_paths in (False, True):
+        with kernels.forced(numpy_paths=numpy_paths):
+            layer = layer_from('name: "s" type: "Sigmoid"')
+            bottom, top = Blob(x.shape), Blob(x.shape)
+            bottom.data[...] = x
+            layer.setup([bottom], [top])
+            layer.forward([bottom], [top])
+            top.diff[...] = dy
+            layer.backward([top], [True], [bottom])
+        if numpy_paths:  # NumPy's double tanh may differ from libm's by an ulp
+            np.testing.assert_array_max_ulp(top.data, want_y, 1)
+            continue
+        assert top.data.tobytes() == want_y.tobytes()
+        assert bottom.diff.tobytes() == want_dx.tobytes()

@@ -14,6 +14,7 @@ import numpy.typing as npt
 from caffesolve.blob import Blob
 from caffesolve.layers import register
 from caffesolve.layers.base import Layer
+from caffesolve.ops import libm
 from caffesolve.proto import caffe_pb2
 
 Array = npt.NDArray[np.float32]
@@ -42,9 +43,9 @@ def relu(x: Array, negative_slope: float) -> Array:
 
 
 def sigmoid(x: Array) -> Array:
-    """Sigmoid: 0.5 * tanh(0.5 * x) + 0.5 (sigmoid_layer.cpp)."""
-    half = x.dtype.type(0.5)
-    return half * np.tanh(half * x) + half
+    """Sigmoid: 0.5 * tanh(0.5 * x) + 0.5, in double as Caffe's literals make
+    it (sigmoid_layer.cpp; ops/libm.py)."""
+    return libm.sigmoid(np.ascontiguousarray(x))
 
 
 # -- layers --------------------------------------------------------------------
@@ -87,7 +88,8 @@ class ReLULayer(NeuronLayer):
 
 @register
 class SigmoidLayer(NeuronLayer):
-    """Caffe's Sigmoid: y = 1 / (1 + exp(-x)); dx = dy * y * (1 - y)."""
+    """Caffe's Sigmoid: y = 0.5 * tanh(0.5 * x) + 0.5 (= 1 / (1 + exp(-x)));
+    dx = dy * y * (1 - y), with Caffe's double steps (ops/libm.py)."""
 
     type = "Sigmoid"
 
@@ -98,19 +100,22 @@ class SigmoidLayer(NeuronLayer):
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
     ) -> None:
         if propagate_down[0]:
+            # top_diff * sigmoid_x * (1. - sigmoid_x): the first product in
+            # Dtype, the second with a double literal, rounded once.
             y = top[0].data
-            bottom[0].diff[...] = top[0].diff * y * (1 - y)
+            part = (top[0].diff * y).astype(np.float64, copy=False)
+            grad = part * (1.0 - y.astype(np.float64, copy=False))
+            np.copyto(bottom[0].diff, grad, casting="same_kind")
 
 
 @register
 class TanHLayer(NeuronLayer):
-    """Caffe's TanH: y = tanh(x); dx = dy * (1 - y^2)."""
+    """Caffe's TanH: y = tanh(x) (libm's tanhf for float32); dx = dy * (1 - y^2)."""
 
     type = "TanH"
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        xp = self.xp
-        top[0].data[...] = xp.tanh(bottom[0].data)
+        top[0].data[...] = libm.tanh(np.ascontiguousarray(bottom[0].data))
 
     def backward(
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
