@@ -23,6 +23,7 @@ from caffesolve.proto.upgrade import (
 )
 
 if TYPE_CHECKING:
+    from caffesolve.layers.base import Layer
     from caffesolve.net import Net
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -46,6 +47,13 @@ def load_weights(net: Net, path: str | os.PathLike[str]) -> None:
     if not Path(path).exists():
         raise SnapshotError(f"{path}: weights file not found")
     copy_trained_layers_from(net, str(path))
+
+
+def _blob_count(layer: Layer) -> str:
+    """'3: mean, variance, moving-average factor', or '3' if not named."""
+    roles = layer.blob_roles()
+    count = str(len(layer.blobs))
+    return f"{count}: {', '.join(roles)}" if roles else count
 
 
 def copy_trained_layers_from(
@@ -80,9 +88,9 @@ def copy_trained_layers_from(
         where = f"{origin}: layer '{name}' ({target.layer_param.type})"
         if len(target.blobs) != len(source_layer.blobs):
             raise ShapeError(
-                f"{where}: Incompatible number of blobs for layer {name} "
+                f"{where}: blobs: Incompatible number of blobs for layer {name} "
                 f"(file has {len(source_layer.blobs)}, net has "
-                f"{len(target.blobs)})"
+                f"{_blob_count(target)})"
             )
         for j, (blob, proto) in enumerate(zip(target.blobs, source_layer.blobs)):
             file_shape = proto_shape(proto)
@@ -123,8 +131,8 @@ def copy_trained_layers_from_hdf5(net: Net, path: str | os.PathLike[str]) -> Non
             group = data[name]
             if len(group) > len(target.blobs):
                 raise ShapeError(
-                    f"{where}: Incompatible number of blobs for layer {name} "
-                    f"(file has {len(group)}, net has {len(target.blobs)})"
+                    f"{where}: blobs: Incompatible number of blobs for layer "
+                    f"{name} (file has {len(group)}, net has {_blob_count(target)})"
                 )
             for j, blob in enumerate(target.blobs):
                 if str(j) not in group:
