@@ -51,6 +51,7 @@ for _module in (
     "shape",
     "common",
     "loss",
+    "normalization",
 ):
     importlib.import_module(f"caffesolve.layers.{_module}")
 
