@@ -52,6 +52,7 @@ for _module in (
     "common",
     "loss",
     "normalization",
+    "scale",
 ):
     importlib.import_module(f"caffesolve.layers.{_module}")
 
