@@ -10,7 +10,7 @@ from conftest import layer_from
 from gradient_check import check_gradient, make_blob
 
 from caffesolve.blob import Blob
-from caffesolve.errors import ConfigError
+from caffesolve.errors import ConfigError, ShapeError
 from caffesolve.proto import caffe_pb2
 
 SHAPE = (2, 3, 4, 5)
@@ -277,3 +277,149 @@ def test_dropout_ratio_zero_keeps_everything() -> None:
     y, dx = run(DROPOUT % 0.0, x, x, False)
     np.testing.assert_array_equal(y, x)
     np.testing.assert_array_equal(dx, x)
+
+
+# -- PReLU (Caffe's TestPReLU* cases) -----------------------------------------------
+
+PRELU = 'name: "prelu" type: "PReLU" %s'
+
+
+def prelu_expected(x: np.ndarray, slopes: np.ndarray, shared: bool) -> np.ndarray:
+    """Caffe's TestPReLU check: max(x, 0) + slope_c * min(x, 0)."""
+    a = slopes.reshape(1, 1, 1, 1) if shared else slopes.reshape(1, -1, 1, 1)
+    return np.maximum(x, 0) + a * np.minimum(x, 0)
+
+
+def test_prelu_param() -> None:
+    """TestPReLUParam: one slope per channel, 0.25 by default."""
+    layer = layer_from(PRELU % "")
+    layer.setup([gaussian_blob()], [Blob()])
+    assert layer.blobs[0].shape == (3,)
+    np.testing.assert_array_equal(layer.blobs[0].data, 0.25)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_prelu_forward(shared: bool) -> None:
+    """TestPReLUForward (gaussian slopes), TestPReLUForwardChannelShared."""
+    text = PRELU % ("prelu_param { channel_shared: true }" if shared else "")
+    layer = layer_from(text)
+    bottom, top = gaussian_blob(), Blob(dtype=np.float64)
+    layer.setup([bottom], [top])
+    assert layer.blobs[0].shape == (() if shared else (3,))
+    if not shared:
+        layer.blobs[0].data[...] = np.random.default_rng(2).normal(size=3)
+    layer.forward([bottom], [top])
+    expected = prelu_expected(bottom.data, layer.blobs[0].data, shared)
+    np.testing.assert_array_equal(top.data, expected)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_prelu_gradient(shared: bool) -> None:
+    """TestPReLUGradient, TestPReLUGradientChannelShared (Caffe's checker
+    with kink 0, kink range 0.01)."""
+    text = PRELU % ("prelu_param { channel_shared: true }" if shared else "")
+    layer = layer_from(text)
+    bottom = gaussian_blob()
+    top = Blob(dtype=np.float64)
+    layer.setup([bottom], [top])
+    if not shared:
+        layer.blobs[0].data[...] = np.random.default_rng(2).normal(size=3)
+    check_gradient(layer, [bottom], [top], kink=0.0, kink_range=0.01, setup=False)
+
+
+def test_prelu_backward_hand_computed() -> None:
+    """Slope diff += sum of dy * x where x <= 0 (per channel); dx = dy where
+    x > 0, dy * slope elsewhere."""
+    layer = layer_from(PRELU % "prelu_param { filler { value: 0.5 } }")
+    x = Blob((1, 2, 2), dtype=np.float64)
+    x.data.ravel()[:] = [-2, 3, 0, -1]
+    top = Blob(dtype=np.float64)
+    layer.setup([x], [top])
+    layer.forward([x], [top])
+    np.testing.assert_array_equal(top.data.ravel(), [-1, 3, 0, -0.5])
+    top.diff.ravel()[:] = [1, 2, 3, 4]
+    layer.blobs[0].diff[...] = 1
+    layer.backward([top], [True], [x])
+    expected_slope_diff = [1 + 1 * -2, 1 + 3 * 0 + 4 * -1]
+    np.testing.assert_array_equal(layer.blobs[0].diff, expected_slope_diff)
+    np.testing.assert_array_equal(x.diff.ravel(), [0.5, 2, 1.5, 2])
+
+
+def test_prelu_consistency_relu() -> None:
+    """TestPReLUConsistencyReLU: default PReLU == ReLU with slope 0.25."""
+    x = gaussian_blob().data
+    dy = np.random.default_rng(5).normal(size=SHAPE)
+    y1, dx1 = run(PRELU % "", x, dy, False)
+    relu = 'name: "r" type: "ReLU" relu_param { negative_slope: 0.25 }'
+    y2, dx2 = run(relu, x, dy, False)
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(dx1, dx2)
+
+
+def test_prelu_in_place() -> None:
+    """TestPReLUInPlace: InnerProduct + PReLU in place gives the diffs of the
+    out-of-place pair (the slope diff is taken before the bottom diff
+    overwrites the shared top diff)."""
+    ip = (
+        'name: "ip" type: "InnerProduct" inner_product_param { num_output: 3 '
+        'weight_filler { type: "gaussian" } }'
+    )
+    x = gaussian_blob((2, 3, 4, 5))
+    dy = np.random.default_rng(5).normal(size=(2, 3))
+    results = []
+    for in_place in (False, True):
+        ip_layer, prelu = layer_from(ip, seed=9), layer_from(PRELU % "")
+        middle = Blob(dtype=np.float64)
+        top = middle if in_place else Blob(dtype=np.float64)
+        ip_layer.setup([x], [middle])
+        prelu.setup([middle], [top])
+        ip_layer.forward([x], [middle])
+        prelu.forward([middle], [top])
+        y = top.data.copy()
+        top.diff[...] = dy
+        prelu.backward([top], [True], [middle])
+        ip_layer.backward([middle], [True], [x])
+        blobs = [b.diff.copy() for b in ip_layer.blobs + prelu.blobs]
+        results.append((y, x.diff.copy(), blobs))
+    (y1, dx1, b1), (y2, dx2, b2) = results
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_allclose(dx1, dx2, rtol=1e-12)
+    for a, b in zip(b1, b2):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_prelu_checks() -> None:
+    with pytest.raises(ShapeError, match="Number of axes of bottom blob must be >=2"):
+        layer_from(PRELU % "").setup([Blob((4,))], [Blob()])
+    layer = layer_from(PRELU % "")
+    layer.blobs = [Blob((4,))]
+    with pytest.raises(ConfigError, match="Negative slope size is inconsistent"):
+        layer.setup([Blob((2, 3, 4))], [Blob()])
+
+
+def test_prelu_shared_slope_from_a_caffe_model(tmp_path) -> None:
+    """Caffe writes a channel_shared slope as a 0-axis blob: one value and no
+    shape field. It loads, and writing it again keeps the 0-axis shape."""
+    from caffesolve.net import Net
+    from caffesolve.proto.io import parse_prototxt_text
+
+    text = (
+        'layer { name: "data" type: "Input" top: "data" input_param { shape '
+        "{ dim: 1 dim: 2 dim: 3 } } }\n"
+        'layer { name: "prelu" type: "PReLU" bottom: "data" top: "out" '
+        "prelu_param { channel_shared: true } }\n"
+    )
+    param = parse_prototxt_text(text, caffe_pb2.NetParameter(), "<test>")
+    net = Net(param, caffe_pb2.TEST, quiet=True)
+    model = caffe_pb2.NetParameter()
+    layer = model.layer.add()
+    layer.name = "prelu"
+    layer.blobs.add().data.append(-0.5)  # no shape: Caffe's 0-axis blob
+    path = tmp_path / "prelu.caffemodel"
+    path.write_bytes(model.SerializeToString())
+    net.copy_trained_layers_from(path)
+    slope = net.layer_by_name("prelu").blobs[0]
+    assert slope.shape == () and float(slope.data) == -0.5
+    net.blob_by_name("data").data[...] = -2
+    net.forward()
+    np.testing.assert_array_equal(net.blob_by_name("out").data, 1)
