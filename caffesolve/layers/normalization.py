@@ -15,8 +15,10 @@ overwritten arrays in place).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,16 +47,15 @@ def _check_4d(layer: Layer, b: Blob) -> None:
 # -- LRN across channels --------------------------------------------------------------
 
 
-def window_sum(padded: Array, size: int, channels: int, out: Array) -> None:
-    """out[:, c] = padded[:, c] + padded[:, c + 1] + ... + padded[:, c + size - 1]
-    for c < channels: Caffe's running sum over a window of `size` channels,
-    added window by window (one pass per offset, no loop over channels)."""
+def window_sum(padded: Array, size: int, start: float, out: Array) -> None:
+    """out[:, c] = start + padded[:, c] + padded[:, c + 1] + ... + padded[:, c +
+    size - 1], added in that order: Caffe's running sums over a window of
+    `size` channels (its scale starts at k, its accumulated ratio at 0),
+    window by window, one pass per offset (no loop over channels)."""
     xp = array_module(padded)
-    if size == 1:
-        xp.copyto(out, padded[:, :channels])
-        return
-    xp.add(padded[:, :channels], padded[:, 1 : 1 + channels], out=out)
-    for j in range(2, size):
+    channels = out.shape[1]
+    xp.add(padded[:, :channels], out.dtype.type(start), out=out)
+    for j in range(1, size):
         out += padded[:, j : j + channels]
 
 
@@ -82,9 +83,7 @@ def lrn_across_forward(
     squares = padded[:, pre_pad : pre_pad + channels]
     xp.multiply(x, x, out=squares)
     squares *= t(alpha_over_size)
-    xp.add(padded[:, :channels], t(k), out=scale)
-    for j in range(1, size):
-        scale += padded[:, j : j + channels]
+    window_sum(padded, size, k, scale)
     xp.power(scale, t(neg_beta), out=power)
     xp.multiply(power, x, out=top)
 
@@ -112,7 +111,7 @@ def lrn_across_backward(
     ratio = padded[:, pre_pad : pre_pad + channels]
     xp.multiply(dy, y, out=ratio)
     ratio /= scale
-    window_sum(padded, size, channels, accum)
+    window_sum(padded, size, 0.0, accum)
     accum *= x
     accum *= t(-cache_ratio)
     xp.multiply(dy, power, out=dx)
@@ -238,6 +237,22 @@ class LRNLayer(Layer):
             return self.buffer("bottom_copy", bottom.shape, bottom.data.dtype)
         return bottom.data
 
+    def _run_parts(self, fn: Callable[..., None], *args: Any) -> None:
+        """fn on each part of the batch (self.parts), the parts on the
+        workers: the 4-D arrays among args are cut to the part, a
+        PoolGeometry gets the part's num, the rest go as they are."""
+
+        def cut(arg: Any, lo: int, hi: int) -> Any:
+            if isinstance(arg, PoolGeometry):
+                return replace(arg, num=hi - lo)
+            if getattr(arg, "ndim", 0) == 4:
+                return arg[lo:hi]
+            return arg
+
+        run_parallel(
+            [partial(fn, *(cut(a, lo, hi) for a in args)) for lo, hi in self.parts]
+        )
+
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         x = bottom[0].data
         shape, dtype = x.shape, x.dtype
@@ -246,51 +261,39 @@ class LRNLayer(Layer):
             saved = self._bottom_data(bottom[0], top[0])
             self.xp.copyto(saved, x)
             x = saved
-        out = top[0].data
         power = self.buffer("power", shape, dtype)
         if self.across:
             alpha_over_size, neg_beta, _ = self._constants(dtype.type)
             padded = self.buffer("padded", (n, c + self.size - 1, h, w), dtype)
             scale = self.buffer("scale", shape, dtype)
-            pieces = [
-                partial(
-                    lrn_across_forward,
-                    x[a:b],
-                    self.size,
-                    alpha_over_size,
-                    self.k,
-                    neg_beta,
-                    padded[a:b],
-                    scale[a:b],
-                    power[a:b],
-                    out[a:b],
-                )
-                for a, b in self.parts
-            ]
-        else:
-            g = self.geometry
-            assert g is not None
-            squares = self.buffer("squares", shape, dtype)
-            canvas = self.buffer("canvas", (n, c, g.canvas_h, g.canvas_w), dtype)
-            base = self.buffer("base", shape, dtype)
-            divisor = self.divisor.astype(dtype, copy=False)
-            pieces = [
-                partial(
-                    lrn_within_forward,
-                    x[a:b],
-                    replace(g, num=b - a),
-                    divisor,
-                    self.alpha,
-                    -self.beta,
-                    squares[a:b],
-                    canvas[a:b],
-                    base[a:b],
-                    power[a:b],
-                    out[a:b],
-                )
-                for a, b in self.parts
-            ]
-        run_parallel(pieces)
+            self._run_parts(
+                lrn_across_forward,
+                x,
+                self.size,
+                alpha_over_size,
+                self.k,
+                neg_beta,
+                padded,
+                scale,
+                power,
+                top[0].data,
+            )
+            return
+        g = self.geometry
+        assert g is not None
+        self._run_parts(
+            lrn_within_forward,
+            x,
+            g,
+            self.divisor.astype(dtype, copy=False),
+            self.alpha,
+            -self.beta,
+            self.buffer("squares", shape, dtype),
+            self.buffer("canvas", (n, c, g.canvas_h, g.canvas_w), dtype),
+            self.buffer("base", shape, dtype),
+            power,
+            top[0].data,
+        )
 
     def backward(
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
@@ -304,53 +307,38 @@ class LRNLayer(Layer):
         power = self.buffer("power", shape, dtype)
         if self.across:
             _, _, cache_ratio = self._constants(dtype.type)
-            scale = self.buffer("scale", shape, dtype)
-            padded = self.buffer("padded", (n, c + self.size - 1, h, w), dtype)
-            accum = self.buffer("accum", shape, dtype)
-            pieces = [
-                partial(
-                    lrn_across_backward,
-                    x[a:b],
-                    y[a:b],
-                    dy[a:b],
-                    scale[a:b],
-                    power[a:b],
-                    self.size,
-                    cache_ratio,
-                    padded[a:b],
-                    accum[a:b],
-                    dx[a:b],
-                )
-                for a, b in self.parts
-            ]
-        else:
-            g = self.geometry
-            assert g is not None
-            t = dtype.type
-            diff_scale = float(t(-self.beta) * t(self.alpha))  # PowerLayer's
-            base = self.buffer("base", shape, dtype)
-            work = self.buffer("squares", shape, dtype)
-            pooled_diff = self.buffer("pooled_diff", shape, dtype)
-            canvas = self.buffer("canvas_diff", (n, c, g.canvas_h, g.canvas_w), dtype)
-            divisor = self.divisor.astype(dtype, copy=False)
-            pieces = [
-                partial(
-                    lrn_within_backward,
-                    x[a:b],
-                    dy[a:b],
-                    replace(g, num=b - a),
-                    divisor,
-                    diff_scale,
-                    base[a:b],
-                    power[a:b],
-                    work[a:b],
-                    pooled_diff[a:b],
-                    canvas[a:b],
-                    dx[a:b],
-                )
-                for a, b in self.parts
-            ]
-        run_parallel(pieces)
+            self._run_parts(
+                lrn_across_backward,
+                x,
+                y,
+                dy,
+                self.buffer("scale", shape, dtype),
+                power,
+                self.size,
+                cache_ratio,
+                self.buffer("padded", (n, c + self.size - 1, h, w), dtype),
+                self.buffer("accum", shape, dtype),
+                dx,
+            )
+            return
+        g = self.geometry
+        assert g is not None
+        t = dtype.type
+        diff_scale = float(t(-self.beta) * t(self.alpha))  # the PowerLayer's
+        self._run_parts(
+            lrn_within_backward,
+            x,
+            dy,
+            g,
+            self.divisor.astype(dtype, copy=False),
+            diff_scale,
+            self.buffer("base", shape, dtype),
+            power,
+            self.buffer("squares", shape, dtype),  # free after forward: work
+            self.buffer("pooled_diff", shape, dtype),
+            self.buffer("canvas_diff", (n, c, g.canvas_h, g.canvas_w), dtype),
+            dx,
+        )
 
 
 # -- BatchNorm ------------------------------------------------------------------------
