@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import layer_from, rng
+from conftest import forward_backward, layer_from, rng, run_cli
 from gradient_check import check_gradient, make_blob
 
 from caffesolve import backend
@@ -117,20 +117,6 @@ def caffe_within_channel(
     return y, dx
 
 
-def run(text: str, x: Blob, dy: np.ndarray, in_place: bool = False):
-    """Forward and backward once; (top data, bottom diff)."""
-    layer = layer_from(text)
-    bottom = Blob(x.shape, dtype=x.data.dtype)
-    bottom.data[...] = x.data
-    top = bottom if in_place else Blob(dtype=x.data.dtype)
-    layer.setup([bottom], [top])
-    layer.forward([bottom], [top])
-    y = top.data.copy()
-    top.diff[...] = dy
-    layer.backward([top], [True], [bottom])
-    return y, bottom.diff.copy()
-
-
 # -- setup and forward --------------------------------------------------------
 
 
@@ -202,7 +188,7 @@ def test_across_channels_float32_matches_caffe_loops(size: int) -> None:
     x.data *= 10  # squares large enough for the sums' rounding to show
     dy = rng(7).normal(size=shape).astype(F32)
     text = ACROSS % f"local_size: {size} alpha: 0.0001 beta: 0.75 k: 2"
-    y, dx = run(text, x, dy)
+    y, dx = forward_backward(text, x.data, dy)
     ref_y, ref_dx = caffe_cross_channel(x.data, dy, size, 0.0001, 0.75, 2.0)
     assert y.dtype == dx.dtype == F32
     ulp = np.spacing(np.abs(ref_y))
@@ -219,7 +205,7 @@ def test_within_channel_float32_matches_caffe_layers() -> None:
     x.data *= 30
     dy = rng(7).normal(size=shape).astype(F32)
     text = WITHIN % "local_size: 3 alpha: 5e-05 beta: 0.75"
-    y, dx = run(text, x, dy)
+    y, dx = forward_backward(text, x.data, dy)
     ref_y, ref_dx = caffe_within_channel(x.data, dy, 3, 5e-05, 0.75)
     np.testing.assert_array_equal(y, ref_y)
     np.testing.assert_allclose(dx, ref_dx, rtol=4e-7, atol=1e-9)
@@ -250,8 +236,8 @@ def test_in_place_matches_out_of_place(text: str) -> None:
     copy, so in place gives the out-of-place numbers."""
     x = gaussian()
     dy = rng(3).normal(size=SHAPE).astype(F32)
-    y, dx = run(text, x, dy)
-    y2, dx2 = run(text, x, dy, in_place=True)
+    y, dx = forward_backward(text, x.data, dy)
+    y2, dx2 = forward_backward(text, x.data, dy, in_place=True)
     np.testing.assert_array_equal(y, y2)
     np.testing.assert_array_equal(dx, dx2)
 
@@ -266,7 +252,7 @@ def test_workers_give_the_same_bits(text: str) -> None:
     try:
         for n in (1, 2):
             backend.set_workers(n)
-            results.append(run(text, x, dy))
+            results.append(forward_backward(text, x.data, dy))
     finally:
         backend.set_workers(None)
     np.testing.assert_array_equal(results[0][0], results[1][0])
@@ -298,6 +284,8 @@ def test_even_local_size_is_an_error() -> None:
 
 
 def test_even_local_size_names_file_and_layer(tmp_path) -> None:
+    """Through the library and the CLI: one line naming the file, the layer
+    and the field; `caffesolve time` exits 1 without a traceback."""
     path = tmp_path / "net.prototxt"
     path.write_text(
         'layer { name: "data" type: "Input" top: "data" '
@@ -311,6 +299,11 @@ def test_even_local_size_names_file_and_layer(tmp_path) -> None:
     assert message.startswith(str(path))
     assert "layer 'norm1' (LRN)" in message and "lrn_param.local_size" in message
     assert "\n" not in message
+    code, _, err = run_cli("time", str(path), "--iterations", "1")
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert str(path) in last and "lrn_param.local_size" in last
+    assert "Traceback" not in err
 
 
 def test_bottom_must_be_4d() -> None:

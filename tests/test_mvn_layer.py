@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import layer_from, rng
+from conftest import forward_backward, layer_from, rng
 from gradient_check import check_gradient, make_blob
 
 from caffesolve.blob import Blob
@@ -103,21 +103,12 @@ def test_gradient(text: str) -> None:
 @pytest.mark.parametrize("variance", ["true", "false"])
 def test_in_place_matches_out_of_place(variance: str) -> None:
     text = MVN % f"mvn_param {{ normalize_variance: {variance} }}"
-    x = gaussian()
+    x = gaussian().data
     dy = rng(3).normal(size=SHAPE).astype(F32)
-    results = []
-    for in_place in (False, True):
-        b = Blob(SHAPE)
-        b.data[...] = x.data
-        top = b if in_place else Blob()
-        layer = layer_from(text)
-        layer.setup([b], [top])
-        layer.forward([b], [top])
-        top.diff[...] = dy
-        layer.backward([top], [True], [b])
-        results.append((top.data.copy(), b.diff.copy()))
-    np.testing.assert_array_equal(results[0][0], results[1][0])
-    np.testing.assert_array_equal(results[0][1], results[1][1])
+    y, dx = forward_backward(text, x, dy)
+    y2, dx2 = forward_backward(text, x, dy, in_place=True)
+    np.testing.assert_array_equal(y, y2)
+    np.testing.assert_array_equal(dx, dx2)
 
 
 def test_top_is_4d_as_caffe() -> None:

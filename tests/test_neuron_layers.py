@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import layer_from
+from conftest import forward_backward, layer_from
 from gradient_check import check_gradient, make_blob
 
 from caffesolve.blob import Blob
@@ -21,22 +21,6 @@ def gaussian_blob(shape: tuple[int, ...] = SHAPE, seed: int = 1701) -> Blob:
     b = Blob(shape, dtype=np.float64)
     b.data[...] = np.random.default_rng(seed).normal(size=shape)
     return b
-
-
-def run(
-    text: str, x: np.ndarray, dy: np.ndarray, in_place: bool, **kw: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Forward and backward once; return (top data, bottom diff)."""
-    layer = layer_from(text, **kw)
-    bottom = Blob(x.shape, dtype=x.dtype)
-    bottom.data[...] = x
-    top = bottom if in_place else Blob(dtype=x.dtype)
-    layer.setup([bottom], [top])
-    layer.forward([bottom], [top])
-    y = top.data.copy()
-    top.diff[...] = dy
-    layer.backward([top], [True], [bottom])
-    return y, bottom.diff.copy()
 
 
 # (prototxt, forward reference, derivative reference) for closed forms.
@@ -129,7 +113,7 @@ def test_forward_backward_closed_form(name: str, in_place: bool) -> None:
     text, f, df = CASES[name]
     x = gaussian_blob().data
     dy = np.random.default_rng(5).uniform(-1, 1, size=SHAPE)
-    y, dx = run(text, x, dy, in_place)
+    y, dx = forward_backward(text, x, dy, in_place)
     np.testing.assert_allclose(y, f(x), rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(dx, dy * df(x), rtol=1e-10, atol=1e-15)
 
@@ -147,7 +131,7 @@ def test_gradient(name: str) -> None:
 def test_absval() -> None:
     x = gaussian_blob().data
     dy = np.random.default_rng(5).uniform(-1, 1, size=SHAPE)
-    y, dx = run('name: "a" type: "AbsVal"', x, dy, False)
+    y, dx = forward_backward('name: "a" type: "AbsVal"', x, dy, False)
     np.testing.assert_array_equal(y, np.abs(x))
     np.testing.assert_array_equal(dx, np.sign(x) * dy)
     bottom = gaussian_blob((2, 3))
@@ -194,7 +178,7 @@ def test_float32_keeps_dtype(name: str) -> None:
     text, f, df = CASES[name]
     x = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
     dy = np.random.default_rng(5).uniform(-1, 1, size=SHAPE).astype(np.float32)
-    y, dx = run(text, x, dy, True)
+    y, dx = forward_backward(text, x, dy, True)
     assert y.dtype == np.float32 and dx.dtype == np.float32
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(y, f(x64), rtol=2e-5, atol=1e-6)
@@ -203,7 +187,9 @@ def test_float32_keeps_dtype(name: str) -> None:
 
 def test_sigmoid_extremes_are_finite() -> None:
     x = np.array([-1000.0, 0.0, 1000.0], np.float32)
-    y, _ = run('name: "s" type: "Sigmoid"', x, np.ones(3, np.float32), False)
+    y, _ = forward_backward(
+        'name: "s" type: "Sigmoid"', x, np.ones(3, np.float32), False
+    )
     np.testing.assert_array_equal(y, [0.0, 0.5, 1.0])
 
 
@@ -216,7 +202,7 @@ DROPOUT = 'name: "drop" type: "Dropout" dropout_param { dropout_ratio: %s }'
 def test_dropout_train(ratio: float) -> None:
     x = np.ones((100, 100))
     dy = np.full((100, 100), 2.0)
-    y, dx = run(DROPOUT % ratio, x, dy, False)
+    y, dx = forward_backward(DROPOUT % ratio, x, dy, False)
     scale = 1 / (1 - ratio)
     kept = y != 0
     np.testing.assert_allclose(y[kept], scale)
@@ -228,8 +214,8 @@ def test_dropout_train(ratio: float) -> None:
 def test_dropout_in_place_same_mask_as_out_of_place() -> None:
     x = gaussian_blob().data
     dy = np.random.default_rng(5).uniform(-1, 1, size=SHAPE)
-    y1, dx1 = run(DROPOUT % 0.5, x, dy, False)
-    y2, dx2 = run(DROPOUT % 0.5, x, dy, True)
+    y1, dx1 = forward_backward(DROPOUT % 0.5, x, dy, False)
+    y2, dx2 = forward_backward(DROPOUT % 0.5, x, dy, True)
     np.testing.assert_array_equal(y1, y2)
     np.testing.assert_array_equal(dx1, dx2)
 
@@ -238,7 +224,7 @@ def test_dropout_test_phase_is_identity() -> None:
     x = gaussian_blob().data
     dy = np.random.default_rng(5).uniform(-1, 1, size=SHAPE)
     for in_place in (False, True):
-        y, dx = run(DROPOUT % 0.5, x, dy, in_place, phase=caffe_pb2.TEST)
+        y, dx = forward_backward(DROPOUT % 0.5, x, dy, in_place, phase=caffe_pb2.TEST)
         np.testing.assert_array_equal(y, x)
         np.testing.assert_array_equal(dx, dy)
 
@@ -261,9 +247,9 @@ def test_dropout_gradient_with_fixed_mask() -> None:
 
 def test_dropout_same_seed_same_mask() -> None:
     x = np.ones((10, 10))
-    a, _ = run(DROPOUT % 0.5, x, x, False, seed=3)
-    b, _ = run(DROPOUT % 0.5, x, x, False, seed=3)
-    c, _ = run(DROPOUT % 0.5, x, x, False, seed=4)
+    a, _ = forward_backward(DROPOUT % 0.5, x, x, False, seed=3)
+    b, _ = forward_backward(DROPOUT % 0.5, x, x, False, seed=3)
+    c, _ = forward_backward(DROPOUT % 0.5, x, x, False, seed=4)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
@@ -274,7 +260,7 @@ def test_dropout_ratio_out_of_range() -> None:
 
 def test_dropout_ratio_zero_keeps_everything() -> None:
     x = gaussian_blob().data
-    y, dx = run(DROPOUT % 0.0, x, x, False)
+    y, dx = forward_backward(DROPOUT % 0.0, x, x, False)
     np.testing.assert_array_equal(y, x)
     np.testing.assert_array_equal(dx, x)
 
@@ -349,9 +335,9 @@ def test_prelu_consistency_relu() -> None:
     """TestPReLUConsistencyReLU: default PReLU == ReLU with slope 0.25."""
     x = gaussian_blob().data
     dy = np.random.default_rng(5).normal(size=SHAPE)
-    y1, dx1 = run(PRELU % "", x, dy, False)
+    y1, dx1 = forward_backward(PRELU % "", x, dy, False)
     relu = 'name: "r" type: "ReLU" relu_param { negative_slope: 0.25 }'
-    y2, dx2 = run(relu, x, dy, False)
+    y2, dx2 = forward_backward(relu, x, dy, False)
     np.testing.assert_array_equal(y1, y2)
     np.testing.assert_array_equal(dx1, dx2)
 
