@@ -7,47 +7,26 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from affine_helpers import (
+    BROADCASTS,
+    F32,
+    GAUSSIAN,
+    SHAPE,
+    diffs_in_and_out_of_place,
+    forward,
+    placed,
+    uniform,
+)
 from conftest import layer_from, rng
 from gradient_check import check_gradient, make_blob
 
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
 
-F32 = np.float32
-SHAPE = (2, 3, 4, 5)
 BIAS = 'name: "bias" type: "Bias" bias_param { %s }'
-GAUSSIAN = 'filler { type: "gaussian" }'
 
 
-def uniform(shape: tuple[int, ...], seed: int = 1701) -> Blob:
-    b = Blob(shape)
-    b.data[...] = rng(seed).uniform(1, 10, size=shape)
-    return b
-
-
-def placed(s: np.ndarray, axis: int, ndim: int) -> np.ndarray:
-    return s.reshape((1,) * axis + s.shape + (1,) * (ndim - axis - s.ndim))
-
-
-def forward(text: str, bottom: list[Blob], in_place: bool = False):
-    layer = layer_from(text)
-    top = bottom[0] if in_place else Blob()
-    layer.setup(bottom, [top])
-    layer.forward(bottom, [top])
-    return layer, top
-
-
-@pytest.mark.parametrize(
-    "axis, shape",
-    [
-        (0, SHAPE),  # TestForwardEltwise
-        (0, (2, 3)),  # TestForwardBroadcastBegin
-        (1, (3, 4)),  # TestForwardBroadcastMiddle
-        (2, (4, 5)),  # TestForwardBroadcastEnd
-        (1, ()),  # TestForwardBias
-        (2, ()),  # TestForwardBiasAxis2
-    ],
-)
+@pytest.mark.parametrize("axis, shape", BROADCASTS)
 @pytest.mark.parametrize("in_place", [False, True])
 def test_forward_two_bottoms(axis: int, shape: tuple[int, ...], in_place: bool) -> None:
     x, b = uniform(SHAPE), uniform(shape, seed=2)
@@ -76,15 +55,10 @@ def test_forward_with_param(params: str, axis: int, shape: tuple[int, ...]) -> N
 
 @pytest.mark.parametrize("axis, shape", [(0, SHAPE), (1, (3, 4))])
 def test_backward_in_place(axis: int, shape: tuple[int, ...]) -> None:
-    """TestBackwardEltwiseInPlace, TestBackwardBroadcastMiddleInPlace."""
+    """TestBackwardEltwiseInPlace, TestBackwardBroadcastMiddleInPlace: dx is
+    dy either way (in place: left as it is)."""
+    results = diffs_in_and_out_of_place(BIAS % f"axis: {axis}", shape)
     dy = rng(3).normal(size=SHAPE).astype(F32)
-    results = []
-    for in_place in (False, True):
-        x, b = uniform(SHAPE), uniform(shape, seed=2)
-        layer, top = forward(BIAS % f"axis: {axis}", [x, b], in_place)
-        top.diff[...] = dy
-        layer.backward([top], [True, True], [x, b])
-        results.append((x.diff.copy(), b.diff.copy()))
     np.testing.assert_array_equal(results[0][0], dy)
     np.testing.assert_array_equal(results[1][0], dy)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6)
@@ -107,17 +81,7 @@ def test_backward_hand_computed() -> None:
     np.testing.assert_array_equal(b.diff, [3, -0.5])
 
 
-@pytest.mark.parametrize(
-    "axis, shape",
-    [
-        (0, SHAPE),  # TestGradientEltwise
-        (0, (2, 3)),  # TestGradientBroadcastBegin
-        (1, (3, 4)),  # TestGradientBroadcastMiddle
-        (2, (4, 5)),  # TestGradientBroadcastEnd
-        (1, ()),  # TestGradientBias
-        (2, ()),  # TestGradientBiasAxis2
-    ],
-)
+@pytest.mark.parametrize("axis, shape", BROADCASTS)
 def test_gradient_two_bottoms(axis: int, shape: tuple[int, ...]) -> None:
     x = make_blob(SHAPE, rng(), low=1, high=10)
     b = make_blob(shape, rng(2), low=1, high=10)

@@ -11,6 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from affine_helpers import (
+    BROADCASTS,
+    F32,
+    GAUSSIAN,
+    SHAPE,
+    diffs_in_and_out_of_place,
+    forward,
+    placed,
+    uniform,
+)
 from conftest import layer_from, rng
 from gradient_check import check_gradient, make_blob
 
@@ -20,47 +30,14 @@ from caffesolve.net import Net
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import parse_prototxt_text
 
-F32 = np.float32
-SHAPE = (2, 3, 4, 5)
 SCALE = 'name: "scale" type: "Scale" scale_param { %s }'
-GAUSSIAN = 'filler { type: "gaussian" }'
 BIAS = 'bias_term: true bias_filler { type: "gaussian" }'
-
-
-def uniform(shape: tuple[int, ...], seed: int = 1701, dtype: type = F32) -> Blob:
-    """Caffe's test bottoms: uniform in [1, 10]."""
-    b = Blob(shape, dtype=dtype)
-    b.data[...] = rng(seed).uniform(1, 10, size=shape)
-    return b
-
-
-def placed(s: np.ndarray, axis: int, ndim: int) -> np.ndarray:
-    """s reshaped to broadcast against a blob of `ndim` axes from `axis`."""
-    return s.reshape((1,) * axis + s.shape + (1,) * (ndim - axis - s.ndim))
-
-
-def forward(text: str, bottom: list[Blob], in_place: bool = False):
-    layer = layer_from(text)
-    top = bottom[0] if in_place else Blob()
-    layer.setup(bottom, [top])
-    layer.forward(bottom, [top])
-    return layer, top
 
 
 # -- forward ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "axis, shape",
-    [
-        (0, SHAPE),  # TestForwardEltwise
-        (0, (2, 3)),  # TestForwardBroadcastBegin
-        (1, (3, 4)),  # TestForwardBroadcastMiddle
-        (2, (4, 5)),  # TestForwardBroadcastEnd
-        (1, ()),  # TestForwardScale
-        (2, ()),  # TestForwardScaleAxis2
-    ],
-)
+@pytest.mark.parametrize("axis, shape", BROADCASTS)
 @pytest.mark.parametrize("in_place", [False, True])
 def test_forward_two_bottoms(axis: int, shape: tuple[int, ...], in_place: bool) -> None:
     x, s = uniform(SHAPE), uniform(shape, seed=2)
@@ -120,14 +97,7 @@ def test_bias_with_a_scale_bottom_covers_its_axes() -> None:
 def test_backward_in_place(axis: int, shape: tuple[int, ...]) -> None:
     """TestBackwardEltwiseInPlace, TestBackwardBroadcastMiddleInPlace: the
     same bottom and scale diffs in place as out of place."""
-    dy = rng(3).normal(size=SHAPE).astype(F32)
-    results = []
-    for in_place in (False, True):
-        x, s = uniform(SHAPE), uniform(shape, seed=2)
-        layer, top = forward(SCALE % f"axis: {axis}", [x, s], in_place)
-        top.diff[...] = dy
-        layer.backward([top], [True, True], [x, s])
-        results.append((x.diff.copy(), s.diff.copy()))
+    results = diffs_in_and_out_of_place(SCALE % f"axis: {axis}", shape)
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6)
 
@@ -178,17 +148,7 @@ def test_learned_scale_diff_accumulates_as_caffe(
 # -- gradients ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "axis, shape",
-    [
-        (0, SHAPE),  # TestGradientEltwise
-        (0, (2, 3)),  # TestGradientBroadcastBegin
-        (1, (3, 4)),  # TestGradientBroadcastMiddle
-        (2, (4, 5)),  # TestGradientBroadcastEnd
-        (1, ()),  # TestGradientScale
-        (2, ()),  # TestGradientScaleAxis2
-    ],
-)
+@pytest.mark.parametrize("axis, shape", BROADCASTS)
 def test_gradient_two_bottoms(axis: int, shape: tuple[int, ...]) -> None:
     x = make_blob(SHAPE, rng(), low=1, high=10)
     s = make_blob(shape, rng(2), low=1, high=10)
