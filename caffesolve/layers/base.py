@@ -6,8 +6,9 @@ learnable `blobs`), then `reshape` (size the tops from the bottoms), then record
 the loss weight of each top. The Net calls `reshape` then `forward` on every
 pass, and `backward` with one propagate_down flag per bottom.
 
-Layer math takes its array module from its blobs (`array_module`) and keeps
-the dtype of its bottoms: float32 in nets, float64 in gradient-check tests.
+Layer math allocates with `self.xp`, the array module of the net's backend
+(caffesolve.backend), and keeps the dtype of its bottoms: float32 in nets,
+float64 in gradient-check tests.
 Param diffs accumulate (+=) over backward calls; bottom diffs are overwritten.
 """
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from caffesolve.backend import array_module
 from caffesolve.blob import Blob
 from caffesolve.errors import ShapeError
 from caffesolve.layers import register
@@ -57,7 +56,7 @@ class EltwiseLayer(Layer):
             top[0].reshape(bottom[0].shape)
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        xp = array_module(bottom[0].data)
+        xp = self.xp
         dtype = bottom[0].data.dtype.type
         if self.op == EltwiseOp.PROD:
             y = bottom[0].data * bottom[1].data
@@ -107,8 +106,7 @@ class EltwiseLayer(Layer):
 
 def softmax(x: Array, axis: int) -> Array:
     """exp(x - max) / sum(exp(x - max)) along `axis` (softmax_layer.cpp)."""
-    xp = array_module(x)
-    y = xp.exp(x - x.max(axis=axis, keepdims=True))
+    y = np.exp(x - x.max(axis=axis, keepdims=True))
     y /= y.sum(axis=axis, keepdims=True)
     return y
 

@@ -11,7 +11,6 @@ import numpy as np
 import numpy.typing as npt
 
 from caffesolve.backend import (
-    array_module,
     parallel_parts,
     run_parallel,
     split_range,
@@ -34,8 +33,7 @@ SPLIT_MACS = 1 << 22
 def inner_product_rows(x: Array, wt: Array, bias: Array | None, out: Array) -> None:
     """out (rows, N) = x (rows, K) x W^T (K, N) + bias: some rows of Caffe's
     InnerProduct forward GEMM (inner_product_layer.cpp)."""
-    xp = array_module(x)
-    xp.matmul(x, wt, out=out)
+    np.matmul(x, wt, out=out)
     if bias is not None:
         out += bias
 
@@ -68,11 +66,11 @@ class InnerProductLayer(Layer):
             return  # Caffe: "Skipping parameter initialization"
         dtype = bottom[0].data.dtype
         n, k = self.num_output, self.K
-        weight = Blob((k, n) if self.transpose else (n, k), dtype=dtype)
+        weight = Blob((k, n) if self.transpose else (n, k), dtype=dtype, xp=self.xp)
         self.fill(weight, p.weight_filler, "inner_product_param.weight_filler")
         self.blobs = [weight]
         if self.bias_term:
-            bias = Blob((n,), dtype=dtype)
+            bias = Blob((n,), dtype=dtype, xp=self.xp)
             self.fill(bias, p.bias_filler, "inner_product_param.bias_filler")
             self.blobs.append(bias)
         self.param_propagate_down = [True] * len(self.blobs)
@@ -105,7 +103,7 @@ class InnerProductLayer(Layer):
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         """top = x * W^T (+ bias broadcast over the M rows), GEMM straight into
         top's array (inner_product_layer.cpp Forward_cpu)."""
-        xp = array_module(bottom[0].data)
+        xp = self.xp
         x = bottom[0].data.reshape(self.M, self.K)
         w = self.blobs[0].data
         out = top[0].data
@@ -157,7 +155,7 @@ class InnerProductLayer(Layer):
     def _backward_weight(self, dy: Array, x: Array) -> None:
         """W diff += dy^T x (x^T dy with `transpose`), through a scratch
         product (Caffe's GEMM with beta = 1)."""
-        xp = array_module(dy)
+        xp = self.xp
         w_diff = self.blobs[0].diff
         product = self._scratch(w_diff)
         if self.transpose:
@@ -168,7 +166,7 @@ class InnerProductLayer(Layer):
 
     def _backward_data(self, dy: Array, b: Blob) -> None:
         """bottom diff = dy * W (dy * W^T with `transpose`)."""
-        xp = array_module(dy)
+        xp = self.xp
         w = self.blobs[0].data
         w = w.T if self.transpose else w
         if b.diff.flags.c_contiguous:
@@ -181,6 +179,6 @@ class InnerProductLayer(Layer):
         result is added to it (Caffe's GEMM with beta = 1)."""
         buf = getattr(self, "_product", None)
         if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
-            buf = array_module(like).empty_like(like)
+            buf = self.xp.empty_like(like)
             self._product = buf
         return buf

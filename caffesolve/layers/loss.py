@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from caffesolve.backend import array_module
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, DataError, ShapeError
 from caffesolve.layers import register
@@ -146,10 +145,9 @@ def valid_labels(
         if labels.size and (labels.min() < 0 or labels.max() >= n):
             check_labels(layer, labels, labels == labels, n)  # names the label
         return labels, None
-    xp = array_module(labels)
     valid = labels != ignore_label
     check_labels(layer, labels, valid, n)
-    return xp.where(valid, labels, 0), valid
+    return np.where(valid, labels, 0), valid
 
 
 def label_blob_check(layer: Layer, bottom: list[Blob], axis: int) -> tuple[int, int]:
@@ -219,7 +217,7 @@ class SoftmaxWithLossLayer(LossLayer):
         self, labels: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Fancy index of prob[i, label[i, j], j] in the (outer, C, inner) view."""
-        xp = array_module(labels)
+        xp = self.xp
         outer = xp.arange(self.outer_num).reshape(-1, 1, 1)
         inner = xp.arange(self.inner_num).reshape(1, 1, -1)
         return outer, labels, inner
@@ -230,7 +228,7 @@ class SoftmaxWithLossLayer(LossLayer):
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         x = bottom[0].data
-        xp = array_module(x)
+        xp = self.xp
         self.prob = softmax(x, self.axis)
         prob3 = self.prob.reshape(self.outer_num, -1, self.inner_num)
         labels, valid = self._labels(bottom)
@@ -275,9 +273,8 @@ class SoftmaxWithLossLayer(LossLayer):
 def sigmoid_cross_entropy(x: Array, t: Array) -> Array:
     """Per-element loss in Caffe's stable form:
     -(x * (t - (x >= 0)) - log(1 + exp(x - 2 * x * (x >= 0))))."""
-    xp = array_module(x)
     pos = (x >= 0).astype(x.dtype)
-    return -(x * (t - pos) - xp.log(1 + xp.exp(x - 2 * x * pos)))
+    return -(x * (t - pos) - np.log(1 + np.exp(x - 2 * x * pos)))
 
 
 @register
@@ -308,7 +305,7 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
 
     def _valid(self, target: Array) -> np.ndarray:
         if self.ignore_label is None:
-            return array_module(target).ones(target.shape, bool)
+            return self.xp.ones(target.shape, bool)
         return integer_labels(target) != self.ignore_label
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
@@ -316,7 +313,7 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
         t = bottom[1].data.reshape(x.shape).astype(x.dtype, copy=False)
         self.sigmoid_output = sigmoid(x)
         valid = self._valid(t)
-        xp = array_module(x)
+        xp = self.xp
         loss = xp.where(valid, sigmoid_cross_entropy(x, t), 0).sum(dtype=x.dtype)
         self.normalizer = get_normalizer(
             self.normalization, self.outer_num, self.inner_num, int(valid.sum())
@@ -386,7 +383,7 @@ class AccuracyLayer(Layer):
             self.outer_num, 1, self.inner_num
         )
         labels, valid = valid_labels(self, labels, self.ignore_label, num_labels)
-        xp = array_module(scores)
+        xp = self.xp
         true_score = xp.take_along_axis(scores, labels, axis=1)
         better = (scores >= true_score).sum(axis=1, keepdims=True) - 1
         right = better < self.top_k

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from caffesolve.backend import array_module, parallel_parts, run_parallel, split_range
+from caffesolve.backend import parallel_parts, run_parallel, split_range
 from caffesolve.blob import Blob
 from caffesolve.layers import register
 from caffesolve.layers.base import Layer
@@ -52,9 +52,8 @@ def window_sum(padded: Array, size: int, start: float, out: Array) -> None:
     size - 1], added in that order: Caffe's running sums over a window of
     `size` channels (its scale starts at k, its accumulated ratio at 0),
     window by window, one pass per offset (no loop over channels)."""
-    xp = array_module(padded)
     channels = out.shape[1]
-    xp.add(padded[:, :channels], out.dtype.type(start), out=out)
+    np.add(padded[:, :channels], out.dtype.type(start), out=out)
     for j in range(1, size):
         out += padded[:, j : j + channels]
 
@@ -76,16 +75,15 @@ def lrn_across_forward(
     H, W) has zero borders; `scale` and `power` (scale^-beta) are kept for
     backward. alpha/size is Caffe's float quotient, each square scaled before
     it is added."""
-    xp = array_module(x)
     t = x.dtype.type
     pre_pad = (size - 1) // 2
     channels = x.shape[1]
     squares = padded[:, pre_pad : pre_pad + channels]
-    xp.multiply(x, x, out=squares)
+    np.multiply(x, x, out=squares)
     squares *= t(alpha_over_size)
     window_sum(padded, size, k, scale)
-    xp.power(scale, t(neg_beta), out=power)
-    xp.multiply(power, x, out=top)
+    np.power(scale, t(neg_beta), out=power)
+    np.multiply(power, x, out=top)
 
 
 def lrn_across_backward(
@@ -104,17 +102,16 @@ def lrn_across_backward(
     dx = dy * scale^-beta - cache_ratio * x * sum over the window of
     (dy * y / scale), cache_ratio = 2 * alpha * beta / size. dx may be dy
     (in place): it is written last."""
-    xp = array_module(x)
     t = x.dtype.type
     pre_pad = (size - 1) // 2
     channels = x.shape[1]
     ratio = padded[:, pre_pad : pre_pad + channels]
-    xp.multiply(dy, y, out=ratio)
+    np.multiply(dy, y, out=ratio)
     ratio /= scale
     window_sum(padded, size, 0.0, accum)
     accum *= x
     accum *= t(-cache_ratio)
-    xp.multiply(dy, power, out=dx)
+    np.multiply(dy, power, out=dx)
     dx += accum
 
 
@@ -138,14 +135,13 @@ def lrn_within_forward(
     window inside the image / size^2), Power (base = 1 + alpha * average;
     power = base^-beta; k is not used) and Eltwise PROD (top = x * power).
     `base` and `power` are kept for backward."""
-    xp = array_module(x)
     t = x.dtype.type
-    xp.multiply(x, x, out=squares)
+    np.multiply(x, x, out=squares)
     pool_ops.ave_pool_forward(squares, g, divisor, base, canvas)
     base *= t(alpha)
     base += t(1)
-    xp.power(base, t(neg_beta), out=power)
-    xp.multiply(x, power, out=top)
+    np.power(base, t(neg_beta), out=power)
+    np.multiply(x, power, out=top)
 
 
 def lrn_within_backward(
@@ -166,15 +162,14 @@ def lrn_within_backward(
     gives (-beta * alpha) * (power / base) * that to the average; AVE pooling
     spreads it over each window / size^2; the square gives it times 2x; the
     Split adds the two paths. dx may be dy (in place): it is written last."""
-    xp = array_module(x)
     t = x.dtype.type
-    xp.divide(power, base, out=pooled_diff)
+    np.divide(power, base, out=pooled_diff)
     pooled_diff *= t(power_diff_scale)
-    xp.multiply(dy, x, out=work)
+    np.multiply(dy, x, out=work)
     pooled_diff *= work
     pool_ops.ave_pool_backward(pooled_diff, g, divisor, work, canvas)
     work *= t(2) * x
-    xp.multiply(dy, power, out=dx)
+    np.multiply(dy, power, out=dx)
     dx += work
 
 
@@ -209,7 +204,6 @@ class LRNLayer(Layer):
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         _check_4d(self, bottom[0])
-        self.xp = array_module(bottom[0].data)
         if top[0] is not bottom[0]:
             top[0].reshape(bottom[0].shape)
         n, c, h, w = bottom[0].shape
@@ -399,8 +393,8 @@ class BatchNormLayer(Layer):
         else:
             dtype = b.data.dtype
             c = self.channels
-            self.blobs = [Blob((c,), dtype=dtype), Blob((c,), dtype=dtype)]
-            self.blobs.append(Blob((1,), dtype=dtype))
+            shapes = [(c,), (c,), (1,)]
+            self.blobs = [Blob(shape, dtype=dtype, xp=self.xp) for shape in shapes]
         # Mask the statistics from the solver: lr_mult 0 for each blob, in
         # the layer's own LayerParameter (Caffe's Layer holds a copy).
         param = caffe_pb2.LayerParameter()
@@ -434,7 +428,7 @@ class BatchNormLayer(Layer):
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         x = self._view(bottom[0].data)
         out = self._view(top[0].data)
-        xp = array_module(x)
+        xp = self.xp
         t = x.dtype.type
         if self.use_global_stats:
             s = self.blobs[2].data[0]
@@ -476,7 +470,7 @@ class BatchNormLayer(Layer):
             return
         dy = self._view(top[0].diff)
         dx = self._view(bottom[0].diff)
-        xp = array_module(dy)
+        xp = self.xp
         std = self.std[:, None]
         if self.use_global_stats:
             xp.divide(dy, std, out=dx)
@@ -540,7 +534,7 @@ class MVNLayer(Layer):
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         x = bottom[0].data.reshape(self.rows, self.dim)
         out = top[0].data.reshape(self.rows, self.dim)
-        xp = array_module(x)
+        xp = self.xp
         t = x.dtype.type
         inv_dim = t(1.0 / self.dim)
         mean = x.sum(axis=1) * inv_dim
@@ -560,7 +554,7 @@ class MVNLayer(Layer):
             return
         dy = top[0].diff.reshape(self.rows, self.dim)
         dx = bottom[0].diff.reshape(self.rows, self.dim)
-        xp = array_module(dy)
+        xp = self.xp
         t = dy.dtype.type
         if not self.normalize_variance:
             mean_dy = dy.sum(axis=1) * t(1.0 / self.dim)

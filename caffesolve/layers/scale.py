@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from caffesolve.backend import array_module
 from caffesolve.blob import Blob
 from caffesolve.errors import ShapeError
 from caffesolve.layers import register
@@ -122,7 +121,7 @@ class BiasLayer(Layer):
             shape = param_shape(
                 self, bottom[0], p.axis, p.num_axes, "bias_param", "bias"
             )
-            bias = Blob(shape, dtype=bottom[0].data.dtype)
+            bias = Blob(shape, dtype=bottom[0].data.dtype, xp=self.xp)
             self.fill(bias, p.filler, "bias_param.filler")
             self.blobs = [bias]
 
@@ -139,7 +138,7 @@ class BiasLayer(Layer):
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         bias = bottom[1] if len(bottom) > 1 else self.blobs[0]
         if top[0] is not bottom[0]:
-            array_module(bottom[0].data).copyto(top[0].data, bottom[0].data)
+            self.xp.copyto(top[0].data, bottom[0].data)
         bias_forward(top[0].data, bias.data, self.dims)
 
     def backward(
@@ -147,7 +146,7 @@ class BiasLayer(Layer):
     ) -> None:
         dy = top[0].diff
         if propagate_down[0] and top[0] is not bottom[0]:
-            array_module(dy).copyto(bottom[0].diff, dy)
+            self.xp.copyto(bottom[0].diff, dy)
         if len(bottom) == 1 and self.param_propagate_down[0]:
             bias_backward(dy, self.blobs[0].diff, self.dims, accumulate=True)
         elif len(bottom) > 1 and propagate_down[1]:
@@ -189,7 +188,7 @@ class ScaleLayer(Layer):
             shape = param_shape(
                 self, bottom[0], p.axis, p.num_axes, "scale_param", "scale"
             )
-            scale = Blob(shape, dtype=dtype)
+            scale = Blob(shape, dtype=dtype, xp=self.xp)
             filler = p.filler
             if not p.HasField("filler"):  # identity by default
                 filler = caffe_pb2.FillerParameter(type="constant", value=1)
@@ -201,7 +200,7 @@ class ScaleLayer(Layer):
             shape = param_shape(
                 self, bottom[0], p.axis, num_axes, "scale_param", "bias"
             )
-            bias = Blob(shape, dtype=dtype)
+            bias = Blob(shape, dtype=dtype, xp=self.xp)
             self.fill(bias, p.bias_filler, "scale_param.bias_filler")
             blobs.append(bias)
         self.blobs = blobs
@@ -228,7 +227,7 @@ class ScaleLayer(Layer):
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         x = bottom[0].data
-        xp = array_module(x)
+        xp = self.xp
         if top[0] is bottom[0]:  # backward needs x: keep a copy (Caffe's temp_)
             saved = self.buffer("bottom_copy", x.shape, x.dtype)
             xp.copyto(saved, x)
@@ -242,7 +241,7 @@ class ScaleLayer(Layer):
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
     ) -> None:
         dy = top[0].diff
-        xp = array_module(dy)
+        xp = self.xp
         if self.bias_term and self.param_propagate_down[-1]:
             bias_backward(dy, self.blobs[-1].diff, self.bias_dims, accumulate=True)
         learned = len(bottom) == 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from caffesolve.backend import array_module
 from caffesolve.blob import Blob
 from caffesolve.errors import ShapeError
 from caffesolve.layers import register
@@ -60,7 +59,7 @@ def share_view(bottom: Blob, top: Blob) -> None:
 def copy_back_diff(top: Blob, bottom: Blob) -> None:
     """Caffe's bottom->ShareDiff(*top): if a later layer replaced top's diff
     array, copy it into the bottom's (keeping the bottom's own sharing)."""
-    if not array_module(top.diff).shares_memory(top.diff, bottom.diff):
+    if not np.shares_memory(top.diff, bottom.diff):
         bottom.diff[...] = top.diff.reshape(bottom.shape)
 
 
@@ -235,7 +234,7 @@ class ConcatLayer(Layer):
         if len(bottom) == 1:
             top[0].data = bottom[0].data.reshape(top[0].shape)
             return
-        xp = array_module(bottom[0].data)
+        xp = self.xp
         xp.concatenate([b.data for b in bottom], axis=self.axis, out=top[0].data)
 
     def backward(
