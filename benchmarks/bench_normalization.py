@@ -74,8 +74,11 @@ def build(text: str, shape: tuple[int, ...]) -> tuple[Any, Blob, Blob]:
     return layer, bottom, top
 
 
-def torch_case(text: str, bottom: Blob, top: Blob) -> tuple[Callable, Callable]:
-    """PyTorch's forward and backward for the same layer and arrays."""
+def torch_case(
+    text: str, bottom: Blob, top: Blob
+) -> tuple[Callable[[], None], Callable[[], None], dict[str, Any]]:
+    """PyTorch's forward and backward for the same layer and arrays, and a
+    dict with the largest difference from caffesolve's top ("max_diff")."""
     import torch
     import torch.nn.functional as F
 
@@ -145,11 +148,15 @@ def main() -> None:
         layer.forward([bottom], [top])
         for w in worker_counts:
 
-            def fwd(layer=layer, bottom=bottom, top=top, w=w) -> None:
+            def fwd(
+                layer: Any = layer, bottom: Blob = bottom, top: Blob = top, w: int = w
+            ) -> None:
                 backend.set_workers(w)
                 layer.forward([bottom], [top])
 
-            def bwd(layer=layer, bottom=bottom, top=top, w=w) -> None:
+            def bwd(
+                layer: Any = layer, bottom: Blob = bottom, top: Blob = top, w: int = w
+            ) -> None:
                 backend.set_workers(w)
                 layer.backward([top], [True], [bottom])
 
@@ -158,7 +165,7 @@ def main() -> None:
             tf, tb, state = torch_case(text, bottom, top)
             runners[f"{name} | PyTorch {threads}t"] = (tf, tb)
             notes[name] = f"max |top - PyTorch's| = {state['max_diff']:.2g}"
-        settings = text.split("{")[-1].rstrip("} ") if "{" in text else "defaults"
+        settings = text.split("{")[-1].strip(" }") if "{" in text else "defaults"
         print(f"{name}: {'x'.join(map(str, shape))} ({settings})")
     times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in runners}
     for r in range(args.runs + 3):

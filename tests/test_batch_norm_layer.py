@@ -15,6 +15,7 @@ from gradient_check import check_gradient, make_blob
 
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
+from caffesolve.layers import Layer
 from caffesolve.net import Net
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import parse_prototxt_text
@@ -30,7 +31,7 @@ def gaussian(shape: tuple[int, ...] = (5, 2, 3, 4), seed: int = 1701) -> Blob:
     return b
 
 
-def forward(layer, x: Blob, in_place: bool = False) -> Blob:
+def forward(layer: Layer, x: Blob, in_place: bool = False) -> Blob:
     top = x if in_place else Blob()
     layer.setup([x], [top])
     layer.forward([x], [top])

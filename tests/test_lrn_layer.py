@@ -6,6 +6,8 @@ finite-difference gradients, in-place runs and Caffe's CHECK failures."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import forward_backward, layer_from, rng, run_cli
@@ -30,7 +32,9 @@ def gaussian(shape: tuple[int, ...] = SHAPE, dtype: type = F32) -> Blob:
     return b
 
 
-def reference_lrn(x: np.ndarray, size: int, alpha: float, beta: float, across: bool):
+def reference_lrn(
+    x: np.ndarray, size: int, alpha: float, beta: float, across: bool
+) -> np.ndarray:
     """Caffe's ReferenceLRNForward in float64: x / (1 + alpha/size * sum of
     squares over the window)^beta (alpha/size^2 over a square WITHIN)."""
     n, c, h, w = x.shape
@@ -283,7 +287,7 @@ def test_even_local_size_is_an_error() -> None:
         layer_from(ACROSS % "local_size: 4").setup([gaussian()], [Blob()])
 
 
-def test_even_local_size_names_file_and_layer(tmp_path) -> None:
+def test_even_local_size_names_file_and_layer(tmp_path: Path) -> None:
     """Through the library and the CLI: one line naming the file, the layer
     and the field; `caffesolve time` exits 1 without a traceback."""
     path = tmp_path / "net.prototxt"

@@ -4,6 +4,8 @@ fixed mask), and in-place runs (top is bottom) against out-of-place ones."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import forward_backward, layer_from
@@ -383,7 +385,7 @@ def test_prelu_checks() -> None:
         layer.setup([Blob((2, 3, 4))], [Blob()])
 
 
-def test_prelu_shared_slope_from_a_caffe_model(tmp_path) -> None:
+def test_prelu_shared_slope_from_a_caffe_model(tmp_path: Path) -> None:
     """Caffe writes a channel_shared slope as a 0-axis blob: one value and no
     shape field. It loads, and writing it again keeps the 0-axis shape."""
     from caffesolve.net import Net
