@@ -49,13 +49,18 @@ def create_layer(
 # Importing each family registers its layers.
 for _module in (
     "data",
+    "hdf5",
+    "image_data",
     "neuron",
     "conv",
     "pooling",
     "inner_product",
     "shape",
     "common",
+    "routing",
     "loss",
+    "logistic_loss",
+    "margin_loss",
     "normalization",
     "scale",
 ):

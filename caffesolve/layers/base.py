@@ -70,6 +70,17 @@ class Layer:
     def config_error(self, message: str) -> ConfigError:
         return ConfigError(f"{self.where()}: {message}")
 
+    def axis_index(self, blob: Blob, field: str) -> int:
+        """Caffe's CanonicalAxisIndex of the layer's parameter field `field`
+        ("softmax_param.axis") for `blob`; out of range, an error naming the
+        layer and the field."""
+        message, name = field.split(".")
+        axis = getattr(getattr(self.layer_param, message), name)
+        try:
+            return blob.canonical_axis_index(axis)
+        except ShapeError as e:
+            raise self.config_error(f"{field}: {e}") from None
+
     def shape_error(self, message: str) -> ShapeError:
         """A ShapeError naming this layer (a bottom that does not fit)."""
         return ShapeError(f"{self.where()}: {message}")
