@@ -25,8 +25,10 @@ import numpy.typing as npt
 
 from caffesolve.backend import parallel_parts, run_parallel, split_range
 from caffesolve.blob import Blob
+from caffesolve.errors import ShapeError
 from caffesolve.layers import register
 from caffesolve.layers.base import Layer
+from caffesolve.layers.loss import legacy_dim
 from caffesolve.ops import pooling as pool_ops
 from caffesolve.ops.pooling import PoolGeometry
 from caffesolve.proto import caffe_pb2
@@ -491,18 +493,6 @@ class BatchNormLayer(Layer):
 # -- MVN ------------------------------------------------------------------------------
 
 
-def legacy_shape(b: Blob, layer: Layer) -> tuple[int, int, int, int]:
-    """Caffe's num(), channels(), height(), width(): missing axes are 1, more
-    than 4 axes are an error."""
-    if b.num_axes > 4:
-        raise layer.shape_error(
-            f"Cannot use legacy accessors on Blobs with > 4 axes (bottom "
-            f"'{b.name}' is {b.shape_string()})"
-        )
-    padded = b.shape + (1,) * (4 - b.num_axes)
-    return padded[0], padded[1], padded[2], padded[3]
-
-
 @register
 class MVNLayer(Layer):
     """Caffe's MVN (mvn_layer.cpp): subtract the mean of each image's channel
@@ -525,7 +515,10 @@ class MVNLayer(Layer):
         self.eps = float(p.eps)
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
-        n, c, h, w = legacy_shape(bottom[0], self)
+        try:  # Caffe's num(), channels(), height(), width()
+            n, c, h, w = (legacy_dim(bottom[0], i) for i in range(4))
+        except ShapeError as e:
+            raise self.shape_error(str(e)) from None
         if top[0] is not bottom[0]:
             top[0].reshape((n, c, h, w))
         self.rows = n if self.across_channels else n * c
