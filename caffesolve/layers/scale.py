@@ -15,7 +15,6 @@ import numpy as np
 import numpy.typing as npt
 
 from caffesolve.blob import Blob
-from caffesolve.errors import ShapeError
 from caffesolve.layers import register
 from caffesolve.layers.base import Layer
 from caffesolve.proto import caffe_pb2
@@ -24,20 +23,12 @@ Array = npt.NDArray[np.float32]
 Dims = tuple[int, int, int]
 
 
-def _axis(layer: Layer, b: Blob, axis: int, field: str) -> int:
-    """bottom[0]'s CanonicalAxisIndex(axis), an error naming `field`."""
-    try:
-        return b.canonical_axis_index(axis)
-    except ShapeError as e:
-        raise layer.config_error(f"{field}.axis: {e}") from None
-
-
 def param_shape(
-    layer: Layer, b: Blob, axis: int, num_axes: int, field: str, what: str
+    layer: Layer, b: Blob, num_axes: int, field: str, what: str
 ) -> tuple[int, ...]:
     """The shape of a learned scale or bias (LayerSetUp): bottom[0]'s axes
     from `axis`, `num_axes` of them (-1: to the end)."""
-    axis = _axis(layer, b, axis, field)
+    axis = layer.axis_index(b, f"{field}.axis")
     if num_axes < -1:
         raise layer.config_error(
             f"{field}.num_axes must be non-negative, or -1 to extend to the end "
@@ -52,12 +43,10 @@ def param_shape(
     return b.shape[axis:] if num_axes == -1 else b.shape[axis : axis + num_axes]
 
 
-def broadcast_dims(
-    layer: Layer, b: Blob, operand: Blob, axis: int, field: str, what: str
-) -> Dims:
+def broadcast_dims(layer: Layer, b: Blob, operand: Blob, field: str, what: str) -> Dims:
     """(outer, dim, inner) of bottom[0] around `operand` (Reshape): a 0-axis
     operand applies from axis 0; its shape must match bottom[0]'s from axis."""
-    axis = 0 if operand.num_axes == 0 else _axis(layer, b, axis, field)
+    axis = 0 if operand.num_axes == 0 else layer.axis_index(b, f"{field}.axis")
     if b.num_axes < axis + operand.num_axes:
         raise layer.shape_error(
             f"{what} blob's shape extends past bottom[0]'s shape when applied "
@@ -118,9 +107,7 @@ class BiasLayer(Layer):
         if len(bottom) == 1 and self.blobs:
             _check_blob_count(self, ["bias"])
         elif len(bottom) == 1:
-            shape = param_shape(
-                self, bottom[0], p.axis, p.num_axes, "bias_param", "bias"
-            )
+            shape = param_shape(self, bottom[0], p.num_axes, "bias_param", "bias")
             bias = Blob(shape, dtype=bottom[0].data.dtype, xp=self.xp)
             self.fill(bias, p.filler, "bias_param.filler")
             self.blobs = [bias]
@@ -130,8 +117,7 @@ class BiasLayer(Layer):
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         bias = bottom[1] if len(bottom) > 1 else self.blobs[0]
-        p = self.layer_param.bias_param
-        self.dims = broadcast_dims(self, bottom[0], bias, p.axis, "bias_param", "bias")
+        self.dims = broadcast_dims(self, bottom[0], bias, "bias_param", "bias")
         if top[0] is not bottom[0]:
             top[0].reshape(bottom[0].shape)
 
@@ -185,9 +171,7 @@ class ScaleLayer(Layer):
         dtype = bottom[0].data.dtype
         blobs: list[Blob] = []
         if len(bottom) == 1:
-            shape = param_shape(
-                self, bottom[0], p.axis, p.num_axes, "scale_param", "scale"
-            )
+            shape = param_shape(self, bottom[0], p.num_axes, "scale_param", "scale")
             scale = Blob(shape, dtype=dtype, xp=self.xp)
             filler = p.filler
             if not p.HasField("filler"):  # identity by default
@@ -197,9 +181,7 @@ class ScaleLayer(Layer):
         if self.bias_term:
             # Caffe's internal Bias: num_axes of bottom[1] when it is the scale.
             num_axes = bottom[1].num_axes if len(bottom) > 1 else p.num_axes
-            shape = param_shape(
-                self, bottom[0], p.axis, num_axes, "scale_param", "bias"
-            )
+            shape = param_shape(self, bottom[0], num_axes, "scale_param", "bias")
             bias = Blob(shape, dtype=dtype, xp=self.xp)
             self.fill(bias, p.bias_filler, "scale_param.bias_filler")
             blobs.append(bias)
@@ -214,13 +196,12 @@ class ScaleLayer(Layer):
         return bottom[1] if len(bottom) > 1 else self.blobs[0]
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
-        axis = self.layer_param.scale_param.axis
         scale = self._scale(bottom)
-        self.dims = broadcast_dims(self, bottom[0], scale, axis, "scale_param", "scale")
+        self.dims = broadcast_dims(self, bottom[0], scale, "scale_param", "scale")
         if self.bias_term:
             bias = self.blobs[-1]
             self.bias_dims = broadcast_dims(
-                self, bottom[0], bias, axis, "scale_param", "bias"
+                self, bottom[0], bias, "scale_param", "bias"
             )
         if top[0] is not bottom[0]:
             top[0].reshape(bottom[0].shape)
