@@ -63,6 +63,7 @@ for _module in (
     "margin_loss",
     "normalization",
     "scale",
+    "recurrent",
 ):
     importlib.import_module(f"caffesolve.layers.{_module}")
 
