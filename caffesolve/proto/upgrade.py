@@ -392,8 +392,11 @@ def upgrade_v1_layer_type(layer_type: int, name: str = "") -> str:
 
 def upgrade_v1_layer_parameter(
     v1: caffe_pb2.V1LayerParameter,
+    out: caffe_pb2.LayerParameter | None = None,
 ) -> tuple[caffe_pb2.LayerParameter, bool]:
-    """A V1 layer as today's LayerParameter; False if a V0 part was dropped.
+    """A V1 layer as today's LayerParameter (written into `out` if given, so
+    that a .caffemodel's blobs are copied once); False if a V0 part was
+    dropped.
 
     Caffe's UpgradeV1LayerParameter: the type enum becomes its string; the
     per-blob lists `param` (names), `blob_share_mode`, `blobs_lr` and
@@ -401,7 +404,8 @@ def upgrade_v1_layer_parameter(
     decay_mult); blobs, loss weights, include/exclude and every layer-specific
     parameter message carry over unchanged.
     """
-    out = caffe_pb2.LayerParameter()
+    if out is None:
+        out = caffe_pb2.LayerParameter()
     out.bottom.extend(v1.bottom)
     out.top.extend(v1.top)
     if v1.HasField("name"):
@@ -445,12 +449,12 @@ def upgrade_v1_net(
             "definition to 'layer' format to continue."
         )
     out = caffe_pb2.NetParameter()
-    out.CopyFrom(param)
-    del out.layers[:]
+    for field, value in param.ListFields():  # all but the layers (and blobs)
+        if field.name != "layers":
+            out.MergeFrom(caffe_pb2.NetParameter(**{field.name: value}))
     problems: list[str] = []
     for i, v1 in enumerate(param.layers):
-        layer, ok = upgrade_v1_layer_parameter(v1)
-        out.layer.add().CopyFrom(layer)
+        _, ok = upgrade_v1_layer_parameter(v1, out.layer.add())
         if not ok:
             problems.append(f"Input NetParameter has V0 layer -- ignoring (layer {i})")
     return out, problems
