@@ -41,3 +41,31 @@ def test_ci_runs_the_readme_test_command() -> None:
         else:
             wanted = part.strip()
         assert wanted in ci, f".ci/run does not run `{part.strip()}`"
+
+
+def _layer_table_rows() -> list[str]:
+    """The first cell of every row of the README's layer tables (those whose
+    header is `Type | Supported | Differences from Caffe`), backticks off."""
+    rows = []
+    table = False
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|"):
+            table = False
+        elif [c.lower() for c in cells[:2]] == ["type", "supported"]:
+            table = True
+        elif table and not set(cells[0]) <= set("-: "):
+            rows.append(cells[0].strip("`"))
+    return rows
+
+
+def test_layer_tables_list_every_registered_layer() -> None:
+    """Each type in caffesolve.layers.LAYERS has one row in the README's layer
+    tables, and each row names a registered type."""
+    from caffesolve.layers import LAYERS
+
+    rows = _layer_table_rows()
+    repeated = sorted({r for r in rows if rows.count(r) > 1})
+    assert not repeated, f"layer types with more than one README row: {repeated}"
+    assert sorted(set(LAYERS) - set(rows)) == [], "registered, not in the README"
+    assert sorted(set(rows) - set(LAYERS)) == [], "in the README, not registered"
