@@ -525,3 +525,22 @@ def test_eltwise_sum_coeff_is_float32_in_float32_nets() -> None:
     layer.forward([a, b], [top])
     f = np.float32
     assert top.data[0] == f(0.1) * f(3.0) + f(-0.3) * f(7.0)
+
+
+def test_eltwise_sum_of_unit_coeffs_is_caffes_axpy_chain() -> None:
+    """SUM without coefficients (ResNet's shortcuts): Caffe's caffe_set(0)
+    then one caffe_axpy(1, bottom) per bottom, i.e. ((0 + a) + b) + c in
+    float32, bit for bit; and into a top that is one of the bottoms (in
+    place), the same values."""
+    g = rng()
+    values = [g.normal(size=(2, 3, 4, 5)).astype(np.float32) for _ in range(3)]
+    want = (np.float32(0) + values[0] + values[1]) + values[2]
+    for in_place in (None, 0, 2):
+        bottom = [Blob(v.shape) for v in values]
+        for blob, v in zip(bottom, values):
+            blob.data[...] = v
+        top = bottom[in_place] if in_place is not None else Blob()
+        layer = layer_from(ELTWISE % "operation: SUM")
+        layer.setup(bottom, [top])
+        layer.forward(bottom, [top])
+        np.testing.assert_array_equal(top.data, want)
