@@ -11,10 +11,10 @@ from gradient_check import check_gradient, make_blob
 
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
-from caffesolve.layers import Layer, conv, create_layer
+from caffesolve.layers import Layer, create_layer
 from caffesolve.layers.conv import ConvolutionLayer
+from caffesolve.ops import batch_inner, im2col
 from caffesolve.ops import conv as lowering
-from caffesolve.ops import row_shift
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import parse_prototxt_text
 
@@ -65,6 +65,39 @@ def reference_conv(
                                     s += w[mi, ci, i, j] * x[ni, gi * cg + ci, hh, ww]
                     y[ni, mi, yi, xi] = s + (b[mi] if b is not None else 0.0)
     return y
+
+
+# The strategies of ops/conv.py: "row_shift" stands for the row-shift matrix
+# where it applies (vertical stride and dilation 1, one group) and batch-inner
+# columns elsewhere, as choose_lowering picks between them.
+STRATEGIES = ["per_image", "batch_inner", "row_shift"]
+
+
+def forced_name(
+    name: str, g: lowering.ConvGeometry, num_output: int, group: int
+) -> str:
+    row_shift = lowering.LOWERINGS["row_shift"]
+    if name == "row_shift" and not row_shift.applies(g, num_output, group):
+        return "batch_inner"
+    return name
+
+
+def force_lowering(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make choose_lowering pick `name` for every geometry."""
+    monkeypatch.setattr(
+        lowering, "choose_lowering", lambda g, m, group: forced_name(name, g, m, group)
+    )
+
+
+def strategy(layer: ConvolutionLayer) -> str:
+    return layer.lowerings[0].name
+
+
+def uses(layer: ConvolutionLayer, name: str) -> bool:
+    """Whether the layer runs the strategy that force_lowering(name) forced."""
+    return strategy(layer) == forced_name(
+        name, layer.geometry, layer.num_output, layer.group
+    )
 
 
 def run_forward(layer: Layer, shape: tuple[int, ...], seed: int = 0) -> tuple:
@@ -139,18 +172,18 @@ FORWARD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("batch_inner", [False, True])
+@pytest.mark.parametrize("name", STRATEGIES)
 @pytest.mark.parametrize("params,shape", FORWARD_CASES)
 def test_forward_matches_direct_reference(
     params: str,
     shape: tuple[int, ...],
-    batch_inner: bool,
+    name: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: batch_inner)
+    force_lowering(monkeypatch, name)
     layer = conv_layer(params + " " + GAUSS)
     bottom, top = run_forward(layer, shape)
-    assert layer.batch_inner is batch_inner
+    assert uses(layer, name)
     p = layer.layer_param.convolution_param
     bias = layer.blobs[1].data if p.bias_term else None
     ref = reference_conv(
@@ -178,13 +211,13 @@ def test_simple_convolution_constant_values() -> None:
     np.testing.assert_allclose(top.data[0, :, 0, 1], 18.1)
 
 
-@pytest.mark.parametrize("batch_inner", [False, True])
+@pytest.mark.parametrize("name", STRATEGIES)
 def test_kernel_larger_than_input_gives_one_output_like_caffe(
-    batch_inner: bool, monkeypatch: pytest.MonkeyPatch
+    name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 4x4 input, kernel 5, stride 2: Caffe's (4 - 5) / 2 + 1 truncates to 1,
     # and im2col reads the row and column past the image as zero.
-    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: batch_inner)
+    force_lowering(monkeypatch, name)
     layer = conv_layer("num_output: 2 kernel_size: 5 stride: 2 " + GAUSS)
     bottom, top = run_forward(layer, (2, 3, 4, 4))
     assert top.shape == (2, 2, 1, 1)
@@ -237,20 +270,20 @@ GRADIENT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("batch_inner", [False, True])
+@pytest.mark.parametrize("name", STRATEGIES)
 @pytest.mark.parametrize("params,shape", GRADIENT_CASES)
 def test_gradient(
     params: str,
     shape: tuple[int, ...],
-    batch_inner: bool,
+    name: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: batch_inner)
+    force_lowering(monkeypatch, name)
     layer = conv_layer(params + " " + GAUSS)
     rng = np.random.default_rng(5)
     bottom, top = make_blob(shape, rng, name="x"), Blob(dtype=np.float64)
     assert check_gradient(layer, [bottom], [top]) > 0
-    assert layer.batch_inner is batch_inner
+    assert uses(layer, name)
 
 
 @pytest.mark.parametrize("piece_bytes", [1, 1100])
@@ -259,73 +292,38 @@ def test_gradient_bottom_diff_in_row_pieces(
 ) -> None:
     # Backward folds the column matrix back a few output rows at a time
     # (one row per piece, or 2 rows with a shorter last piece of 1 row).
-    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: True)
-    monkeypatch.setattr(row_shift, "row_shift_ok", lambda g: False)
-    monkeypatch.setattr(conv, "COL_PIECE_BYTES", piece_bytes)
+    force_lowering(monkeypatch, "batch_inner")
+    monkeypatch.setattr(batch_inner, "COL_PIECE_BYTES", piece_bytes)
     layer = conv_layer("num_output: 2 kernel_size: 2 pad: 1 stride: 1 " + GAUSS)
     rng = np.random.default_rng(8)
     bottom, top = make_blob((2, 2, 4, 3), rng), Blob(dtype=np.float64)
     check_gradient(layer, [bottom], [top], check_params=False)
     g = layer.geometry
-    block = lowering.col2im_row_block(g, 8, piece_bytes)
+    block = im2col.col2im_row_block(g, 8, piece_bytes)
     assert block == (1 if piece_bytes == 1 else 2) and g.out_h == 5
-
-
-@pytest.mark.parametrize("params,shape", FORWARD_CASES)
-def test_forward_batch_inner_without_row_shift(
-    params: str, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The full batch-inner column matrix (used when stride_h > 1 or
-    # group > 1) on every case, against the direct reference.
-    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: True)
-    monkeypatch.setattr(row_shift, "row_shift_ok", lambda g: False)
-    layer = conv_layer(params + " " + GAUSS)
-    bottom, top = run_forward(layer, shape)
-    assert layer.batch_inner and not layer.row_shift
-    p = layer.layer_param.convolution_param
-    bias = layer.blobs[1].data if p.bias_term else None
-    ref = reference_conv(
-        bottom.data, layer.blobs[0].data, bias,
-        layer.stride, layer.pad, layer.dilation, layer.group,
-    )  # fmt: skip
-    np.testing.assert_allclose(top.data, ref, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("params,shape", GRADIENT_CASES)
-def test_gradient_batch_inner_without_row_shift(
-    params: str, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: True)
-    monkeypatch.setattr(row_shift, "row_shift_ok", lambda g: False)
-    layer = conv_layer(params + " " + GAUSS)
-    rng = np.random.default_rng(5)
-    bottom, top = make_blob(shape, rng, name="x"), Blob(dtype=np.float64)
-    assert check_gradient(layer, [bottom], [top]) > 0
-    assert layer.batch_inner and not layer.row_shift
 
 
 def test_lenet_lowerings() -> None:
     # LeNet's conv1 (one channel, large planes): per-image columns; conv2:
     # batch-inner with the row-shift matrix.
-    for params, shape, inner in (
-        ("num_output: 20 kernel_size: 5", (4, 1, 28, 28), False),
-        ("num_output: 50 kernel_size: 5", (64, 20, 12, 12), True),
+    for params, shape, name in (
+        ("num_output: 20 kernel_size: 5", (4, 1, 28, 28), "per_image"),
+        ("num_output: 50 kernel_size: 5", (64, 20, 12, 12), "row_shift"),
     ):
         layer = conv_layer(params + " " + GAUSS)
         bottom = Blob(shape, dtype=np.float32)
         layer.setup([bottom], [Blob(dtype=np.float32)])
-        assert layer.batch_inner is inner
-        assert layer.row_shift is inner
+        assert strategy(layer) == name
 
 
-@pytest.mark.parametrize("batch_inner", [False, True])
+@pytest.mark.parametrize("name", ["per_image", "row_shift"])
 def test_float32_lenet_conv_matches_float64_reference(
-    batch_inner: bool, monkeypatch: pytest.MonkeyPatch
+    name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # float32 end to end (the run-copy im2col, per-image or row-shift
     # GEMMs): forward, bias/weight diffs and bottom diff close to a float64
     # computation of the same layer.
-    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: batch_inner)
+    force_lowering(monkeypatch, name)
     shape = (3, 2, 9, 8)
     grads = {}
     for dtype in (np.float32, np.float64):
@@ -342,7 +340,7 @@ def test_float32_lenet_conv_matches_float64_reference(
         top.diff[...] = np.random.default_rng(4).normal(size=top.shape)
         layer.backward([top], [True], [bottom])
         grads[dtype] = (top.data, bottom.diff, *(b.diff for b in layer.blobs))
-        assert layer.row_shift is batch_inner
+        assert strategy(layer) == name
     for got, ref in zip(grads[np.float32], grads[np.float64]):
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
@@ -403,13 +401,13 @@ def test_propagate_down_flags() -> None:
     assert not np.any(bottom.diff == 7.0)
 
 
-@pytest.mark.parametrize("batch_inner", [False, True])
+@pytest.mark.parametrize("name", STRATEGIES)
 def test_backward_twice_without_forward(
-    batch_inner: bool, monkeypatch: pytest.MonkeyPatch
+    name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Backward twice without a new forward: the weight gradient must not use
     # a column buffer that the bottom gradient overwrote.
-    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: batch_inner)
+    force_lowering(monkeypatch, name)
     layer = conv_layer("num_output: 2 kernel_size: 3 pad: 1 " + GAUSS)
     bottom, top = run_forward(layer, (2, 2, 4, 4))
     top.diff[...] = np.random.default_rng(4).normal(size=top.shape)

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from caffesolve.backend import array_module
-from caffesolve.ops.conv import strided_view
+from caffesolve.ops.im2col import strided_view
 
 Array = npt.NDArray[np.floating]
 

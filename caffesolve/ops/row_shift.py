@@ -1,5 +1,6 @@
-"""The row-shift lowering of convolution: batch-inner columns (ops/conv.py)
-when the vertical stride and dilation are 1 (LeNet's conv2).
+"""The row-shift lowering of convolution (ops/conv.py's interface):
+batch-inner columns (ops/batch_inner.py) when the vertical stride and
+dilation are 1 and there is one group (LeNet's conv2).
 
 A column matrix per padded image row h instead of per window:
 
@@ -17,13 +18,22 @@ Building the matrix and folding its diff back are compiled loops
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
 
 from caffesolve import kernels
-from caffesolve.backend import array_module
-from caffesolve.ops.conv import ConvGeometry, _padded_input, col2im_finish
+from caffesolve.backend import array_module, parallel_parts, run_parallel, split_range
+from caffesolve.ops.batch_inner import BatchInnerLowering
+from caffesolve.ops.conv import register_lowering
+from caffesolve.ops.im2col import (
+    ConvGeometry,
+    col2im_finish,
+    padded_input,
+    padded_shape,
+    row_block_to_nchw,
+)
 
 Array = npt.NDArray[np.floating]
 
@@ -54,7 +64,7 @@ def row_shift_columns(
         kernel(x, rows, g.pad_h, g.pad_w, g.stride_w, g.dilation_w, c0, c1)
         return out
     part_g = dataclasses.replace(g, channels=c1 - c0)
-    padded = _padded_input(x[:, c0:c1], part_g, True, work[c0:c1])
+    padded = padded_input(x[:, c0:c1], part_g, True, work[c0:c1])
     span = g.stride_w * (g.out_w - 1) + 1
     for j in range(g.kernel_w):
         w0 = j * g.dilation_w
@@ -151,7 +161,91 @@ def row_shift_backward_data(
         work[:, :, w0 : w0 + span : g.stride_w, :] += rows[:, :, j].transpose(
             1, 0, 2, 3
         )
-    col2im_finish(work, g, True, out)
+    col2im_finish(work, g, out)
+
+
+def _row_shift_rows(
+    w_rows: Array,
+    shifted: Array,
+    g: ConvGeometry,
+    bias: Array | None,
+    y: Array,
+    top: Array,
+    first_row: int,
+    stop_row: int,
+) -> None:
+    """Output rows first_row .. stop_row - 1 of the row-shift forward GEMM,
+    plus the bias (M, 1), into their columns of `y` and then their rows of
+    the top (N, M, oh, ow): one piece of the forward."""
+    row_shift_forward(w_rows, shifted, g, y, first_row, stop_row)
+    if bias is not None:
+        width = shifted.shape[2]
+        y[:, first_row * width : stop_row * width] += bias
+    row_block_to_nchw(y, g.num, g.out_w, first_row, stop_row, top)
+
+
+@register_lowering
+class RowShiftLowering(BatchInnerLowering):
+    """Batch-inner columns as the row-shift matrix (Hp, C*kw, ow*N)."""
+
+    name = "row_shift"
+
+    @classmethod
+    def applies(cls, g: ConvGeometry, num_output: int, group: int) -> bool:
+        return group == 1 and row_shift_ok(g)
+
+    def column_shape(self) -> tuple[int, ...]:
+        return shifted_shape(self.g)
+
+    def im2col(self, x: Array) -> Array:
+        """The row-shift matrix of x, made by halves of the channels on the
+        workers (each writes its own rows)."""
+        g = self.g
+        col = self.columns(x.dtype)
+        work = self.buffer("image", padded_shape(g, True), x.dtype)
+        parts = parallel_parts(col.nbytes, g.channels)
+        run_parallel(
+            [
+                partial(row_shift_columns, x, g, col, work, c0, c1)
+                for c0, c1 in split_range(g.channels, parts)
+            ]
+        )
+        self.columns_ready = True
+        return col
+
+    def forward_gemm(
+        self, x: Array, w: Array, y: Array, bias: Array | None = None
+    ) -> None:
+        """Halves of the channels, then of the output rows, on the workers:
+        each row is its own GEMM into its own block of the result, moved to
+        its own rows of y."""
+        g = self.g
+        w_rows = row_shift_weights(w)
+        out = self._gemm_side("y", x.dtype)
+        col = self.im2col(x)
+        b = None if bias is None else bias[:, None]
+        parts = parallel_parts(out.nbytes, g.out_h)
+        run_parallel(
+            [
+                partial(_row_shift_rows, w_rows, col, g, b, out, y, y0, y1)
+                for y0, y1 in split_range(g.out_h, parts)
+            ]
+        )
+
+    def weight_gemm(
+        self, x: Array, dy: Array, weight_diff: Array, reuse_columns: bool = False
+    ) -> None:
+        col = self.lowered(x, reuse_columns)
+        weight_diff += row_shift_weight_gemm(dy, col, self.g)
+
+    def backward_gemm(self, dy: Array, w: Array, dx: Array) -> None:
+        g, m = self.g, self.num_output
+        dtype = dy.dtype
+        dy_rows = self.buffer("dy_rows", (g.out_h, m, g.out_w * g.num), dtype)
+        array_module(dy).copyto(dy_rows, dy.reshape(m, g.out_h, -1).transpose(1, 0, 2))
+        shifted_diff = self.buffer("shifted_diff", shifted_shape(g), dtype)
+        acc = self.buffer("image_diff", padded_shape(g, True), dtype)
+        row_shift_backward_data(w, dy_rows, g, shifted_diff, acc, dx)
 
 
 # -- the compiled loops ------------------------------------------------------------
