@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conv_reference import reference_conv_nd
 from gradient_check import check_gradient, make_blob
 
 from caffesolve.blob import Blob
@@ -69,17 +70,20 @@ def reference_conv(
 
 # The strategies of ops/conv.py: "row_shift" stands for the row-shift matrix
 # where it applies (vertical stride and dilation 1, one group) and batch-inner
-# columns elsewhere, as choose_lowering picks between them.
+# columns elsewhere, as choose_lowering picks between them; N-D geometries
+# always take per-image columns.
 STRATEGIES = ["per_image", "batch_inner", "row_shift"]
 
 
 def forced_name(
     name: str, g: lowering.ConvGeometry, num_output: int, group: int
 ) -> str:
-    row_shift = lowering.LOWERINGS["row_shift"]
-    if name == "row_shift" and not row_shift.applies(g, num_output, group):
-        return "batch_inner"
-    return name
+    """`name` where it applies, else batch-inner columns (2-D), else
+    per-image columns (N-D)."""
+    for candidate in (name, "batch_inner", "per_image"):
+        if lowering.LOWERINGS[candidate].applies(g, num_output, group):
+            return candidate
+    raise AssertionError("per-image columns apply to every geometry")
 
 
 def force_lowering(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
@@ -461,7 +465,16 @@ def test_same_seed_same_weights() -> None:
             (1, 1, 5, 5),
             "kernel_size specified 3 times; 2 spatial dims",
         ),
-        ("num_output: 2 kernel_size: 3", (1, 2, 5, 5, 5), "only 2-D convolution"),
+        (
+            "num_output: 2 kernel_h: 3 kernel_w: 3",
+            (1, 2, 5, 5, 5),
+            "kernel_h & kernel_w can only be used for 2D convolution",
+        ),
+        (
+            "num_output: 2 kernel_size: 3 stride: 1 stride: 2",
+            (1, 2, 5, 5, 5),
+            "stride specified 2 times; 3 spatial dims",
+        ),
         (
             "num_output: 2 kernel_size: 3 axis: 4",
             (1, 2, 5, 5),
@@ -499,3 +512,152 @@ def test_preset_blobs_checked() -> None:
         ShapeError, match=r"Incorrect weight shape: expected shape 2 3 3 3"
     ):
         layer.setup([Blob((1, 3, 5, 5))], [Blob()])
+
+
+# -- N-D, 0-D, depthwise and Sobel (Caffe's TestSimple3DConvolution,
+# Test0DConvolution, TestNDAgainst2D, TestSobelConvolution) ------------------------
+
+ND_CASES = [
+    # (params, bottom shape): 3-D, 3-D dilated, 1-D, 3-D grouped non-cubic
+    ("num_output: 3 kernel_size: 3 stride: 2", (2, 3, 5, 6, 4)),
+    ("num_output: 2 kernel_size: 2 dilation: 2 pad: 1", (1, 2, 5, 4, 5)),
+    ("num_output: 4 kernel_size: 3 pad: 1 stride: 2", (2, 3, 7)),
+    (
+        "num_output: 4 kernel_size: 2 kernel_size: 1 kernel_size: 3 "
+        "stride: 1 stride: 2 stride: 1 pad: 0 pad: 1 pad: 1 group: 2",
+        (1, 4, 3, 4, 4),
+    ),
+]
+
+
+@pytest.mark.parametrize("params,shape", ND_CASES)
+def test_nd_forward_matches_direct_reference(
+    params: str, shape: tuple[int, ...]
+) -> None:
+    layer = conv_layer(params + " " + GAUSS)
+    bottom, top = run_forward(layer, shape)
+    assert strategy(layer) == "per_image"
+    ref = reference_conv_nd(
+        bottom.data, layer.blobs[0].data, layer.blobs[1].data,
+        layer.stride, layer.pad, layer.dilation, layer.group,
+    )  # fmt: skip
+    assert top.shape == ref.shape
+    np.testing.assert_allclose(top.data, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_3d_setup_shapes() -> None:
+    # Caffe TestSimple3DConvolution: 2x3x5x6x4, kernel 3 stride 2, 4 outputs.
+    layer = conv_layer("num_output: 4 kernel_size: 3 stride: 2")
+    top = Blob()
+    layer.setup([Blob((2, 3, 5, 6, 4))], [top])
+    assert top.shape == (2, 4, 2, 2, 1)
+    assert layer.blobs[0].shape == (4, 3, 3, 3, 3)
+
+
+@pytest.mark.parametrize("params,shape", ND_CASES)
+def test_nd_gradient(params: str, shape: tuple[int, ...]) -> None:
+    layer = conv_layer(params + " " + GAUSS)
+    rng = np.random.default_rng(5)
+    bottom, top = make_blob(shape, rng, name="x"), Blob(dtype=np.float64)
+    assert check_gradient(layer, [bottom], [top]) > 0
+
+
+def test_0d_convolution_is_a_product_over_the_channel_axis() -> None:
+    # Caffe Test0DConvolution: axis 3 of a 2x3x6x4 bottom leaves no spatial
+    # axes: top[n, h, w, o] = sum_c W[o, c] x[n, h, w, c] + b[o].
+    layer = conv_layer("num_output: 3 axis: 3 " + GAUSS)
+    bottom, top = run_forward(layer, (2, 3, 6, 4))
+    assert top.shape == (2, 3, 6, 3)
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    assert w.shape == (3, 4)
+    np.testing.assert_allclose(top.data, bottom.data @ w.T + b, rtol=1e-12)
+    check_gradient(layer, [bottom], [top])
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize(
+    "params,shape",
+    [
+        ("num_output: 3 kernel_size: 3 stride: 2", (2, 3, 6, 4)),
+        ("num_output: 2 kernel_h: 3 kernel_w: 2 pad: 1 dilation: 2", (2, 2, 7, 6)),
+        ("num_output: 4 kernel_size: 3 group: 2 pad: 1", (2, 4, 5, 5)),
+    ],
+)
+def test_force_nd_im2col_matches_2d(
+    params: str, shape: tuple[int, ...], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Caffe TestNDAgainst2D: force_nd_im2col runs the N-D path on a 2-D
+    # bottom; forward, bottom diff and weight/bias diffs agree with every
+    # 2-D strategy (bit for bit with per-image columns: the same GEMMs).
+    force_lowering(monkeypatch, name)
+    results = []
+    for extra in ("", " force_nd_im2col: true"):
+        layer = conv_layer(params + extra + " " + GAUSS)
+        bottom, top = run_forward(layer, shape)
+        top.diff[...] = np.random.default_rng(2).normal(size=top.shape)
+        layer.backward([top], [True], [bottom])
+        results.append([top.data, bottom.diff] + [p.diff for p in layer.blobs])
+    assert strategy(layer) == "per_image"
+    for nd, two_d in zip(results[1], results[0]):
+        if name == "per_image":
+            np.testing.assert_array_equal(nd, two_d)
+        np.testing.assert_allclose(nd, two_d, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_convolution(
+    name: str, multiplier: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # group = channels (MobileNet's depthwise layers), one or two outputs per
+    # channel: each output sees its own input channel only.
+    force_lowering(monkeypatch, name)
+    channels = 4
+    layer = conv_layer(
+        f"num_output: {channels * multiplier} group: {channels} kernel_size: 3 "
+        "pad: 1 stride: 2 " + GAUSS
+    )
+    bottom, top = run_forward(layer, (2, channels, 7, 6))
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    assert w.shape == (channels * multiplier, 1, 3, 3)
+    ref = reference_conv_nd(bottom.data, w, b, (2, 2), (1, 1), (1, 1), channels)
+    np.testing.assert_allclose(top.data, ref, rtol=1e-12, atol=1e-12)
+    check_gradient(layer, [bottom], [top])
+
+
+def test_sobel_convolution_equals_two_separable_passes() -> None:
+    # Caffe TestSobelConvolution: the 3x3 Sobel filter [[-1, 0, 1], [-2, 0, 2],
+    # [-1, 0, 1]] summed over 3 channels equals a 3x1 pass with [1, 2, 1]
+    # over the channels followed by a 1x3 pass with [-1, 0, 1] (non-square
+    # kernels and strides).
+    rng = np.random.default_rng(0)
+    bottom = make_blob((2, 3, 6, 4), rng)
+    sobel = conv_layer("num_output: 1 kernel_size: 3 stride: 2 bias_term: false")
+    top = Blob(dtype=np.float64)
+    sobel.setup([bottom], [top])
+    sobel.blobs[0].data[...] = np.outer([1, 2, 1], [-1, 0, 1])
+    sobel.forward([bottom], [top])
+    first = conv_layer(
+        "num_output: 1 kernel_h: 3 kernel_w: 1 stride_h: 2 stride_w: 1 bias_term: false"
+    )
+    mid = Blob(dtype=np.float64)
+    first.setup([bottom], [mid])
+    first.blobs[0].data[...] = np.array([1, 2, 1]).reshape(1, 1, 3, 1)
+    first.forward([bottom], [mid])
+    second = conv_layer(
+        "num_output: 1 kernel_h: 1 kernel_w: 3 stride_h: 1 stride_w: 2 bias_term: false"
+    )
+    out = Blob(dtype=np.float64)
+    second.setup([mid], [out])
+    second.blobs[0].data[...] = np.array([-1, 0, 1]).reshape(1, 1, 1, 3)
+    second.forward([mid], [out])
+    assert out.shape == top.shape == (2, 1, 2, 1)
+    np.testing.assert_allclose(out.data, top.data, rtol=1e-12, atol=1e-12)
+    # And by hand for image 0, output (0, 0): rows 0..2, columns 0..2.
+    x = bottom.data[0].sum(axis=0)
+    expect = sum(
+        np.outer([1, 2, 1], [-1, 0, 1])[i, j] * x[i, j]
+        for i in range(3)
+        for j in range(3)
+    )
+    assert top.data[0, 0, 0, 0] == pytest.approx(expect, rel=1e-12)

@@ -47,6 +47,7 @@ for _module in (
     "neuron",
     "conv",
     "pooling",
+    "spp",
     "inner_product",
     "shape",
     "common",

@@ -1,16 +1,18 @@
 """The convolution family: BaseConvolutionLayer (Caffe's base_conv_layer.cpp)
-and Convolution over it (conv_layer.cpp).
+with Convolution (conv_layer.cpp), Deconvolution (deconv_layer.cpp) and
+Im2col (im2col_layer.cpp) over it.
 
-BaseConvolutionLayer keeps Caffe's parameters, checks, blobs and top shapes;
-a subclass says how its output size follows from its input
-(`compute_output_shape`) and which GEMM steps make its forward and backward.
-The steps are those of base_conv_layer.cpp, run over the whole batch by a
-lowering (caffesolve/ops/conv.py), one per bottom, which also picks the
-strategy and splits the work for the worker threads.
+BaseConvolutionLayer keeps Caffe's parameters, checks, blobs and top shapes
+for any number of spatial axes; a subclass says how its output size follows
+from its input (`compute_output_shape`) and which GEMM steps make its
+forward and backward. The steps are those of base_conv_layer.cpp, run over
+the whole batch by a lowering (caffesolve/ops/conv.py), one per bottom,
+which also picks the strategy and splits the work for the worker threads.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import ClassVar
@@ -26,10 +28,18 @@ from caffesolve.layers.base import Layer
 from caffesolve.ops.conv import (
     ConvGeometry,
     ConvLowering,
+    NDGeometry,
+    add_bias,
+    add_bias_diff,
     make_lowering,
     run_steps,
 )
-from caffesolve.ops.im2col import conv_out_size
+from caffesolve.ops.im2col import (
+    col2im_per_image,
+    conv_out_size,
+    im2col_per_image,
+    padded_image_shape,
+)
 from caffesolve.proto import caffe_pb2
 
 Array = npt.NDArray[np.float32]
@@ -40,40 +50,47 @@ def _per_axis(
     values: Sequence[int],
     name: str,
     default: int | None,
-    num_spatial: int = 2,
-) -> list[int]:
+    num_spatial: int,
+) -> tuple[int, ...]:
     """A repeated conv field (kernel_size, stride, pad, dilation): given
     once, once per spatial axis, or (with a default) not at all."""
     n = len(values)
     if n == 0 and default is not None:
-        return [default] * num_spatial
+        return (default,) * num_spatial
     if n == 1:
-        return [int(values[0])] * num_spatial
+        return (int(values[0]),) * num_spatial
     if n == num_spatial:
-        return [int(v) for v in values]
+        return tuple(int(v) for v in values)
     raise layer.config_error(
         f"convolution_param.{name} must be specified once, or once per spatial "
         f"dimension ({name} specified {n} times; {num_spatial} spatial dims)."
     )
 
 
-def _pair(
+def _field(
     layer: Layer,
     p: caffe_pb2.ConvolutionParameter,
     name: str,
     field: str,
     default: int | None,
-) -> tuple[int, int]:
-    """`name_h`/`name_w` if either is set, else the repeated field `field`."""
+    num_spatial: int,
+) -> tuple[int, ...]:
+    """`name_h`/`name_w` if either is set (2-D only), else the repeated
+    field `field` (Caffe's LayerSetUp for kernel, stride and pad)."""
     h, w = f"{name}_h", f"{name}_w"
     if p.HasField(h) or p.HasField(w):
+        if num_spatial != 2:
+            raise layer.config_error(
+                f"convolution_param.{h} & {w} can only be used for 2D "
+                f"convolution (the bottom has {num_spatial} spatial axes)."
+            )
         if len(getattr(p, field)):
             raise layer.config_error(
-                f"Either {field} or {h}/{w} should be specified; not both."
+                f"Either convolution_param.{field} or {h}/{w} should be "
+                "specified; not both."
             )
         return int(getattr(p, h)), int(getattr(p, w))
-    a, b = _per_axis(layer, getattr(p, field), field, default)
-    return a, b
+    return _per_axis(layer, getattr(p, field), field, default, num_spatial)
 
 
 def _view(a: Array, shape: tuple[int, ...], what: str) -> Array:
@@ -85,10 +102,11 @@ def _view(a: Array, shape: tuple[int, ...], what: str) -> Array:
 
 class BaseConvolutionLayer(Layer):
     """Caffe's BaseConvolutionLayer: convolution_param read and checked
-    (kernel_size or kernel_h/kernel_w, stride, pad, dilation, group, axis),
-    the weights (conv_out_channels, conv_in_channels/group, kh, kw) and bias
-    (num_output,) made with their fillers, and the tops shaped
-    leading axes + (num_output,) + compute_output_shape(spatial sizes).
+    (kernel_size or kernel_h/kernel_w, stride, pad, dilation, group, axis,
+    force_nd_im2col), the weights (conv_out_channels,
+    conv_in_channels/group, *kernel) and bias (num_output,) made with their
+    fillers, and the tops shaped leading axes + (num_output,) +
+    compute_output_shape(spatial sizes).
 
     With `reverse_dimensions` (Deconvolution) the roles of the bottom and
     the top swap in the lowering: the top is the side im2col reads. Several
@@ -98,6 +116,9 @@ class BaseConvolutionLayer(Layer):
     min_top_blobs = 1
     equal_num_bottom_top_blobs = True
     reverse_dimensions: ClassVar[bool] = False
+    # Spatial axes the layer needs at least (Caffe: 0 for convolution, 1 for
+    # Im2col).
+    min_spatial_axes: ClassVar[int] = 0
 
     def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The top's spatial sizes from the bottom's (Caffe's
@@ -105,32 +126,8 @@ class BaseConvolutionLayer(Layer):
         raise NotImplementedError
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        self.setup_kernel(bottom)
         p = self.layer_param.convolution_param
-        try:
-            self.channel_axis = bottom[0].canonical_axis_index(p.axis)
-        except ShapeError as e:
-            raise self.config_error(f"convolution_param.axis: {e}") from None
-        self.num_spatial_axes = bottom[0].num_axes - self.channel_axis - 1
-        if self.num_spatial_axes != 2:
-            raise self.config_error(
-                f"only 2-D convolution is supported: bottom "
-                f"{bottom[0].shape_string()} has {self.num_spatial_axes} spatial "
-                f"axes after channel axis {self.channel_axis} (convolution_param."
-                f"axis); reshape the bottom to (N, C, H, W)"
-            )
-        self.kernel = _pair(self, p, "kernel", "kernel_size", None)
-        self.stride = _pair(self, p, "stride", "stride", 1)
-        self.pad = _pair(self, p, "pad", "pad", 0)
-        self.dilation = tuple(_per_axis(self, p.dilation, "dilation", 1))
-        if min(self.kernel) <= 0:
-            raise self.config_error(
-                "Filter dimensions must be nonzero (set convolution_param."
-                "kernel_size, or kernel_h and kernel_w)."
-            )
-        if min(self.stride) <= 0:
-            raise self.config_error("Stride dimensions must be nonzero.")
-        if min(self.dilation) <= 0:
-            raise self.config_error("Dilation dimensions must be nonzero.")
         self.channels = bottom[0].shape[self.channel_axis]
         self.num_output = int(p.num_output)
         if self.num_output <= 0:
@@ -149,21 +146,16 @@ class BaseConvolutionLayer(Layer):
                 f"(convolution_param.num_output {self.num_output}, group "
                 f"{self.group})."
             )
-        if self.reverse_dimensions:
-            self.conv_out_channels, self.conv_in_channels = (
-                self.channels,
-                self.num_output,
-            )
-        else:
-            self.conv_out_channels, self.conv_in_channels = (
-                self.num_output,
-                self.channels,
-            )
+        self.conv_out_channels, self.conv_in_channels = (
+            (self.channels, self.num_output)
+            if self.reverse_dimensions
+            else (self.num_output, self.channels)
+        )
         self.bias_term = bool(p.bias_term)
         weight_shape = (
             self.conv_out_channels,
             self.conv_in_channels // self.group,
-        ) + tuple(self.kernel)
+        ) + self.kernel
         dtype = bottom[0].data.dtype
         if self.blobs:
             self._check_blobs(weight_shape)
@@ -176,8 +168,36 @@ class BaseConvolutionLayer(Layer):
                 self.fill(bias, p.bias_filler, "convolution_param.bias_filler")
                 self.blobs.append(bias)
         self.param_propagate_down = [True] * len(self.blobs)
-        self.geometry: ConvGeometry | None = None
         self.lowerings: list[ConvLowering] = []
+
+    def setup_kernel(self, bottom: list[Blob]) -> None:
+        """The axes, kernel, stride, pad and dilation, with Caffe's checks."""
+        p = self.layer_param.convolution_param
+        try:
+            self.channel_axis = bottom[0].canonical_axis_index(p.axis)
+        except ShapeError as e:
+            raise self.config_error(f"convolution_param.axis: {e}") from None
+        self.num_spatial_axes = n = bottom[0].num_axes - self.channel_axis - 1
+        if n < self.min_spatial_axes:
+            raise self.config_error(
+                f"the bottom {bottom[0].shape_string()} has no spatial axes after "
+                f"channel axis {self.channel_axis} (convolution_param.axis)"
+            )
+        self.force_nd_im2col = bool(p.force_nd_im2col)
+        self.kernel = _field(self, p, "kernel", "kernel_size", None, n)
+        self.stride = _field(self, p, "stride", "stride", 1, n)
+        self.pad = _field(self, p, "pad", "pad", 0, n)
+        self.dilation = _per_axis(self, p.dilation, "dilation", 1, n)
+        if n and min(self.kernel) <= 0:
+            raise self.config_error(
+                "Filter dimensions must be nonzero (set convolution_param."
+                "kernel_size, or kernel_h and kernel_w)."
+            )
+        if n and min(self.stride) <= 0:
+            raise self.config_error("Stride dimensions must be nonzero.")
+        if n and min(self.dilation) <= 0:
+            raise self.config_error("Dilation dimensions must be nonzero.")
+        self.geometry: ConvGeometry | NDGeometry | None = None
 
     def _check_blobs(self, weight_shape: tuple[int, ...]) -> None:
         """Caffe's checks on blobs given before setup (e.g. shared weights)."""
@@ -192,8 +212,8 @@ class BaseConvolutionLayer(Layer):
                     f"{blob.shape_string()}"
                 )
 
-    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
-        self.xp = array_module(bottom[0].data)  # numpy (CuPy later)
+    def check_bottom(self, bottom: list[Blob]) -> None:
+        """Caffe's Reshape checks: same axes, channels and shapes."""
         axis = self.channel_axis
         shape = bottom[0].shape
         if len(shape) != axis + 1 + self.num_spatial_axes:
@@ -210,25 +230,55 @@ class BaseConvolutionLayer(Layer):
                     f"{self.where()}: shape mismatch - bottom[0]: "
                     f"{bottom[0].shape_string()} vs. bottom[{i}]: {b.shape_string()}"
                 )
-        self.num = bottom[0].count_range(0, axis)
-        spatial = shape[axis + 1 :]
+
+    def output_shape(self, bottom: Blob) -> tuple[int, ...]:
+        """compute_output_shape of the bottom's spatial sizes; a ShapeError
+        if a size comes out empty."""
+        spatial = bottom.shape[self.channel_axis + 1 :]
         output = self.compute_output_shape(spatial)
-        if min(output) <= 0:
+        if output and min(output) <= 0:
+            sizes = "x".join(map(str, output))
+            if self.reverse_dimensions:
+                raise ShapeError(
+                    f"{self.where()}: convolution_param.pad "
+                    f"{'x'.join(map(str, self.pad))} leaves no output for the "
+                    f"bottom {bottom.shape_string()} (output {sizes})"
+                )
             extent = [d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation)]
             raise ShapeError(
-                f"{self.where()}: the kernel (extent "
-                f"{'x'.join(map(str, extent))}) is larger than the padded bottom "
-                f"{bottom[0].shape_string()}"
+                f"{self.where()}: the kernel (extent {'x'.join(map(str, extent))}) "
+                f"is larger than the padded bottom {bottom.shape_string()} "
+                f"(output {sizes})"
             )
-        self.bottom_shape = (self.num, self.channels) + spatial
+        return output
+
+    def make_geometry(
+        self, num: int, channels: int, spatial: tuple[int, ...]
+    ) -> ConvGeometry | NDGeometry:
+        """The sizes of the image side: 2-D, or N-D (Caffe's im2col_nd) for
+        other axis counts and with force_nd_im2col."""
+        if self.num_spatial_axes == 2 and not self.force_nd_im2col:
+            (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+            dh, dw = self.dilation
+            return ConvGeometry(num, channels, *spatial, kh, kw, sh, sw, ph, pw, dh, dw)
+        return NDGeometry(
+            num, channels, spatial, self.kernel, self.stride, self.pad, self.dilation
+        )
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        self.xp = array_module(bottom[0].data)  # numpy (CuPy later)
+        self.check_bottom(bottom)
+        axis = self.channel_axis
+        shape = bottom[0].shape
+        self.num = bottom[0].count_range(0, axis)
+        output = self.output_shape(bottom[0])
+        self.bottom_shape = (self.num, self.channels) + shape[axis + 1 :]
         self.top_shape = (self.num, self.num_output) + output
         for t in top:
             t.reshape(shape[:axis] + self.top_shape[1:])
         # The lowering's image side: Caffe's conv_input_shape_.
         image = self.top_shape if self.reverse_dimensions else self.bottom_shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
-        dh, dw = self.dilation
-        g = ConvGeometry(*image, kh, kw, sh, sw, ph, pw, dh, dw)
+        g = self.make_geometry(image[0], image[1], image[2:])
         if g != self.geometry or len(self.lowerings) != len(bottom):
             self.geometry = g
             self.forget_buffers()
@@ -250,8 +300,8 @@ class BaseConvolutionLayer(Layer):
 class ConvolutionLayer(BaseConvolutionLayer):
     """Caffe's Convolution: top[n, m] = sum_c W[m, c] (*) bottom[n, c] + b[m]
     (cross-correlation with stride, pad, dilation; channels split into
-    `group` independent groups). Weights (num_output, channels/group, kh, kw),
-    bias (num_output,). Output size per axis:
+    `group` independent groups). Weights (num_output, channels/group,
+    *kernel), bias (num_output,). Output size per axis:
     (in + 2*pad - (dilation*(k-1)+1)) / stride + 1 (conv_layer.cpp).
     Forward is forward_gemm (and the bias); backward is backward_bias,
     then weight_gemm and backward_gemm side by side on the workers."""
@@ -260,10 +310,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
 
     def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(
-            conv_out_size(size, k, s, p, d)
-            for size, k, s, p, d in zip(
-                input_shape, self.kernel, self.stride, self.pad, self.dilation
-            )
+            conv_out_size(*a)
+            for a in zip(input_shape, self.kernel, self.stride, self.pad, self.dilation)
         )
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
@@ -291,3 +339,101 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 x = self.bottom_view(b.data, f"bottom '{b.name}' data")
                 steps.append(partial(lowering.weight_gemm, x, dy, weight.diff, True))
             run_steps(steps, dy.nbytes)
+
+
+@register
+class DeconvolutionLayer(BaseConvolutionLayer):
+    """Caffe's Deconvolution (deconv_layer.cpp): Convolution's data gradient
+    as the forward, so top = col2im(W^T x bottom) + b. Weights (channels,
+    num_output/group, *kernel), bias (num_output,). Output size per axis:
+    stride*(in - 1) + dilation*(k-1)+1 - 2*pad. The lowering reads the top
+    as its image side: forward is backward_gemm (and the bias), backward is
+    the bias diff, weight_gemm (of the top diff against the bottom) and
+    forward_gemm of the top diff, reusing the columns weight_gemm made."""
+
+    type = "Deconvolution"
+    reverse_dimensions = True
+
+    def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(
+            s * (size - 1) + d * (k - 1) + 1 - 2 * p
+            for size, k, s, p, d in zip(
+                input_shape, self.kernel, self.stride, self.pad, self.dilation
+            )
+        )
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        w = self.blobs[0].data
+        for lowering, b, t in zip(self.lowerings, bottom, top):
+            x = self.bottom_view(b.data, f"bottom '{b.name}' data")
+            y = self.top_view(t.data, f"top '{t.name}' data")
+            lowering.backward_gemm(lowering.output_columns(x), w, y)
+            if self.bias_term:
+                add_bias(y, self.blobs[1].data)
+
+    def backward(
+        self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
+    ) -> None:
+        weight = self.blobs[0]
+        for i, (lowering, t, b) in enumerate(zip(self.lowerings, top, bottom)):
+            top_diff = self.top_view(t.diff, f"top '{t.name}' diff")
+            if self.bias_term and self.param_propagate_down[1]:
+                add_bias_diff(top_diff, self.blobs[1].diff, self.buffer)
+            learn = self.param_propagate_down[0]
+            if learn:
+                x = lowering.output_columns(self.bottom_view(b.data, "bottom data"))
+                lowering.weight_gemm(top_diff, x, weight.diff)
+            if propagate_down[i]:
+                dx = self.bottom_view(b.diff, f"bottom '{b.name}' diff")
+                lowering.forward_gemm(top_diff, weight.data, dx, reuse_columns=learn)
+
+
+@register
+class Im2colLayer(BaseConvolutionLayer):
+    """Caffe's Im2col (im2col_layer.cpp): the top is each image's column
+    matrix, (N, C*prod(kernel), *out) with out per axis
+    (in + 2*pad - (dilation*(k-1)+1)) / stride + 1; backward is col2im.
+    Reads convolution_param's kernel, stride, pad, dilation, axis and
+    force_nd_im2col; no weights."""
+
+    type = "Im2col"
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+    min_spatial_axes = 1
+    compute_output_shape = ConvolutionLayer.compute_output_shape
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        self.setup_kernel(bottom)
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        self.xp = array_module(bottom[0].data)
+        axis, shape = self.channel_axis, bottom[0].shape
+        if len(shape) != axis + 1 + self.num_spatial_axes:
+            raise ShapeError(f"{self.where()}: bottom num_axes may not change.")
+        output = self.output_shape(bottom[0])
+        num, channels = bottom[0].count_range(0, axis), shape[axis]
+        self.geometry = self.make_geometry(num, channels, shape[axis + 1 :])
+        self.bottom_shape = (num, channels) + shape[axis + 1 :]
+        self.top_shape = (num, channels * math.prod(self.kernel)) + output
+        top[0].reshape(shape[:axis] + self.top_shape[1:])
+
+    def _work(self, name: str, dtype: np.dtype) -> Array | None:
+        g = self.geometry
+        assert g is not None
+        return self.buffer(name, padded_image_shape(g), dtype) if g.has_pad else None
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        x = self.bottom_view(bottom[0].data, "bottom data")
+        col = self.top_view(top[0].data, "top data")
+        assert self.geometry is not None
+        im2col_per_image(x, self.geometry, col, self._work("image", x.dtype))
+
+    def backward(
+        self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
+    ) -> None:
+        if not propagate_down[0]:
+            return
+        dcol = self.top_view(top[0].diff, "top diff")
+        dx = self.bottom_view(bottom[0].diff, "bottom diff")
+        assert self.geometry is not None
+        col2im_per_image(dcol, self.geometry, dx, self._work("image_diff", dx.dtype))

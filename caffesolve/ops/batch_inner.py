@@ -98,10 +98,15 @@ class BatchInnerLowering(ConvLowering):
         return col
 
     def forward_gemm(
-        self, x: Array, w: Array, y: Array, bias: Array | None = None
+        self,
+        x: Array,
+        w: Array,
+        y: Array,
+        bias: Array | None = None,
+        reuse_columns: bool = False,
     ) -> None:
         out = self._gemm_side("y", x.dtype)
-        col = self.im2col(x)
+        col = self.lowered(x, reuse_columns)
         conv_forward_gemm(w.reshape(self.num_output, -1), col, self.group, out)
         if bias is not None:
             out += bias[:, None]

@@ -14,8 +14,8 @@ Convolution's forward is the first step and its backward the other two;
 Deconvolution runs the same steps with the roles swapped (its forward is
 backward_gemm). So here, as in Caffe, `x` is always the image side, the one
 im2col reads (Caffe's `input`: Convolution's bottom, Deconvolution's top),
-and `y` the GEMM side (Caffe's `output`). Arrays are (N, C, H, W) with the
-batch first, W is the weight blob (M, C/group, kh, kw), and every step
+and `y` the GEMM side (Caffe's `output`). Arrays are (N, C, *spatial) with
+the batch first, W is the weight blob (M, C/group, *kernel), and every step
 covers the whole batch and all groups in batched GEMM calls.
 
 A ConvLowering is one way to run these steps; `choose_lowering` picks one
@@ -29,6 +29,10 @@ it. The strategies, each in its own module and registered in LOWERINGS:
 - "row_shift" (ops/row_shift.py): batch-inner columns as the smaller
   row-shift matrix, one GEMM per output row; small planes with vertical
   stride and dilation 1 and one group (LeNet conv2).
+
+The 2-D strategies take a ConvGeometry; per-image columns also take an
+NDGeometry, for any number of spatial axes (Caffe's im2col_nd_cpu, used
+there when the spatial axes are not two or force_nd_im2col is set).
 
 Results differ from Caffe's only in the order of float32 sums. A lowering
 keeps its buffers across iterations (through the layer's `buffer`), and the
@@ -47,8 +51,8 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from caffesolve.backend import parallel_parts, run_parallel
-from caffesolve.ops.im2col import ConvGeometry
+from caffesolve.backend import array_module, parallel_parts, run_parallel
+from caffesolve.ops.im2col import ConvGeometry, NDGeometry
 
 Array = npt.NDArray[np.floating]
 # A layer's `buffer(name, shape, dtype, fill=0.0)`: a work array kept across
@@ -68,7 +72,7 @@ class ConvLowering:
 
     def __init__(
         self,
-        g: ConvGeometry,
+        g: ConvGeometry | NDGeometry,
         num_output: int,
         group: int,
         buffer: BufferFn,
@@ -84,17 +88,24 @@ class ConvLowering:
         self.columns_ready = False
 
     @classmethod
-    def applies(cls, g: ConvGeometry, num_output: int, group: int) -> bool:
+    def applies(cls, g: ConvGeometry | NDGeometry, num_output: int, group: int) -> bool:
         """Whether this strategy can run the geometry."""
-        return True
+        return isinstance(g, ConvGeometry)
 
     # -- the steps ------------------------------------------------------------------
 
     def forward_gemm(
-        self, x: Array, w: Array, y: Array, bias: Array | None = None
+        self,
+        x: Array,
+        w: Array,
+        y: Array,
+        bias: Array | None = None,
+        reuse_columns: bool = False,
     ) -> None:
         """y = W * x for every image and group (forward_cpu_gemm), plus the
-        bias if given (forward_cpu_bias); keeps x's columns."""
+        bias if given (forward_cpu_bias); keeps x's columns. With
+        reuse_columns, the columns weight_gemm made of this same x are used
+        as they are (Caffe's skip_im2col)."""
         raise NotImplementedError
 
     def output_columns(self, y: Array) -> Array:
@@ -112,8 +123,7 @@ class ConvLowering:
     ) -> None:
         """weight_diff += dy x im2col(x)^T summed over the batch
         (weight_cpu_gemm); dy from output_columns. With reuse_columns, the
-        columns forward_gemm made of this same x are used as they are
-        (Caffe's skip_im2col)."""
+        columns forward_gemm made of this same x are used as they are."""
         raise NotImplementedError
 
     def backward_gemm(self, dy: Array, w: Array, dx: Array) -> None:
@@ -122,11 +132,6 @@ class ConvLowering:
         raise NotImplementedError
 
     # -- shared by the strategies ------------------------------------------------------
-
-    def forward_bias(self, y: Array, bias: Array) -> None:
-        """y (N, M, ...) += bias[m] (forward_cpu_bias): Deconvolution's,
-        whose forward is backward_gemm."""
-        y.reshape(y.shape[0], y.shape[1], -1)[...] += bias[:, None]
 
     def column_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
@@ -172,11 +177,11 @@ def prefer_batch_inner(g: ConvGeometry, num_output: int) -> bool:
     return 4 * rows > transposed
 
 
-def choose_lowering(g: ConvGeometry, num_output: int, group: int) -> str:
+def choose_lowering(g: ConvGeometry | NDGeometry, num_output: int, group: int) -> str:
     """The strategy for a geometry: per-image columns for large output
-    planes, else batch-inner columns, as the row-shift matrix where that
-    applies."""
-    if not prefer_batch_inner(g, num_output):
+    planes (and any N-D geometry), else batch-inner columns, as the
+    row-shift matrix where that applies."""
+    if isinstance(g, NDGeometry) or not prefer_batch_inner(g, num_output):
         return "per_image"
     if LOWERINGS["row_shift"].applies(g, num_output, group):
         return "row_shift"
@@ -184,7 +189,11 @@ def choose_lowering(g: ConvGeometry, num_output: int, group: int) -> str:
 
 
 def make_lowering(
-    g: ConvGeometry, num_output: int, group: int, buffer: BufferFn, slot: int = 0
+    g: ConvGeometry | NDGeometry,
+    num_output: int,
+    group: int,
+    buffer: BufferFn,
+    slot: int = 0,
 ) -> ConvLowering:
     """The lowering choose_lowering picks, built."""
     cls = LOWERINGS[choose_lowering(g, num_output, group)]
@@ -200,3 +209,17 @@ def run_steps(steps: Sequence[Callable[[], None]], nbytes: int) -> None:
         return
     for step in steps:
         step()
+
+
+def add_bias(y: Array, bias: Array) -> None:
+    """forward_cpu_bias for every image: y (N, M, *spatial) += bias[m]."""
+    y.reshape(y.shape[0], y.shape[1], -1)[...] += bias[:, None]
+
+
+def add_bias_diff(dy: Array, bias_diff: Array, buffer: BufferFn) -> None:
+    """backward_cpu_bias for every image: bias_diff[m] += the sum of
+    dy (N, M, *spatial) over images and positions, as a GEMV with ones per
+    image (Caffe's bias_multiplier_), added up over the images."""
+    d = dy.reshape(dy.shape[0], dy.shape[1], -1)
+    ones = buffer("ones", (d.shape[2],), d.dtype, fill=1.0)
+    bias_diff += array_module(d).matmul(d, ones).sum(axis=0)

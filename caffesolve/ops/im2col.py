@@ -1,5 +1,5 @@
-"""2-D convolution geometry and Caffe's im2col / col2im (util/im2col.cpp) for
-a whole batch, in the two column layouts the lowerings use.
+"""Convolution geometry and Caffe's im2col / col2im (util/im2col.cpp) for a
+whole batch, in the two column layouts the lowerings use.
 
 Rows of a column matrix are ordered (channel, kernel row, kernel column)
 like Caffe's, so a weight blob (num_output, channels/group, kh, kw) reshapes
@@ -11,6 +11,9 @@ to (M, K) unchanged and group g's rows are one contiguous block:
 - Per-image columns (N, K, oh*ow): Caffe's own im2col buffer for every image
   at once. A stacked GEMM W x col[n] writes the top in NCHW directly. im2col
   copies runs of `ow` contiguous values: good when output planes are large.
+  These take any number of spatial axes (Caffe's im2col_nd_cpu: rows ordered
+  (channel, kernel offsets in row-major order), columns the output positions
+  in row-major order), with the sizes in an NDGeometry.
 - Batch-inner columns (K, oh*ow*N), columns ordered (y, x, n): the image is
   first transposed to (C, H, W, N), so im2col and col2im move runs of ow*N
   values and the NCHW <-> (.., N) conversions are 2-D transposes: good when
@@ -23,6 +26,8 @@ across iterations.
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +112,74 @@ class ConvGeometry:
         """True when im2col needs a padded copy of the image."""
         return self.padded_h != self.height or self.padded_w != self.width
 
+    @property
+    def nd(self) -> NDGeometry:
+        """The same sizes as an NDGeometry with two spatial axes."""
+        return NDGeometry(
+            self.num,
+            self.channels,
+            (self.height, self.width),
+            (self.kernel_h, self.kernel_w),
+            (self.stride_h, self.stride_w),
+            (self.pad_h, self.pad_w),
+            (self.dilation_h, self.dilation_w),
+        )
+
+
+@dataclass(frozen=True)
+class NDGeometry:
+    """A convolution's sizes along any number of spatial axes (Caffe's
+    im2col_nd_cpu): the image side (num, channels, spatial `shape`), and
+    per spatial axis the kernel, stride, pad and dilation."""
+
+    num: int
+    channels: int
+    shape: tuple[int, ...]
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    pad: tuple[int, ...]
+    dilation: tuple[int, ...]
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(
+            conv_out_size(*a)
+            for a in zip(self.shape, self.kernel, self.stride, self.pad, self.dilation)
+        )
+
+    @property
+    def padded_shape(self) -> tuple[int, ...]:
+        """Spatial sizes of the zero-padded image (see ConvGeometry.padded_h)."""
+        return tuple(
+            max(size + 2 * pad, (out - 1) * stride + dilation * (k - 1) + 1)
+            for size, k, stride, pad, dilation, out in zip(
+                self.shape,
+                self.kernel,
+                self.stride,
+                self.pad,
+                self.dilation,
+                self.out_shape,
+            )
+        )
+
+    @property
+    def has_pad(self) -> bool:
+        return self.padded_shape != self.shape
+
+    @property
+    def kernel_dim(self) -> int:
+        """Rows of the column matrix: channels * prod(kernel)."""
+        return self.channels * math.prod(self.kernel)
+
+    @property
+    def col_cols(self) -> int:
+        """Columns of the column matrix: num * prod(out_shape)."""
+        return self.num * math.prod(self.out_shape)
+
+
+def as_nd(g: ConvGeometry | NDGeometry) -> NDGeometry:
+    return g.nd if isinstance(g, ConvGeometry) else g
+
 
 def strided_view(a: Array, shape: tuple[int, ...], strides: tuple[int, ...]) -> Array:
     """Read-only view of `a` with the given shape and byte strides (numpy's
@@ -171,28 +244,20 @@ def padded_shape(g: ConvGeometry, batch_inner: bool) -> tuple[int, ...]:
     (C, Hp, Wp, N) for batch-inner columns, (N, C, Hp, Wp) per image."""
     if batch_inner:
         return (g.channels, g.padded_h, g.padded_w, g.num)
-    return (g.num, g.channels, g.padded_h, g.padded_w)
+    return padded_image_shape(g)
 
 
-def padded_input(
-    x: Array, g: ConvGeometry, batch_inner: bool, work: Array | None
-) -> Array:
-    """x (N, C, H, W) in a lowering's layout, zero padded (padded_shape).
-    `work`, if given, must keep zero borders between calls (only its
-    interior is written here)."""
+def padded_input(x: Array, g: ConvGeometry, work: Array | None) -> Array:
+    """x (N, C, H, W) as the zero-padded (C, Hp, Wp, N) image of batch-inner
+    columns. `work`, if given, must keep zero borders between calls (only
+    its interior is written here)."""
     xp = array_module(x)
     if not g.has_pad:
-        if batch_inner:
-            return nchw_to_chwn(x, work)
-        return x
+        return nchw_to_chwn(x, work)
     if work is None:
-        work = xp.zeros(padded_shape(g, batch_inner), x.dtype)
-    ph, pw = g.pad_h, g.pad_w
-    if batch_inner:
-        interior = work[:, ph : ph + g.height, pw : pw + g.width, :]
-        xp.copyto(interior, x.transpose(1, 2, 3, 0))
-    else:
-        xp.copyto(work[:, :, ph : ph + g.height, pw : pw + g.width], x)
+        work = xp.zeros(padded_shape(g, True), x.dtype)
+    interior = work[:, g.pad_h : g.pad_h + g.height, g.pad_w : g.pad_w + g.width, :]
+    xp.copyto(interior, x.transpose(1, 2, 3, 0))
     return work
 
 
@@ -208,7 +273,7 @@ def im2col(
     xp = array_module(x)
     if out is None:
         out = xp.empty((g.kernel_dim, g.col_cols), x.dtype)
-    padded = padded_input(x, g, True, work)
+    padded = padded_input(x, g, work)
     sc, sh, sw, sn = padded.strides
     windows = strided_view(
         padded,
@@ -266,65 +331,95 @@ def col2im_row_block(
     return max(1, min(g.out_h, target_bytes // max(row_bytes, 1)))
 
 
-# -- per-image columns --------------------------------------------------------------
+# -- per-image columns, any number of spatial axes ------------------------------
 
 
-def per_image_shape(g: ConvGeometry) -> tuple[int, int, int]:
-    """Shape of the per-image column stack: (N, C*kh*kw, oh*ow)."""
-    return (g.num, g.kernel_dim, g.out_h * g.out_w)
+def per_image_shape(g: ConvGeometry | NDGeometry) -> tuple[int, int, int]:
+    """Shape of the per-image column stack: (N, C*prod(kernel), prod(out))."""
+    g = as_nd(g)
+    return (g.num, g.kernel_dim, math.prod(g.out_shape))
+
+
+def padded_image_shape(g: ConvGeometry | NDGeometry) -> tuple[int, ...]:
+    """Shape of the padded (N, C, *padded spatial) image buffer of per-image
+    im2col / col2im."""
+    g = as_nd(g)
+    return (g.num, g.channels) + g.padded_shape
+
+
+def _interior(g: NDGeometry) -> tuple[slice, ...]:
+    """The image inside the padded buffer (N, C, *padded)."""
+    inside = tuple(slice(p, p + size) for p, size in zip(g.pad, g.shape))
+    return (slice(None), slice(None)) + inside
 
 
 def im2col_per_image(
-    x: Array, g: ConvGeometry, out: Array | None = None, work: Array | None = None
+    x: Array,
+    g: ConvGeometry | NDGeometry,
+    out: Array | None = None,
+    work: Array | None = None,
 ) -> Array:
-    """Caffe's im2col_cpu for each image: x (N, C, H, W) -> col
-    (N, C*kh*kw, oh*ow); padding reads as zero. `work`: the zero-bordered
-    padded (N, C, Hp, Wp) buffer, needed only when g.has_pad."""
+    """Caffe's im2col_cpu (im2col_nd_cpu) for each image: x (N, C, *shape)
+    -> col (N, C*prod(kernel), prod(out)); padding reads as zero. `work`:
+    the zero-bordered padded buffer (padded_image_shape), needed only when
+    g.has_pad (its interior is written here, its borders stay zero)."""
+    g = as_nd(g)
     xp = array_module(x)
     if out is None:
         out = xp.empty(per_image_shape(g), x.dtype)
-    padded = padded_input(x, g, False, work)
-    sn, sc, sh, sw = padded.strides
-    kernel_strides = (sn, sc, g.dilation_h * sh, g.dilation_w * sw, g.stride_h * sh)
-    if xp is np and g.stride_w == 1 and padded.flags.c_contiguous:
-        # Each window row is a run of ow contiguous values: copy whole runs
-        # as single records (one loop call per kernel offset, not per row).
-        record = np.dtype((np.void, g.out_w * padded.itemsize))
+    padded = x
+    if g.has_pad:
+        if work is None:
+            work = xp.zeros(padded_image_shape(g), x.dtype)
+        xp.copyto(work[_interior(g)], x)
+        padded = work
+    sn, sc, *spatial = padded.strides
+    kernel_strides = tuple(d * s for d, s in zip(g.dilation, spatial))
+    out_strides = tuple(st * s for st, s in zip(g.stride, spatial))
+    outer = (g.num, g.channels) + g.kernel + g.out_shape[:-1]
+    outer_strides = (sn, sc) + kernel_strides + out_strides[:-1]
+    if xp is np and g.shape and g.stride[-1] == 1 and padded.flags.c_contiguous:
+        # Each window row is a run of out_shape[-1] contiguous values: copy
+        # whole runs as single records (one loop call per kernel offset and
+        # output row, not per value).
+        record = np.dtype((np.void, g.out_shape[-1] * padded.itemsize))
         runs = np.ndarray(
-            shape=(g.num, g.channels, g.kernel_h, g.kernel_w, g.out_h),
-            dtype=record,
-            buffer=padded,
-            strides=kernel_strides,
+            shape=outer, dtype=record, buffer=padded, strides=outer_strides
         )
         np.copyto(out.reshape(-1).view(record).reshape(runs.shape), runs)
         return out
-    shape = (g.num, g.channels, g.kernel_h, g.kernel_w, g.out_h, g.out_w)
-    windows = strided_view(padded, shape, kernel_strides + (g.stride_w * sw,))
+    windows = strided_view(
+        padded, outer + g.out_shape[-1:], outer_strides + out_strides[-1:]
+    )
     xp.copyto(out.reshape(windows.shape), windows)
     return out
 
 
 def col2im_per_image(
-    col: Array, g: ConvGeometry, out: Array, work: Array | None = None
+    col: Array,
+    g: ConvGeometry | NDGeometry,
+    out: Array,
+    work: Array | None = None,
 ) -> Array:
-    """Caffe's col2im_cpu for each image: the adjoint of im2col_per_image,
-    into out (N, C, H, W). `work`: a padded (N, C, Hp, Wp) buffer, needed
-    only when g.has_pad."""
+    """Caffe's col2im_cpu (col2im_nd_cpu) for each image: the adjoint of
+    im2col_per_image, into out (N, C, *shape): each column value is added
+    back to the element it was read from, kernel offsets in row-major order;
+    values from the padding are dropped. `work`: a padded buffer
+    (padded_image_shape), needed only when g.has_pad."""
+    g = as_nd(g)
     xp = array_module(col)
     acc = out if not g.has_pad else work
     if acc is None:
-        acc = xp.empty(padded_shape(g, False), col.dtype)
+        acc = xp.empty(padded_image_shape(g), col.dtype)
     acc[...] = 0
-    cols = col.reshape(g.num, g.channels, g.kernel_h, g.kernel_w, g.out_h, g.out_w)
-    span_h = g.stride_h * (g.out_h - 1) + 1
-    span_w = g.stride_w * (g.out_w - 1) + 1
-    for i in range(g.kernel_h):
-        h0 = i * g.dilation_h
-        rows = slice(h0, h0 + span_h, g.stride_h)
-        for j in range(g.kernel_w):
-            w0 = j * g.dilation_w
-            acc[:, :, rows, w0 : w0 + span_w : g.stride_w] += cols[:, :, i, j]
+    cols = col.reshape((g.num, g.channels) + g.kernel + g.out_shape)
+    everything = (slice(None), slice(None))
+    for offset in itertools.product(*(range(k) for k in g.kernel)):
+        window = tuple(
+            slice(i * d, i * d + st * (o - 1) + 1, st)
+            for i, d, st, o in zip(offset, g.dilation, g.stride, g.out_shape)
+        )
+        acc[everything + window] += cols[everything + offset]
     if acc is not out:
-        ph, pw = g.pad_h, g.pad_w
-        xp.copyto(out, acc[:, :, ph : ph + g.height, pw : pw + g.width])
+        xp.copyto(out, acc[_interior(g)])
     return out

@@ -1,6 +1,7 @@
 """The per-image lowering of convolution (ops/conv.py's interface): Caffe's
 own per-image im2col buffer for every image at once, (N, C*kh*kw, oh*ow),
-and stacked GEMMs over images and groups.
+and stacked GEMMs over images and groups. It takes any number of spatial
+axes (an NDGeometry; a 2-D ConvGeometry is turned into one).
 
 W (M, K) x col[n] (K, oh*ow) yields (N, M, oh*ow), the top in NCHW with no
 transpose, and each image's GEMM is small enough for BLAS to run it on one
@@ -13,18 +14,21 @@ products, which are then summed in image order.
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
+from functools import cached_property, partial
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from caffesolve.backend import array_module, parallel_parts, run_parallel, split_range
-from caffesolve.ops.conv import ConvLowering, register_lowering
+from caffesolve.ops.conv import ConvLowering, add_bias_diff, register_lowering
 from caffesolve.ops.im2col import (
+    ConvGeometry,
+    NDGeometry,
+    as_nd,
     col2im_per_image,
     im2col_per_image,
-    padded_shape,
+    padded_image_shape,
     per_image_shape,
 )
 
@@ -79,27 +83,42 @@ class PerImageLowering(ConvLowering):
 
     name = "per_image"
 
+    @cached_property
+    def nd(self) -> NDGeometry:
+        """The geometry with any number of spatial axes."""
+        return as_nd(self.g)
+
+    @classmethod
+    def applies(cls, g: ConvGeometry | NDGeometry, num_output: int, group: int) -> bool:
+        return True
+
     def column_shape(self) -> tuple[int, ...]:
-        return per_image_shape(self.g)
+        return per_image_shape(self.nd)
 
     def _padded(self, name: str, dtype: Any) -> Array | None:
-        """The padded (N, C, Hp, Wp) image buffer, if the geometry pads."""
-        if not self.g.has_pad:
+        """The padded (N, C, *spatial) image buffer, if the geometry pads."""
+        if not self.nd.has_pad:
             return None
-        return self.buffer(name, padded_shape(self.g, False), dtype)
+        return self.buffer(name, padded_image_shape(self.nd), dtype)
 
     def im2col(self, x: Array) -> Array:
         col = self.columns(x.dtype)
-        im2col_per_image(x, self.g, col, self._padded("image", x.dtype))
+        im2col_per_image(x, self.nd, col, self._padded("image", x.dtype))
         self.columns_ready = True
         return col
 
     def forward_gemm(
-        self, x: Array, w: Array, y: Array, bias: Array | None = None
+        self,
+        x: Array,
+        w: Array,
+        y: Array,
+        bias: Array | None = None,
+        reuse_columns: bool = False,
     ) -> None:
         """im2col, the GEMMs and the bias for halves of the batch on the
         workers; the GEMMs write y in NCHW directly."""
-        g = self.g
+        g = self.nd
+        lower = not (reuse_columns and self.columns_ready)
         col = self.columns(x.dtype)
         work = self._padded("image", x.dtype)
         out = y.reshape(g.num, self.num_output, -1)
@@ -112,9 +131,10 @@ class PerImageLowering(ConvLowering):
             array_module(x).copyto(plane, bias[:, None])
 
         def images(n0: int, n1: int) -> None:
-            part = dataclasses.replace(g, num=n1 - n0)
-            part_work = None if work is None else work[n0:n1]
-            im2col_per_image(x[n0:n1], part, col[n0:n1], part_work)
+            if lower:
+                part = dataclasses.replace(g, num=n1 - n0)
+                part_work = None if work is None else work[n0:n1]
+                im2col_per_image(x[n0:n1], part, col[n0:n1], part_work)
             per_image_forward_gemm(w2, col[n0:n1], self.group, out[n0:n1])
             if plane is not None:
                 out[n0:n1] += plane
@@ -125,19 +145,17 @@ class PerImageLowering(ConvLowering):
 
     def output_columns(self, y: Array) -> Array:
         """y as the (N, M, oh*ow) stack the GEMMs read: a view."""
-        return y.reshape(self.g.num, self.num_output, -1)
+        return y.reshape(self.nd.num, self.num_output, -1)
 
     def backward_bias(self, dy: Array, bias_diff: Array) -> None:
-        """A GEMV per image with ones, summed over the images."""
-        ones = self.buffer("ones", (dy.shape[2],), dy.dtype, fill=1.0)
-        bias_diff += array_module(dy).matmul(dy, ones).sum(axis=0)
+        add_bias_diff(dy, bias_diff, self.buffer)
 
     def weight_gemm(
         self, x: Array, dy: Array, weight_diff: Array, reuse_columns: bool = False
     ) -> None:
         """The per-image weight products (halves of the batch on the
         workers), summed afterwards in image order."""
-        g, group = self.g, self.group
+        g, group = self.nd, self.group
         col = self.lowered(x, reuse_columns)
         m, kg = self.num_output // group, col.shape[1] // group
         shape = (g.num, group, m, kg)
@@ -158,7 +176,7 @@ class PerImageLowering(ConvLowering):
         weight_diff += products.sum(axis=0).reshape(weight_diff.shape)
 
     def backward_gemm(self, dy: Array, w: Array, dx: Array) -> None:
-        dcol = self.buffer("dcol", per_image_shape(self.g), dy.dtype)
+        dcol = self.buffer("dcol", per_image_shape(self.nd), dy.dtype)
         w2 = w.reshape(self.num_output, -1)
         per_image_data_gemm(w2, dy, self.group, dcol)
-        col2im_per_image(dcol, self.g, dx, self._padded("image_diff", dy.dtype))
+        col2im_per_image(dcol, self.nd, dx, self._padded("image_diff", dy.dtype))

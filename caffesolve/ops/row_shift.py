@@ -29,6 +29,7 @@ from caffesolve.ops.batch_inner import BatchInnerLowering
 from caffesolve.ops.conv import register_lowering
 from caffesolve.ops.im2col import (
     ConvGeometry,
+    NDGeometry,
     col2im_finish,
     padded_input,
     padded_shape,
@@ -64,7 +65,7 @@ def row_shift_columns(
         kernel(x, rows, g.pad_h, g.pad_w, g.stride_w, g.dilation_w, c0, c1)
         return out
     part_g = dataclasses.replace(g, channels=c1 - c0)
-    padded = padded_input(x[:, c0:c1], part_g, True, work[c0:c1])
+    padded = padded_input(x[:, c0:c1], part_g, work[c0:c1])
     span = g.stride_w * (g.out_w - 1) + 1
     for j in range(g.kernel_w):
         w0 = j * g.dilation_w
@@ -191,8 +192,8 @@ class RowShiftLowering(BatchInnerLowering):
     name = "row_shift"
 
     @classmethod
-    def applies(cls, g: ConvGeometry, num_output: int, group: int) -> bool:
-        return group == 1 and row_shift_ok(g)
+    def applies(cls, g: ConvGeometry | NDGeometry, num_output: int, group: int) -> bool:
+        return isinstance(g, ConvGeometry) and group == 1 and row_shift_ok(g)
 
     def column_shape(self) -> tuple[int, ...]:
         return shifted_shape(self.g)
@@ -214,7 +215,12 @@ class RowShiftLowering(BatchInnerLowering):
         return col
 
     def forward_gemm(
-        self, x: Array, w: Array, y: Array, bias: Array | None = None
+        self,
+        x: Array,
+        w: Array,
+        y: Array,
+        bias: Array | None = None,
+        reuse_columns: bool = False,
     ) -> None:
         """Halves of the channels, then of the output rows, on the workers:
         each row is its own GEMM into its own block of the result, moved to
@@ -222,7 +228,7 @@ class RowShiftLowering(BatchInnerLowering):
         g = self.g
         w_rows = row_shift_weights(w)
         out = self._gemm_side("y", x.dtype)
-        col = self.im2col(x)
+        col = self.lowered(x, reuse_columns)
         b = None if bias is None else bias[:, None]
         parts = parallel_parts(out.nbytes, g.out_h)
         run_parallel(
