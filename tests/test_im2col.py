@@ -304,13 +304,15 @@ def test_row_shift_matches_im2col(g: ConvGeometry, paths: str) -> None:
     row_shift.row_shift_forward(row_shift.row_shift_weights(w), shifted, g, y)
     np.testing.assert_allclose(y, w.reshape(m, -1) @ col, rtol=1e-12, atol=1e-12)
 
-    dw = row_shift.row_shift_weight_gemm(dy, shifted, g)
+    dy_rows = dy.reshape(m, g.out_h, -1).transpose(1, 0, 2).copy()
+    total = np.zeros((g.kernel_h * g.channels * g.kernel_w, m))
+    row_shift.row_shift_weight_gemm(dy_rows, shifted, g, total, np.empty_like(total))
+    dw = row_shift.row_shift_weight_layout(total, g)
     np.testing.assert_allclose(
         dw, (dy @ col.T).reshape(w.shape), rtol=1e-12, atol=1e-12
     )
 
     dx = np.full_like(x, np.nan)
-    dy_rows = dy.reshape(m, g.out_h, -1).transpose(1, 0, 2).copy()
     acc = np.full(im2col.padded_shape(g, True), 5.0)  # dirty on purpose
     sdiff = np.full(row_shift.shifted_shape(g), np.nan)
     row_shift.row_shift_backward_data(w, dy_rows, g, sdiff, acc, dx)
@@ -411,3 +413,19 @@ def test_row_shift_compiled_kernels_give_the_numpy_bits(g: ConvGeometry) -> None
             results.append((shifted, dx))
     for got, ref in zip(*results):
         np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("g", GEOMETRIES + ROW_SHIFT_GEOMETRIES)
+def test_col2im_compiled_kernel_gives_the_numpy_bits(g: ConvGeometry) -> None:
+    # The compiled adds of col2im_per_image (kernels on) against its NumPy
+    # loop (kernels off): the same additions in the same order.
+    rng = np.random.default_rng(9)
+    c = rng.normal(size=im2col.per_image_shape(g)).astype(np.float32)
+    results = []
+    for numpy_path in (False, True):
+        with kernels.forced(numpy_path):
+            work = np.full(im2col.padded_shape(g, False), 3.0, np.float32)
+            dx = np.full((g.num, g.channels, g.height, g.width), np.nan, np.float32)
+            im2col.col2im_per_image(c, g, dx, work if g.has_pad else None)
+            results.append(dx)
+    np.testing.assert_array_equal(results[0], results[1])

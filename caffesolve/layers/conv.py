@@ -13,8 +13,7 @@ which also picks the strategy and splits the work for the worker threads.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -32,7 +31,6 @@ from caffesolve.ops.conv import (
     add_bias,
     add_bias_diff,
     make_lowering,
-    run_steps,
 )
 from caffesolve.ops.im2col import (
     col2im_per_image,
@@ -304,7 +302,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
     *kernel), bias (num_output,). Output size per axis:
     (in + 2*pad - (dilation*(k-1)+1)) / stride + 1 (conv_layer.cpp).
     Forward is forward_gemm (and the bias); backward is backward_bias,
-    then weight_gemm and backward_gemm side by side on the workers."""
+    then weight_gemm and backward_gemm (backward_gemms)."""
 
     type = "Convolution"
 
@@ -331,14 +329,13 @@ class ConvolutionLayer(BaseConvolutionLayer):
             dy = lowering.output_columns(top_diff)
             if self.bias_term and self.param_propagate_down[1]:
                 lowering.backward_bias(dy, self.blobs[1].diff)
-            steps: list[Callable[[], None]] = []
+            x = self.bottom_view(b.data, f"bottom '{b.name}' data")
+            dx = None
             if propagate_down[i]:
                 dx = self.bottom_view(b.diff, f"bottom '{b.name}' diff")
-                steps.append(partial(lowering.backward_gemm, dy, weight.data, dx))
-            if self.param_propagate_down[0]:
-                x = self.bottom_view(b.data, f"bottom '{b.name}' data")
-                steps.append(partial(lowering.weight_gemm, x, dy, weight.diff, True))
-            run_steps(steps, dy.nbytes)
+            learn = self.param_propagate_down[0]
+            weight_diff = weight.diff if learn else None
+            lowering.backward_gemms(x, dy, weight.data, dx, weight_diff)
 
 
 @register

@@ -29,11 +29,13 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 
+from caffesolve import kernels
 from caffesolve.backend import array_module
 
 Array = npt.NDArray[np.floating]
@@ -140,14 +142,14 @@ class NDGeometry:
     pad: tuple[int, ...]
     dilation: tuple[int, ...]
 
-    @property
+    @cached_property
     def out_shape(self) -> tuple[int, ...]:
         return tuple(
             conv_out_size(*a)
             for a in zip(self.shape, self.kernel, self.stride, self.pad, self.dilation)
         )
 
-    @property
+    @cached_property
     def padded_shape(self) -> tuple[int, ...]:
         """Spatial sizes of the zero-padded image (see ConvGeometry.padded_h)."""
         return tuple(
@@ -162,7 +164,7 @@ class NDGeometry:
             )
         )
 
-    @property
+    @cached_property
     def has_pad(self) -> bool:
         return self.padded_shape != self.shape
 
@@ -405,21 +407,55 @@ def col2im_per_image(
     im2col_per_image, into out (N, C, *shape): each column value is added
     back to the element it was read from, kernel offsets in row-major order;
     values from the padding are dropped. `work`: a padded buffer
-    (padded_image_shape), needed only when g.has_pad."""
+    (padded_image_shape), needed only when g.has_pad. With two spatial axes
+    the adds run as a compiled loop (col2im_kernel) when the kernels are on:
+    one call instead of one per kernel offset, the same adds in the same
+    order."""
     g = as_nd(g)
     xp = array_module(col)
     acc = out if not g.has_pad else work
     if acc is None:
         acc = xp.empty(padded_image_shape(g), col.dtype)
     acc[...] = 0
-    cols = col.reshape((g.num, g.channels) + g.kernel + g.out_shape)
-    everything = (slice(None), slice(None))
-    for offset in itertools.product(*(range(k) for k in g.kernel)):
-        window = tuple(
-            slice(i * d, i * d + st * (o - 1) + 1, st)
-            for i, d, st, o in zip(offset, g.dilation, g.stride, g.out_shape)
-        )
-        acc[everything + window] += cols[everything + offset]
+    flat = col.reshape(per_image_shape(g))
+    if len(g.shape) == 2 and kernels.takes(flat, acc):
+        kernel = kernels.compiled(col2im_kernel)
+        kernel(flat, acc, *g.kernel, *g.stride, *g.dilation, g.out_shape[1])
+    else:
+        cols = col.reshape((g.num, g.channels) + g.kernel + g.out_shape)
+        everything = (slice(None), slice(None))
+        for offset in itertools.product(*(range(k) for k in g.kernel)):
+            window = tuple(
+                slice(i * d, i * d + st * (o - 1) + 1, st)
+                for i, d, st, o in zip(offset, g.dilation, g.stride, g.out_shape)
+            )
+            acc[everything + window] += cols[everything + offset]
     if acc is not out:
         xp.copyto(out, acc[_interior(g)])
     return out
+
+
+def col2im_kernel(col, acc, kh, kw, sh, sw, dh, dw, ow):  # type: ignore[no-untyped-def]
+    """The adds of 2-D col2im_per_image as one compiled loop: col
+    (N, C*kh*kw, oh*ow) into the zeroed padded image acc (N, C, Hp, Wp),
+    acc[n, c, y*sh + i*dh, x*sw + j*dw] += col[n, (c, i, j), (y, x)], with
+    each element's contributions added in kernel-offset order, as the NumPy
+    loop adds them (the same bits)."""
+    num, channels = acc.shape[0], acc.shape[1]
+    oh = col.shape[2] // ow
+    for n in range(num):
+        for c in range(channels):
+            image = acc[n, c]
+            for i in range(kh):
+                for j in range(kw):
+                    src = col[n, (c * kh + i) * kw + j]
+                    if sw == 1 and dw == 1:  # contiguous runs: vector adds
+                        for y in range(oh):
+                            dst = image[y * sh + i * dh]
+                            for t in range(ow):
+                                dst[j + t] += src[y * ow + t]
+                        continue
+                    for y in range(oh):
+                        dst = image[y * sh + i * dh]
+                        for t in range(ow):
+                            dst[j * dw + t * sw] += src[y * ow + t]

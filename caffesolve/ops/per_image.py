@@ -1,27 +1,22 @@
 """The per-image lowering of convolution (ops/conv.py's interface): Caffe's
-own per-image im2col buffer for every image at once, (N, C*kh*kw, oh*ow),
-and stacked GEMMs over images and groups. It takes any number of spatial
-axes (an NDGeometry; a 2-D ConvGeometry is turned into one).
-
-W (M, K) x col[n] (K, oh*ow) yields (N, M, oh*ow), the top in NCHW with no
-transpose, and each image's GEMM is small enough for BLAS to run it on one
-thread. im2col copies runs of `ow` contiguous values, so this layout suits
-large output planes (LeNet conv1). Forward runs in halves of the batch on the
-workers (every image is independent), and so do the per-image weight
-products, which are then summed in image order.
+own per-image im2col buffer, (C*prod(kernel), prod(out)) for each image,
+and stacked GEMMs over images and groups, run in cache-sized chunks of
+images (ops/conv.py's ChunkedLowering). It takes any number of spatial axes
+(an NDGeometry; a 2-D ConvGeometry is turned into one), and suits output
+planes of a hundred values or more, where each image's GEMM is large
+enough; im2col copies runs of the output width.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from functools import cached_property, partial
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from caffesolve.backend import array_module, parallel_parts, run_parallel, split_range
-from caffesolve.ops.conv import ConvLowering, add_bias_diff, register_lowering
+from caffesolve.backend import array_module
+from caffesolve.ops.conv import ChunkedLowering, register_lowering
 from caffesolve.ops.im2col import (
     ConvGeometry,
     NDGeometry,
@@ -33,6 +28,13 @@ from caffesolve.ops.im2col import (
 )
 
 Array = npt.NDArray[np.floating]
+
+# Bytes of columns per chunk: a chunk's columns stay in the core's cache (2 MiB
+# of L2 here) between im2col and the GEMMs that read them.
+CHUNK_BYTES = 1 << 19
+# Fixed parts of the batch for the workers (the weight gradient adds them in
+# order, so it does not depend on the number of workers).
+SEGMENTS = 2
 
 
 def per_image_forward_gemm(w: Array, col: Array, group: int, out: Array) -> None:
@@ -52,14 +54,15 @@ def per_image_forward_gemm(w: Array, col: Array, group: int, out: Array) -> None
 
 
 def per_image_weight_products(dy: Array, col: Array, group: int, out: Array) -> None:
-    """out[n] (group, M/group, K/group) = dY[n] (M, P) x col[n]^T for every
-    image n, group by group: Caffe's weight_cpu_gemm of each image."""
+    """out[n] (group, K/group, M/group) = col[n] (K, P) x dY[n]^T for every
+    image n, group by group: Caffe's weight_cpu_gemm of each image, as the
+    transposed product (col x dY^T runs faster than dY x col^T here)."""
     xp = array_module(dy)
     n, m, p = dy.shape
     kg = col.shape[1] // group
     xp.matmul(
-        dy.reshape(n, group, m // group, p),
-        col.reshape(n, group, kg, p).transpose(0, 1, 3, 2),
+        col.reshape(n, group, kg, p),
+        dy.reshape(n, group, m // group, p).transpose(0, 1, 3, 2),
         out=out,
     )
 
@@ -78,105 +81,101 @@ def per_image_data_gemm(w: Array, dy: Array, group: int, out: Array) -> None:
 
 
 @register_lowering
-class PerImageLowering(ConvLowering):
-    """Per-image columns (N, K, oh*ow) and stacked GEMMs."""
+class PerImageLowering(ChunkedLowering):
+    """Per-image columns (N, K, P), a chunk of images at a time."""
 
     name = "per_image"
+
+    @classmethod
+    def applies(cls, g: ConvGeometry | NDGeometry, num_output: int, group: int) -> bool:
+        return True
 
     @cached_property
     def nd(self) -> NDGeometry:
         """The geometry with any number of spatial axes."""
         return as_nd(self.g)
 
-    @classmethod
-    def applies(cls, g: ConvGeometry | NDGeometry, num_output: int, group: int) -> bool:
-        return True
+    @property
+    def chunk_geometry(self) -> NDGeometry:
+        return self.nd
 
-    def column_shape(self) -> tuple[int, ...]:
-        return per_image_shape(self.nd)
+    def image_column_bytes(self) -> int:
+        _, k, p = per_image_shape(self.nd)
+        return 4 * k * p
 
-    def _padded(self, name: str, dtype: Any) -> Array | None:
-        """The padded (N, C, *spatial) image buffer, if the geometry pads."""
-        if not self.nd.has_pad:
-            return None
-        return self.buffer(name, padded_image_shape(self.nd), dtype)
+    def weight_sum_shape(self) -> tuple[int, ...]:
+        kg = self.nd.kernel_dim // self.group
+        return (self.group, kg, self.num_output // self.group)
 
-    def im2col(self, x: Array) -> Array:
-        col = self.columns(x.dtype)
-        im2col_per_image(x, self.nd, col, self._padded("image", x.dtype))
-        self.columns_ready = True
-        return col
+    def add_weight_sum(self, total: Array, weight_diff: Array) -> None:
+        """total (group, K/group, M/group): the transposed products."""
+        weight_diff += total.transpose(0, 2, 1).reshape(weight_diff.shape)
 
-    def forward_gemm(
+    def _chunk_buffers(
+        self, name: str, piece: int, dtype: Any
+    ) -> tuple[Array, Array | None]:
+        """A chunk's columns and, if the geometry pads, its padded images."""
+        col = self.piece_buffer(
+            name, piece, (self.chunk,) + per_image_shape(self.nd)[1:], dtype
+        )
+        padded = None
+        if self.nd.has_pad:
+            shape = (self.chunk,) + padded_image_shape(self.nd)[1:]
+            padded = self.piece_buffer(f"{name}_image", piece, shape, dtype)
+        return col, padded
+
+    def _lower(self, x: Array, c0: int, c1: int, piece: int) -> Array:
+        """im2col of images c0 .. c1-1 into the piece's chunk buffer."""
+        col, padded = self._chunk_buffers("col", piece, x.dtype)
+        n = c1 - c0
+        pad = None if padded is None else padded[:n]
+        return im2col_per_image(x[c0:c1], self.part(n), col[:n], pad)
+
+    def forward_chunk(
         self,
         x: Array,
         w: Array,
         y: Array,
-        bias: Array | None = None,
-        reuse_columns: bool = False,
+        bias: Array | None,
+        c0: int,
+        c1: int,
+        piece: int,
     ) -> None:
-        """im2col, the GEMMs and the bias for halves of the batch on the
-        workers; the GEMMs write y in NCHW directly."""
-        g = self.nd
-        lower = not (reuse_columns and self.columns_ready)
-        col = self.columns(x.dtype)
-        work = self._padded("image", x.dtype)
-        out = y.reshape(g.num, self.num_output, -1)
-        w2 = w.reshape(self.num_output, -1)
-        plane = None
+        """im2col, the GEMMs writing y in NCHW directly, and the bias."""
+        out = y.reshape(y.shape[0], self.num_output, -1)[c0:c1]
+        cols = self._lower(x, c0, c1, piece)
+        per_image_forward_gemm(w.reshape(self.num_output, -1), cols, self.group, out)
         if bias is not None:
-            # Add a (M, oh*ow) plane of biases: a contiguous add, several
-            # times faster than broadcasting bias[:, None].
+            # A (M, P) plane of biases: a contiguous add, several times
+            # faster than broadcasting bias[:, None].
             plane = self.buffer("bias_plane", out.shape[1:], x.dtype)
             array_module(x).copyto(plane, bias[:, None])
+            out += plane
 
-        def images(n0: int, n1: int) -> None:
-            if lower:
-                part = dataclasses.replace(g, num=n1 - n0)
-                part_work = None if work is None else work[n0:n1]
-                im2col_per_image(x[n0:n1], part, col[n0:n1], part_work)
-            per_image_forward_gemm(w2, col[n0:n1], self.group, out[n0:n1])
-            if plane is not None:
-                out[n0:n1] += plane
-
-        parts = parallel_parts(col.nbytes, g.num)
-        run_parallel([partial(images, n0, n1) for n0, n1 in split_range(g.num, parts)])
-        self.columns_ready = True
-
-    def output_columns(self, y: Array) -> Array:
-        """y as the (N, M, oh*ow) stack the GEMMs read: a view."""
-        return y.reshape(self.nd.num, self.num_output, -1)
-
-    def backward_bias(self, dy: Array, bias_diff: Array) -> None:
-        add_bias_diff(dy, bias_diff, self.buffer)
-
-    def weight_gemm(
-        self, x: Array, dy: Array, weight_diff: Array, reuse_columns: bool = False
+    def backward_chunk(
+        self,
+        x: Array,
+        dy: Array,
+        w: Array,
+        dx: Array | None,
+        weight_sum: Array | None,
+        c0: int,
+        c1: int,
+        piece: int,
     ) -> None:
-        """The per-image weight products (halves of the batch on the
-        workers), summed afterwards in image order."""
-        g, group = self.nd, self.group
-        col = self.lowered(x, reuse_columns)
-        m, kg = self.num_output // group, col.shape[1] // group
-        shape = (g.num, group, m, kg)
-        products = self.buffer("weight_products", shape, dy.dtype)
-        parts = parallel_parts(col.nbytes, g.num)
-        run_parallel(
-            [
-                partial(
-                    per_image_weight_products,
-                    dy[n0:n1],
-                    col[n0:n1],
-                    group,
-                    products[n0:n1],
-                )
-                for n0, n1 in split_range(g.num, parts)
-            ]
-        )
-        weight_diff += products.sum(axis=0).reshape(weight_diff.shape)
-
-    def backward_gemm(self, dy: Array, w: Array, dx: Array) -> None:
-        dcol = self.buffer("dcol", per_image_shape(self.nd), dy.dtype)
-        w2 = w.reshape(self.num_output, -1)
-        per_image_data_gemm(w2, dy, self.group, dcol)
-        col2im_per_image(dcol, self.nd, dx, self._padded("image_diff", dy.dtype))
+        """im2col and the weight products (summed in image order), then the
+        data GEMM and col2im."""
+        n = c1 - c0
+        dyc = dy.reshape(dy.shape[0], self.num_output, -1)[c0:c1]
+        if weight_sum is not None:
+            cols = self._lower(x, c0, c1, piece)
+            shape = (self.chunk,) + self.weight_sum_shape()
+            products = self.piece_buffer("products", piece, shape, dy.dtype)
+            per_image_weight_products(dyc, cols, self.group, products[:n])
+            weight_sum += products[:n].sum(axis=0)
+        if dx is not None:
+            dcol, padded = self._chunk_buffers("dcol", piece, dy.dtype)
+            w2 = w.reshape(self.num_output, -1)
+            per_image_data_gemm(w2, dyc, self.group, dcol[:n])
+            pad = None if padded is None else padded[:n]
+            col2im_per_image(dcol[:n], self.part(n), dx[c0:c1], pad)
