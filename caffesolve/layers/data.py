@@ -18,6 +18,7 @@ from caffesolve.layers import register
 from caffesolve.layers.base import Layer
 from caffesolve.log import LOG
 from caffesolve.proto import caffe_pb2
+from caffesolve.weights import is_hdf5
 
 
 @register
@@ -55,14 +56,10 @@ class InputLayer(Layer):
 
 def missing_source_hint(source: str) -> str:
     """The command that creates `source`, for the databases caffesolve can make."""
-    from caffesolve.data.datasets import DATASETS
+    from caffesolve.data.datasets import dataset_command
 
-    p = Path(source)
-    for name, ds in DATASETS.items():
-        if p.name in (ds.lmdb_name("train"), ds.lmdb_name("test")):
-            parent = str(p.parent) if str(p.parent) else "."
-            return f"; create it with: caffesolve data {name} --out {parent}"
-    return ""
+    command = dataset_command(source)
+    return f"; create it with: {command}" if command else ""
 
 
 def effective_transform_param(
@@ -106,7 +103,7 @@ class _DatumBatchLoader:
         values = self.cursor.read(self.batch_size)
         tp = self.transformer.param
         data, label = decode_datums(
-            values, self.cursor.path, tp.force_color, tp.force_gray
+            values, self.cursor.path, tp.force_color, tp.force_gray, self.cursor.key_of
         )
         return _Batch(self.transformer.transform(data), label, self.state())
 
@@ -246,9 +243,15 @@ def read_hdf5_list(source: str, where: str) -> list[str]:
     is there, from the list file's own folder.
     """
     p = Path(source)
+    if is_hdf5(p) and p.is_file():
+        raise DataError(
+            f"{where}: hdf5_data_param.source {source} is an HDF5 file itself; "
+            "source must be a text file listing .h5 files, one per line (e.g. "
+            f"a file holding the line {source})"
+        )
     try:
         names = p.read_text().split()
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise DataError(
             f"{where}: Failed to open source file: {source} "
             f"({e.strerror or e}; hdf5_data_param.source is a text file listing "
@@ -356,9 +359,19 @@ class HDF5DataLayer(Layer):
             t.reshape([p.batch_size, *a.shape[1:]])
 
     def _load(self, index: int, reshuffle: bool) -> None:
-        self.hdf_blobs = load_hdf5_file(
-            self.filenames[int(index)], self.tops, self.where()
-        )
+        filename = self.filenames[int(index)]
+        self.hdf_blobs = load_hdf5_file(filename, self.tops, self.where())
+        shapes = [a.shape[1:] for a in self.hdf_blobs]
+        first = getattr(self, "row_shapes", shapes)
+        for name, shape, want in zip(self.tops, shapes, first):
+            if shape != want:  # Caffe would copy the wrong number of values
+                raise DataError(
+                    f"{self.where()}: {filename}: dataset {name} has rows of "
+                    f"{'x'.join(map(str, shape))}, the first file's have "
+                    f"{'x'.join(map(str, want))}; every file listed in "
+                    f"{self.layer_param.hdf5_data_param.source} needs the same"
+                )
+        self.row_shapes = first
         rows = self.hdf_blobs[0].shape[0]
         self.data_permutation = (
             self.shuffle_rng.permutation(rows)
