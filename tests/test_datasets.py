@@ -445,7 +445,9 @@ def test_never_overwrites_other_sources_without_force(tmp_path: Path) -> None:
     (other / "t10k-labels-idx1-ubyte.gz").write_bytes(
         gzip.compress(idx_bytes((TEST[1] + 1) % 10), mtime=0)
     )
-    with pytest.raises(DataError, match=r"mnist_test_lmdb: already there, and not built by caffesolve"):
+    with pytest.raises(
+        DataError, match=r"mnist_test_lmdb: already there, and not built by caffesolve"
+    ):
         prepare_dataset(dsm.MNIST, tmp_path / "out", from_dir=other, verify=False)
     assert (dbs["train"] / "data.mdb").stat().st_ino == inode
     dbs = prepare_dataset(dsm.MNIST, tmp_path / "out", force=True, **kw)  # type: ignore[arg-type]

@@ -359,9 +359,10 @@ class HDF5DataLayer(Layer):
             t.reshape([p.batch_size, *a.shape[1:]])
 
     def _load(self, index: int, reshuffle: bool) -> None:
+        """Load file `index` (on an error the layer's state is unchanged)."""
         filename = self.filenames[int(index)]
-        self.hdf_blobs = load_hdf5_file(filename, self.tops, self.where())
-        shapes = [a.shape[1:] for a in self.hdf_blobs]
+        blobs = load_hdf5_file(filename, self.tops, self.where())
+        shapes = [a.shape[1:] for a in blobs]
         first = getattr(self, "row_shapes", shapes)
         for name, shape, want in zip(self.tops, shapes, first):
             if shape != want:  # Caffe would copy the wrong number of values
@@ -372,6 +373,7 @@ class HDF5DataLayer(Layer):
                     f"{self.layer_param.hdf5_data_param.source} needs the same"
                 )
         self.row_shapes = first
+        self.hdf_blobs = blobs
         rows = self.hdf_blobs[0].shape[0]
         self.data_permutation = (
             self.shuffle_rng.permutation(rows)
@@ -383,14 +385,15 @@ class HDF5DataLayer(Layer):
     def _next_file(self) -> None:
         """Caffe's Next at the end of a file: next file (reshuffled at the wrap)."""
         if len(self.filenames) > 1:
-            self.current_file += 1
-            if self.current_file == len(self.filenames):
-                self.current_file = 0
+            # Moved to the next file only once it loaded: a file that fails
+            # leaves a state that a snapshot can save and resume from.
+            current, order = self.current_file + 1, self.file_permutation
+            if current == len(self.filenames):
+                current = 0
                 if self.shuffle:
-                    self.file_permutation = self.shuffle_rng.permutation(
-                        len(self.filenames)
-                    )
-            self._load(self.file_permutation[self.current_file], reshuffle=True)
+                    order = self.shuffle_rng.permutation(len(self.filenames))
+            self._load(order[current], reshuffle=True)
+            self.current_file, self.file_permutation = current, order
         else:
             self.current_row = 0
             if self.shuffle:

@@ -385,8 +385,7 @@ class Solver:
 
     def snapshot(self) -> None:
         """Caffe's Snapshot: the model and the solver state naming it, written
-        as a pair (snapshot.write_snapshot). If it cannot be written, the
-        SnapshotError names the last good snapshot."""
+        as a pair (snapshot.write_snapshot: both or neither)."""
         fmt = self.param.snapshot_format
         hdf5 = fmt == snap.HDF5
         prefix = self.param.snapshot_prefix
@@ -394,17 +393,14 @@ class Solver:
         state_path = snap.state_filename(prefix, self.iter, fmt)
         self.log.info(*msg.snapshotting_model(model_path, hdf5))
         self.log.info(*msg.snapshotting_solver_state(state_path, hdf5))
-        try:
-            snap.write_snapshot(
-                model_path,
-                state_path,
-                self.net,
-                self.solver_state(model_path),
-                self.param.snapshot_diff,
-                fmt,
-            )
-        except SnapshotError as e:
-            raise SnapshotError(f"{e}; {self.last_good_words()}") from e
+        snap.write_snapshot(
+            model_path,
+            state_path,
+            self.net,
+            self.solver_state(model_path),
+            self.param.snapshot_diff,
+            fmt,
+        )
         self.last_snapshot_iter = self.iter
         self.last_good_snapshot = state_path
 
@@ -425,10 +421,11 @@ class Solver:
         if self.testing is not None:
             what = in_test_net(what, self.testing.source)
         stopped = f"training stopped at iteration {self.iter}"
-        if isinstance(e, SnapshotError) or not self.is_root:
+        if not self.is_root:
             return RunError(f"{what}; {stopped}")
         if (
-            self.updating  # the weights are part updated: nothing to save
+            isinstance(e, SnapshotError)  # the snapshot of this iteration
+            or self.updating  # the weights are part updated: nothing to save
             or self.iter == start_iter  # no iteration done: nothing new
             or self.last_snapshot_iter == self.iter  # saved already
         ):
@@ -436,7 +433,9 @@ class Solver:
         try:
             self.snapshot()
         except SnapshotError as snapshot_error:
-            return RunError(f"{what}; {stopped}; {snapshot_error}")
+            return RunError(
+                f"{what}; {stopped}; {snapshot_error}; {self.last_good_words()}"
+            )
         return RunError(
             f"{what}; {stopped} after writing a snapshot of it "
             f"(resume with --snapshot {self.last_good_snapshot})"
