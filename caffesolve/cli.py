@@ -109,15 +109,19 @@ def _data_options(default_out: str) -> Any:
                     "instead of downloading.",
                 ),
                 click.option(
-                    "--force", is_flag=True, help="Rebuild existing databases."
+                    "--force",
+                    is_flag=True,
+                    help="Replace databases built from other files (or not by "
+                    "caffesolve); ones from the same files are kept without it.",
                 ),
                 click.option(
                     "--mirror",
                     "mirrors",
                     multiple=True,
-                    metavar="URL",
-                    help="Download from this base URL (repeatable; tried in "
-                    "order instead of the built-in mirrors).",
+                    metavar="URL|DIR",
+                    help="Download from this base URL, or take the files from "
+                    "this folder (repeatable; tried in order instead of the "
+                    "built-in mirrors).",
                 ),
                 click.option(
                     "--skip-checksum",

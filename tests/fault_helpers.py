@@ -31,7 +31,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from caffesolve import files
 from caffesolve.cli import cli as caffesolve_cli
 from caffesolve.data import lmdb_source
 from caffesolve.log import LOG
@@ -251,6 +250,8 @@ class Disk:
                 check=True,
             )
             return
+        from caffesolve import files
+
         real_create, real_write = files.create_temp, files.write_bytes_to
         real_records = lmdb_source._write_records
 

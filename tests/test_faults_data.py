@@ -146,6 +146,7 @@ def test_corrupt_page_mid_run_snapshots_then_stops(tmp_path: Path) -> None:
             "an encoded Datum that is not an image (cannot identify image file",
         ),
     ],
+    ids=["not-a-datum", "not-an-image"],
 )
 def test_bad_record_mid_run_names_it_and_resumes(
     tmp_path: Path, make: Callable[[Path], Path], value: bytes, what: str

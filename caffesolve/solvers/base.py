@@ -222,7 +222,8 @@ class Solver:
 
     def solve(self, resume_file: str | None = None) -> None:
         """Caffe's Solver::Solve: (restore,) step to max_iter, final snapshot,
-        display and test. A stop request snapshots first, so no work is lost."""
+        display and test. A stop request snapshots first, so no work is lost;
+        so does a fault (stop_on_fault)."""
         self.log.info(*msg.solving(self.net.name))
         self.log.info(*msg.learning_rate_policy(self.param.lr_policy))
         self.requested_early_exit = False
@@ -231,15 +232,18 @@ class Solver:
             self.restore(resume_file)
         start_iter = self.iter
         try:
-            self.step(self.param.max_iter - self.iter)
-            if (
-                (self.param.snapshot_after_train or self.requested_early_exit)
-                and self.last_snapshot_iter != self.iter
-                and self.is_root
-            ):
-                self.snapshot()
+            self._solve(start_iter)
         except Exception as e:
             raise self.stop_on_fault(e, start_iter) from e
+
+    def _solve(self, start_iter: int) -> None:
+        self.step(self.param.max_iter - self.iter)
+        if (
+            (self.param.snapshot_after_train or self.requested_early_exit)
+            and self.last_snapshot_iter != self.iter
+            and self.is_root
+        ):
+            self.snapshot()
         if self.requested_early_exit:
             self.log.info(*msg.optimization_stopped_early())
             return
