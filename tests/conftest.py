@@ -44,6 +44,16 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+def varint(v: int) -> bytes:
+    """A protobuf varint, for wire bytes assembled by hand in the tests."""
+    out = b""
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out += bytes([b | (0x80 if v else 0)])
+        if not v:
+            return out
+
+
 @pytest.fixture
 def quiet_log() -> Iterator[None]:
     """Silence the glog stream for the test (restored afterwards)."""

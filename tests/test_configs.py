@@ -25,6 +25,15 @@ def rel(p: Path) -> str:
     return str(p.relative_to(ROOT))
 
 
+def data_set(p: Path) -> tuple[str, str]:
+    """The `caffesolve data` command a config's files come from, and their folder."""
+    for name in ("fashion", "cifar10"):
+        if name in rel(p):
+            full = "fashion-mnist" if name == "fashion" else name
+            return full, f"data/{full}/"
+    return "mnist", "data/mnist/"
+
+
 def test_there_are_configs() -> None:
     names = {rel(p) for p in CONFIGS}
     for sub in ("configs/", "configs/fashion/"):
@@ -49,8 +58,7 @@ def test_solver_parses_and_net_exists(path: Path) -> None:
     assert s.net and (ROOT / s.net).is_file(), s.net
     # the net sits beside its solver, snapshots go beside the data
     assert (ROOT / s.net).parent == path.parent
-    folder = "data/fashion-mnist/" if "fashion" in rel(path) else "data/mnist/"
-    assert s.snapshot_prefix.startswith(folder)
+    assert s.snapshot_prefix.startswith(data_set(path)[1])
     assert s.solver_mode == caffe_pb2.SolverParameter.CPU
 
 
@@ -59,10 +67,9 @@ def test_net_parses_and_sources_are_makeable(path: Path) -> None:
     net = read_prototxt(path, caffe_pb2.NetParameter())
     assert net.layer
     sources = [x.data_param.source for x in net.layer if x.type == "Data"]
-    folder = "data/fashion-mnist/" if "fashion" in rel(path) else "data/mnist/"
+    name, folder = data_set(path)
     for source in sources:
         assert source.startswith(folder)
-        name = "fashion-mnist" if "fashion" in rel(path) else "mnist"
         hint = missing_source_hint(source)
         assert f"caffesolve data {name} --out {folder.rstrip('/')}" in hint
     if path.stem != "lenet":
@@ -89,6 +96,8 @@ CAFFE = {
     "lenet_train_test": "mnist__lenet_train_test.prototxt",
     "lenet": "mnist__lenet.prototxt",
     "mnist_autoencoder": "mnist__mnist_autoencoder.prototxt",
+    "cifar10_quick_solver": "cifar10__cifar10_quick_solver.prototxt",
+    "cifar10_quick_train_test": "cifar10__cifar10_quick_train_test.prototxt",
 }
 
 
@@ -127,4 +136,5 @@ def test_same_as_caffes_example_but_paths(path: Path) -> None:
         for n in (ours, theirs):
             for layer in n.layer:
                 layer.data_param.ClearField("source")
+                layer.transform_param.ClearField("mean_file")
     assert ours == theirs

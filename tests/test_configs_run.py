@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cifar10 import write_batches
 
 from caffesolve import tools
+from caffesolve.data.cifar10 import prepare_cifar10
 from caffesolve.data.datasets import write_lmdb_atomic
 from caffesolve.log import LOG
 from caffesolve.net import Net
@@ -31,7 +33,8 @@ def _rel(p: Path) -> str:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with configs/ and tiny MNIST-shaped LMDBs under data/."""
+    """A folder with configs/ and tiny MNIST-shaped and CIFAR-10 databases
+    under data/."""
     root = tmp_path_factory.mktemp("repo")
     shutil.copytree(ROOT / "configs", root / "configs")
     rng = np.random.default_rng(1701)
@@ -42,6 +45,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             labels = rng.integers(0, 10, size=n, dtype=np.uint8)
             write_lmdb_atomic(root / "data" / folder / f"{prefix}_{split}_lmdb",
                               images, labels)  # fmt: skip
+    batches = tmp_path_factory.mktemp("cifar")
+    write_batches(batches, records=20)
+    prepare_cifar10(root / "data" / "cifar10", batches, verify=False)
     return root
 
 

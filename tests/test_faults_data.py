@@ -143,7 +143,7 @@ def test_corrupt_page_mid_run_snapshots_then_stops(tmp_path: Path) -> None:
         (
             make_png_lmdb,
             encoded_datum(b"JPEG? no"),
-            "an encoded Datum that is not an image (cannot identify image file",
+            "encoded Datum: cannot decode the image (cannot identify image file",
         ),
     ],
     ids=["not-a-datum", "not-an-image"],

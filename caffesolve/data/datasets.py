@@ -30,7 +30,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,6 +38,7 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
+from caffesolve.data.db import build_atomic
 from caffesolve.data.idx import (
     md5_hex,
     read_idx_bytes,
@@ -79,6 +80,9 @@ class Dataset:
 
     def lmdb_name(self, split: str) -> str:
         return f"{self.prefix}_{split}_lmdb"
+
+    def lmdb_names(self) -> tuple[str, str]:
+        return self.lmdb_name("train"), self.lmdb_name("test")
 
 
 # Published checksums: the .gz MD5s are those of the official releases (and of
@@ -326,10 +330,35 @@ def _download_one(
     retries: int,
     retry_delay: float,
 ) -> Path:
-    dest = out / (f.name + ".gz")
+    return download_file(
+        f.name + ".gz",
+        out,
+        mirrors,
+        lambda p: _check(p, f, verify),
+        reporter,
+        retries,
+        retry_delay,
+        "get the files another way and pass their folder with --from DIR",
+    )
+
+
+def download_file(
+    name: str,
+    out: Path,
+    mirrors: Sequence[str],
+    check: Callable[[Path], None],
+    reporter: Reporter,
+    retries: int = 3,
+    retry_delay: float = 1.0,
+    hint: str = "get the file another way and pass it with --from",
+) -> Path:
+    """out/name, downloaded from the first mirror that serves it whole and
+    passes `check` (which raises DataError). A file already there that passes
+    `check` is kept; one that does not is replaced."""
+    dest = out / name
     if dest.is_file():
         try:
-            _check(dest, f, verify)
+            check(dest)
             reporter.line(f"{dest} is already here (checksum ok)")
             return dest
         except DataError:
@@ -337,12 +366,12 @@ def _download_one(
     failures = []
     for mirror in mirrors:
         if "://" not in mirror:  # a folder holding the files, as --from
-            found = _find_in(Path(mirror), f) if Path(mirror).is_dir() else None
-            if found is None:
+            found = Path(mirror) / name
+            if not found.is_file():
                 failures.append(
                     f"--mirror {mirror}: "
                     + (
-                        f"no {f.name}(.gz) in this folder"
+                        f"no {name} in this folder"
                         if Path(mirror).is_dir()
                         else "not a URL (http://, https://, ftp://) nor a folder"
                     )
@@ -350,17 +379,18 @@ def _download_one(
                 reporter.line(f"  failed: {failures[-1]}")
                 continue
             try:
-                _check(found, f, verify)
+                check(found)
             except DataError as e:
                 failures.append(str(e))
+                reporter.line(f"  failed: {failures[-1]}")
                 continue
             reporter.line(f"Using {found}")
             return found
-        url = mirror.rstrip("/") + "/" + dest.name
+        url = mirror.rstrip("/") + "/" + name
         reporter.line(f"Downloading {url}")
         try:
             download(url, dest, reporter, retries, retry_delay=retry_delay)
-            _check(dest, f, verify)
+            check(dest)
             return dest
         except _PermanentError as e:
             failures.append(f"{url}: {e}")
@@ -369,9 +399,9 @@ def _download_one(
             failures.append(f"{url}: {e}")
         reporter.line(f"  failed: {failures[-1]}")
     raise DataError(
-        f"could not download {dest.name} from any mirror ("
+        f"could not download {name} from any mirror ("
         + "; ".join(failures)
-        + "); get the files another way and pass their folder with --from DIR"
+        + f"); {hint}"
     )
 
 
@@ -590,13 +620,20 @@ def rebuild_command(db: str | os.PathLike[str]) -> str | None:
 
 
 def dataset_command(source: str | os.PathLike[str]) -> str | None:
-    """`caffesolve data NAME --out FOLDER` for a database path named like
-    one of the DATASETS' (mnist_train_lmdb, fashion_mnist_test_lmdb...)."""
+    """`caffesolve data NAME --out FOLDER` for a path named like one of the
+    outputs of caffesolve's data tools (mnist_train_lmdb,
+    fashion_mnist_test_lmdb, cifar10_train_lmdb...), else None."""
+    from caffesolve.data.cifar10 import OUTPUTS as CIFAR10
+
     p = Path(source)
-    for ds in DATASETS.values():
-        if p.name in (ds.lmdb_name(split) for split in SPLITS):
-            return data_command(ds, str(p.parent) if str(p.parent) else ".")
-    return None
+    made = {n: ds.name for ds in DATASETS.values() for n in ds.lmdb_names()}
+    made.update({n: "cifar10" for n in CIFAR10})
+    if p.name not in made:
+        return None
+    parent = str(p.parent) if str(p.parent) else "."
+    return " ".join(
+        shlex.quote(w) for w in ["caffesolve", "data", made[p.name], "--out", parent]
+    )
 
 
 def write_lmdb_atomic(
@@ -605,17 +642,10 @@ def write_lmdb_atomic(
     labels: npt.NDArray[np.uint8],
     force: bool = False,
 ) -> None:
-    """Write one LMDB in a temporary folder beside `db`, then rename it to
-    `db`. An existing `db` is replaced only with `force`."""
-    if db.exists() and not force:
-        raise DataError(f"{db} already exists; pass --force to rebuild it")
-    tmp = make_temp_folder(db)
-    try:
-        write_datum_lmdb(tmp, images, labels)
-        replace_folders({db: tmp})
-    except BaseException:
-        remove_path(tmp)
-        raise
+    """convert_mnist_data's LMDB, built in a temporary folder beside `db` and
+    renamed to `db` (db.build_atomic); an existing `db` is replaced only with
+    `force`."""
+    build_atomic(db, lambda tmp: write_datum_lmdb(tmp, images, labels), force)
     assert lmdb_exists(db)
 
 

@@ -4,7 +4,8 @@ Reading follows db_lmdb.cpp and data_layer.cpp: the database is opened
 read-only (never modified, no lock file written), records are read in key
 order, and the cursor goes back to the first key after the last
 ("Restarting data prefetching from start."). Writing follows
-convert_mnist_data.cpp: keys "%08d", one Datum per record.
+convert_mnist_data.cpp: keys "%08d", one Datum per record. Encoded Datums
+(JPEG/PNG) decode as OpenCV would (image.py).
 
 A batch is decoded at once: every Datum of the batch is parsed, their `data`
 bytes joined and viewed as one (N, C, H, W) uint8 array.
@@ -19,12 +20,11 @@ not a Datum (or an encoded image that does not decode) names its key.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,8 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
-from caffesolve.errors import DataError
+from caffesolve.data.image import Mode, decode_image, hwc_to_chw
+from caffesolve.errors import DataError, require_extra
 from caffesolve.log import LOG
 from caffesolve.proto import caffe_pb2
 
@@ -216,31 +217,6 @@ class LMDBCursor:
         self.txn.abort()
 
 
-def decode_image(data: bytes, force_color: bool, force_gray: bool) -> npt.NDArray[Any]:
-    """An encoded (JPEG/PNG) Datum as a (C, H, W) uint8 array, BGR like OpenCV.
-
-    Native decode keeps grayscale images 1-channel and makes others 3-channel
-    (cv::IMREAD_COLOR); force_color / force_gray ask for 3 / 1 channels.
-    """
-    try:
-        from PIL import Image
-    except ModuleNotFoundError:
-        raise DataError(
-            "encoded Datum (JPEG/PNG) needs Pillow to decode: "
-            "pip install 'caffesolve[image]'"
-        ) from None
-    try:
-        img = Image.open(io.BytesIO(data))
-        gray = force_gray or (not force_color and img.mode in ("1", "L", "I;16", "I"))
-        img = img.convert("L" if gray else "RGB")
-    except (OSError, ValueError, SyntaxError) as e:  # PIL's decode errors
-        raise BadRecord(f"an encoded Datum that is not an image ({e})") from None
-    arr = np.asarray(img, np.uint8)
-    if gray:
-        return arr[None]
-    return np.ascontiguousarray(arr[:, :, ::-1].transpose(2, 0, 1))
-
-
 class BadRecord(DataError):
     """A record that cannot be decoded (decode_datums adds which one)."""
 
@@ -256,7 +232,7 @@ def decode_datums(
 
     Every Datum must have the shape of the first (Caffe shapes the batch from
     its first datum and checks the others against it). A value that is not a
-    Datum, or an encoded one that is not an image, is a DataError naming the
+    Datum, or an encoded one that does not decode, is a DataError naming the
     record: its key by `key_of(index in the batch)` if given.
     """
     try:
@@ -270,13 +246,17 @@ def decode_datums(
         ) from None
 
 
+def _bad_record(message: str, index: int) -> BadRecord:
+    error = BadRecord(message)
+    error.index = index  # type: ignore[attr-defined]
+    return error
+
+
 def _datum(value: bytes, index: int) -> caffe_pb2.Datum:
     try:
         return caffe_pb2.Datum.FromString(value)
     except DecodeError as e:
-        error = BadRecord(f"not a Datum ({e})")
-        error.index = index  # type: ignore[attr-defined]
-        raise error from None
+        raise _bad_record(f"not a Datum ({e})", index) from None
 
 
 def _decode_datums(
@@ -286,13 +266,16 @@ def _decode_datums(
     labels = np.array([d.label for d in datums], F32)
     first = datums[0]
     if first.encoded:
+        require_extra("PIL", "image", "encoded Datums (JPEG/PNG) need Pillow")
+        # DataTransformer: DecodeDatumToCVMat(force_color) when either is
+        # forced, else DecodeDatumToCVMatNative (the file's own channels)
+        mode: Mode = "color" if force_color else "gray" if force_gray else "unchanged"
         images = []
         for i, d in enumerate(datums):
             try:
-                images.append(decode_image(d.data, force_color, force_gray))
-            except BadRecord as e:
-                e.index = i  # type: ignore[attr-defined]
-                raise
+                images.append(hwc_to_chw(decode_image(d.data, mode, "encoded Datum")))
+            except DataError as e:
+                raise _bad_record(str(e), i) from None
         shape = images[0].shape
         bad = next((i for i, im in enumerate(images) if im.shape != shape), None)
         if bad is not None:
@@ -330,14 +313,59 @@ def _decode_datums(
     return flat.reshape(n, *chw), labels
 
 
-def mnist_datum_bytes(image: npt.NDArray[np.uint8], label: int) -> bytes:
-    """One Datum as convert_mnist_data.cpp serializes it (1xHxW uint8, label)."""
+def datum_bytes(image: npt.NDArray[np.uint8], label: int) -> bytes:
+    """One uint8 Datum (CxHxW, or HxW as 1xHxW) with its label, serialized as
+    Caffe's converters write it: channels, height, width, data, label."""
+    chw = image if image.ndim == 3 else image[None]
     d = caffe_pb2.Datum()
-    d.channels = 1
-    d.height, d.width = image.shape
-    d.data = image.tobytes()
+    d.channels, d.height, d.width = chw.shape
+    d.data = chw.tobytes()
     d.label = int(label)
     return d.SerializeToString()
+
+
+def mnist_datum_bytes(image: npt.NDArray[np.uint8], label: int) -> bytes:
+    """One Datum as convert_mnist_data.cpp serializes it (1xHxW uint8, label)."""
+    return datum_bytes(image, label)
+
+
+def write_lmdb(
+    path: str | os.PathLike[str], batches: Iterable[list[tuple[bytes, bytes]]]
+) -> None:
+    """A new LMDB at `path` (a folder that is empty or absent), one
+    transaction per batch of (key, value). The map starts at 64 MiB and
+    doubles when full, as db_lmdb.cpp's DoubleMapSize (LMDB files are sparse:
+    only what is written takes disk space). A failed write (a full disk) is a
+    DataError saying how much room is left."""
+    lmdb = _lmdb()
+    try:
+        _write_batches(lmdb, path, batches)
+    except lmdb.Error as e:
+        free = shutil.disk_usage(path).free
+        raise DataError(
+            f"{path}: cannot write the LMDB ({e}; {free} bytes free on its disk)"
+        ) from None
+
+
+def _write_batches(
+    lmdb: Any,
+    path: str | os.PathLike[str],
+    batches: Iterable[list[tuple[bytes, bytes]]],
+) -> None:
+    env = lmdb.open(str(path), map_size=64 << 20, subdir=True)
+    try:
+        for batch in batches:
+            while True:
+                try:
+                    with env.begin(write=True) as txn:
+                        for key, value in batch:
+                            txn.put(key, value)
+                    break
+                except lmdb.MapFullError:
+                    env.set_mapsize(2 * env.info()["map_size"])
+        env.sync(True)
+    finally:
+        env.close()
 
 
 def write_datum_lmdb(
@@ -345,50 +373,29 @@ def write_datum_lmdb(
     images: npt.NDArray[np.uint8],
     labels: npt.NDArray[np.uint8],
 ) -> None:
-    """A new LMDB at `path` with keys "%08d" and 1xHxW Datums (convert_mnist_data).
+    """A new LMDB at `path` with keys "%08d" and 1xHxW Datums (convert_mnist_data,
+    which commits every 1000 records)."""
+    n, step = int(images.shape[0]), 1000
+    batches = (
+        [
+            (f"{i:08d}".encode(), mnist_datum_bytes(images[i], labels[i]))
+            for i in range(start, min(n, start + step))
+        ]
+        for start in range(0, n, step)
+    )
+    write_lmdb(path, batches)
 
-    `path` must not exist. The map is sized from the data (4x the payload plus
-    64 MiB; LMDB files are sparse, so only what is written takes disk space).
-    """
-    lmdb = _lmdb()
-    n = int(images.shape[0])
-    payload = n * (int(np.prod(images.shape[1:])) + 64)
+
+def lmdb_values(path: str | os.PathLike[str], where: str = "") -> Iterator[bytes]:
+    """Every value once, in key order (compute_image_mean's loop)."""
+    prefix = f"{where}: " if where else ""
+    shared = _SharedEnv.get(str(path), prefix)
     try:
-        _write_records(lmdb, path, images, labels, payload)
-    except lmdb.Error as e:
-        free = shutil.disk_usage(path).free
-        full = f"; the disk is full ({free} bytes free)" if free < payload else ""
-        raise DataError(f"{path}: cannot write the LMDB ({e}){full}") from None
-
-
-def _write_records(
-    lmdb: Any,
-    path: str | os.PathLike[str],
-    images: npt.NDArray[np.uint8],
-    labels: npt.NDArray[np.uint8],
-    payload: int,
-) -> None:
-    n = int(images.shape[0])
-    env = lmdb.open(str(path), map_size=4 * payload + (64 << 20), subdir=True)
-    try:
-        step = 1000  # convert_mnist_data commits every 1000 records
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            with env.begin(write=True) as txn:
-                with txn.cursor() as cur:
-                    cur.putmulti(
-                        (
-                            (
-                                f"{i:08d}".encode(),
-                                mnist_datum_bytes(images[i], labels[i]),
-                            )
-                            for i in range(start, stop)
-                        ),
-                        append=True,
-                    )
-        env.sync(True)
-    finally:
-        env.close()
+        with shared.env.begin(buffers=False) as txn:
+            for _, value in txn.cursor():
+                yield bytes(value)
+    except _lmdb().Error as e:
+        raise damaged(str(path), prefix, f"cannot read ({e})") from None
 
 
 def lmdb_exists(path: str | os.PathLike[str]) -> bool:
