@@ -37,20 +37,27 @@ def temp_path(target: str | os.PathLike[str], suffix: str = ".tmp") -> Path:
     return p.with_name(f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
 
 
+def _create_fresh(
+    target: str | os.PathLike[str], suffix: str, make: Callable[[Path], object]
+) -> Path:
+    """`make(name)` on a fresh temp_path name (retried if the name is taken)."""
+    for _ in range(100):
+        tmp = temp_path(target, suffix)
+        try:
+            make(tmp)
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(target))
+
+
 def create_temp(target: str | os.PathLike[str]) -> Path:
     """Create an empty temporary file beside `target` (mode 0666 less the
     umask) and return its path."""
-    for _ in range(100):
-        tmp = temp_path(target)
-        try:
-            fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE
-            )
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return tmp
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(target))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    return _create_fresh(
+        target, ".tmp", lambda tmp: os.close(os.open(tmp, flags, FILE_MODE))
+    )
 
 
 def fsync_file(path: str | os.PathLike[str]) -> None:
@@ -223,14 +230,7 @@ def remove_leftovers(
 def make_temp_folder(target: str | os.PathLike[str], suffix: str = ".tmp") -> Path:
     """Create an empty folder `.NAME.PID.XXXXXXXX{suffix}` beside `target`
     (mode 0777 less the umask)."""
-    for _ in range(100):
-        tmp = temp_path(target, suffix)
-        try:
-            os.mkdir(tmp, FOLDER_MODE)
-        except FileExistsError:
-            continue
-        return tmp
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(target))
+    return _create_fresh(target, suffix, lambda tmp: os.mkdir(tmp, FOLDER_MODE))
 
 
 def replace_folders(new: dict[Path, Path]) -> None:

@@ -22,8 +22,10 @@ import errno
 import gc
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -195,6 +197,54 @@ def child(
         timeout=timeout,
         cwd=cwd,
     )
+
+
+KILL_PREAMBLE = """
+import os, sys, time
+from pathlib import Path
+
+marker, stage = Path(sys.argv[1]), sys.argv[2]
+
+
+def stop_here():
+    marker.write_text("here")
+    time.sleep(600)
+"""
+
+KILL_MAIN = """
+sys.argv = ["caffesolve", *sys.argv[3:]]
+from caffesolve.__main__ import main
+
+main()
+"""
+
+
+def kill_when_there(tmp_path: Path, patches: str, stage: str, *args: str) -> str:
+    """Run `caffesolve ARGS` in a child whose `patches` (Python run first,
+    given `stage` and `stop_here()`) stop it at the point to test; SIGKILL
+    it there. Returns the child's stderr."""
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_PREAMBLE + patches + KILL_MAIN, str(marker),
+         stage, *args],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    return stderr
+
+
+def snap_prefix(tmp_path: Path) -> Path:
+    """tmp_path/snap/x, its folder made: where a test run snapshots."""
+    (tmp_path / "snap").mkdir()
+    return tmp_path / "snap" / "x"
 
 
 def error_line(stderr: str) -> str:

@@ -22,6 +22,7 @@ from fault_helpers import (
     pages,
     put_records,
     run,
+    snap_prefix,
     snapshot_names,
     write_setup,
 )
@@ -159,8 +160,7 @@ def failing_forward(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
 def test_unexpected_exception_in_a_layer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    prefix = tmp_path / "snap" / "x"
-    prefix.parent.mkdir()
+    prefix = snap_prefix(tmp_path)
     solver = write_setup(tmp_path / "run", prefix)
     failing_forward(monkeypatch, 13)  # iteration 12's forward
     code, _, stderr = run("train", str(solver))
@@ -324,8 +324,7 @@ def test_bad_record_in_the_test_database_names_the_test_net(tmp_path: Path) -> N
     train = make_lmdb(tmp_path / "train_lmdb")
     test = make_lmdb(tmp_path / "test_lmdb", n=30, seed=2)
     put_records(test, {"00000015": b"\x00\x01 not a datum"})
-    prefix = tmp_path / "snap" / "x"
-    prefix.parent.mkdir()
+    prefix = snap_prefix(tmp_path)
     solver = write_setup(
         tmp_path / "run",
         prefix,

@@ -11,11 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import stat
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,10 +25,12 @@ from fault_helpers import (
     error_line,
     get_record,
     images,
+    kill_when_there,
     make_lmdb,
     make_png_lmdb,
     put_records,
     run,
+    snap_prefix,
     snapshot_names,
     write_setup,
 )
@@ -121,8 +119,7 @@ def test_corrupt_page_mid_run_snapshots_then_stops(tmp_path: Path) -> None:
     from it."""
     db = make_lmdb(tmp_path / "db", n=1000)
     corrupt_pages(db, last_page(db) // 2, last_page(db) - 1)
-    prefix = tmp_path / "snap" / "x"
-    prefix.parent.mkdir()
+    prefix = snap_prefix(tmp_path)
     solver = write_setup(tmp_path / "run", prefix, train=db, max_iter=100)
     code, _, stderr = run("train", str(solver))
     assert code == 1
@@ -158,8 +155,7 @@ def test_bad_record_mid_run_names_it_and_resumes(
     db = make(tmp_path / "db")
     good = get_record(db, "00000123")
     put_records(db, {"00000123": value})
-    prefix = tmp_path / "snap" / "x"
-    prefix.parent.mkdir()
+    prefix = snap_prefix(tmp_path)
     solver = write_setup(tmp_path / "run", prefix, train=db)
     code, _, stderr = run("train", str(solver))
     assert code == 1
@@ -218,8 +214,7 @@ def test_second_hdf5_file_bad_mid_run(tmp_path: Path, fault: str) -> None:
         second.write_bytes(second.read_bytes()[:3000])
         what = f"Failed opening HDF5 file: {second} (Unable to synchronously open"
     (tmp_path / "list.txt").write_text(f"{first}\n{second}\n")
-    prefix = tmp_path / "snap" / "x"
-    prefix.parent.mkdir()
+    prefix = snap_prefix(tmp_path)
     solver = write_setup(
         tmp_path / "run", prefix, train=tmp_path / "list.txt", net=H5_NET
     )
@@ -297,19 +292,10 @@ def test_data_force_on_a_full_disk_keeps_the_old_pair(tmp_path: Path, disk) -> N
     assert snapshot_names(out) == ["mnist_test_lmdb", "mnist_train_lmdb"]
 
 
-DATA_KILLER = r"""
-import os, sys, time
-from pathlib import Path
-from caffesolve import files
+STOP_IN_DATA = """
 from caffesolve.data import datasets
 
-marker, stage = Path(sys.argv[1]), sys.argv[2]
 real_write, real_replace = datasets.write_datum_lmdb, os.replace
-
-
-def stop_here():
-    marker.write_text("here")
-    time.sleep(600)
 
 
 def write_datum_lmdb(path, images, labels):
@@ -326,27 +312,7 @@ def replace(src, dst):
 
 datasets.write_datum_lmdb = write_datum_lmdb
 os.replace = replace
-sys.argv = ["caffesolve", *sys.argv[3:]]
-from caffesolve.__main__ import main
-
-main()
 """
-
-
-def kill_data_at(tmp_path: Path, stage: str, args: list[str]) -> None:
-    marker = tmp_path / "marker"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", DATA_KILLER, str(marker), stage, *args],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]  # type: ignore[union-attr]
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
 
 
 @pytest.mark.parametrize("stage", ["building", "renaming"])
@@ -365,7 +331,7 @@ def test_data_force_killed_then_run_again(tmp_path: Path, stage: str) -> None:
     for (x, y), split in zip(flipped, ("train", "t10k")):
         (new / f"{split}-images-idx3-ubyte").write_bytes(idx_bytes(x))
         (new / f"{split}-labels-idx1-ubyte").write_bytes(idx_bytes(y))
-    kill_data_at(tmp_path, stage, data_args(new, out, "--force"))
+    kill_when_there(tmp_path, STOP_IN_DATA, stage, *data_args(new, out, "--force"))
     names = snapshot_names(out)
     if stage == "building":
         hidden = [n for n in names if n.startswith(".")]

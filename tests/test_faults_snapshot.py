@@ -11,11 +11,7 @@ traceback is printed, and which files exist afterwards.
 from __future__ import annotations
 
 import os
-import signal
 import stat
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +20,10 @@ from fault_helpers import (
     PAGE,
     child,
     error_line,
+    kill_when_there,
     pages,
     run,
+    snap_prefix,
     snapshot_names,
     write_setup,
 )
@@ -124,8 +122,7 @@ def test_folder_made_read_only_after_start_up(
 def test_state_name_taken_by_a_folder(tmp_path: Path) -> None:
     """The solver state's name is a folder: the model is not renamed into
     place either (no model without its state)."""
-    prefix = tmp_path / "snap" / "x"
-    prefix.parent.mkdir()
+    prefix = snap_prefix(tmp_path)
     (tmp_path / "snap" / "x_iter_10.solverstate").mkdir()
     code, _, stderr = run("train", str(write_setup(tmp_path / "run", prefix)))
     assert code == 1
@@ -140,8 +137,7 @@ def test_state_name_taken_by_a_folder(tmp_path: Path) -> None:
 def test_log_file_on_a_full_device(tmp_path: Path) -> None:
     """--log on a full disk (/dev/full): one warning, the run goes on logging
     to stderr, and every snapshot is written."""
-    prefix = tmp_path / "snap" / "x"
-    prefix.parent.mkdir()
+    prefix = snap_prefix(tmp_path)
     solver = write_setup(tmp_path / "run", prefix)
     code, _, stderr = run("train", str(solver), "--log", "/dev/full")
     assert code == 0, stderr
@@ -159,18 +155,10 @@ def test_log_file_on_a_full_device(tmp_path: Path) -> None:
     )
 
 
-KILLER = r"""
-import os, sys, time
-from pathlib import Path
+STOP_IN_SNAPSHOT = """
 from caffesolve import files
 
-marker, stage = Path(sys.argv[1]), sys.argv[2]
 real_write, real_replace = files.write_bytes_to, os.replace
-
-
-def stop_here():
-    marker.write_text("here")
-    time.sleep(600)
 
 
 def write_bytes_to(tmp, data):
@@ -189,31 +177,7 @@ def replace(src, dst):
 
 files.write_bytes_to = write_bytes_to
 os.replace = replace
-sys.argv = ["caffesolve", *sys.argv[3:]]
-from caffesolve.__main__ import main
-
-main()
 """
-
-
-def kill_when_there(tmp_path: Path, stage: str, *args: str) -> list[str]:
-    """Run `caffesolve ARGS` in a child that stops at `stage` of the
-    iteration-10 snapshot; SIGKILL it there. Returns the child's stderr lines."""
-    marker = tmp_path / "marker"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLER, str(marker), stage, *args],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]  # type: ignore[union-attr]
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    return stderr.splitlines()
 
 
 @pytest.mark.parametrize("stage", ["model-half-written", "between-renames"])
@@ -226,10 +190,9 @@ def test_killed_mid_snapshot_next_run_cleans_up_and_resumes(
     state is still a temporary. The next run that snapshots there removes
     the temporary, or renames the state into place to complete the pair;
     resuming from the pair gives the weights of a run never killed."""
-    prefix = tmp_path / "snap" / "x"
-    prefix.parent.mkdir()
+    prefix = snap_prefix(tmp_path)
     solver = write_setup(tmp_path / "run", prefix)
-    kill_when_there(tmp_path, stage, "train", str(solver))
+    kill_when_there(tmp_path, STOP_IN_SNAPSHOT, stage, "train", str(solver))
     names = snapshot_names(prefix.parent)
     left = [n for n in names if n.startswith(".")]
     assert len(left) == 1 and left[0].endswith(".tmp")
@@ -279,8 +242,7 @@ def test_killed_mid_snapshot_next_run_cleans_up_and_resumes(
 def test_snapshot_permissions_follow_the_umask(tmp_path: Path) -> None:
     """Files get 0666 less the umask, as Caffe's (std::ofstream); they used
     to be 0600 (mkstemp)."""
-    prefix = tmp_path / "snap" / "x"
-    prefix.parent.mkdir()
+    prefix = snap_prefix(tmp_path)
     solver = write_setup(tmp_path / "run", prefix, max_iter=5)
     old = os.umask(0o027)
     try:
@@ -310,8 +272,7 @@ def test_pair_renamed_model_first_then_folder_synced(
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    prefix = tmp_path / "snap" / "x"
-    prefix.parent.mkdir()
+    prefix = snap_prefix(tmp_path)
     solver = write_setup(tmp_path / "run", prefix, max_iter=5)
     assert run("train", str(solver))[0] == 0
     assert events == [
