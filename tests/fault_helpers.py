@@ -303,7 +303,7 @@ class Disk:
         from caffesolve import files
 
         real_create, real_write = files.create_temp, files.write_bytes_to
-        real_records = lmdb_source._write_records
+        real_batches = lmdb_source._write_batches
 
         def create_temp(target: str | os.PathLike[str]) -> Path:
             self.check(target, 0)
@@ -313,17 +313,18 @@ class Disk:
             self.check(tmp, len(data))
             real_write(tmp, data)
 
-        def write_records(lmdb: object, path: Path, *args: object) -> None:
-            need = args[0].nbytes  # type: ignore[attr-defined]  (the images)
+        def write_batches(lmdb: object, path: Path, batches: object) -> None:
+            batches = list(batches)  # type: ignore[call-overload]
+            need = sum(len(k) + len(v) for b in batches for k, v in b)
             if self.inside(path) and (self.ro or self.used() + need > size):
                 raise lmdb.Error(  # type: ignore[attr-defined]
                     f"mdb_txn_commit: {os.strerror(errno.EIO)}"
                 )
-            real_records(lmdb, path, *args)  # type: ignore[arg-type]
+            real_batches(lmdb, path, batches)
 
         monkeypatch.setattr(files, "create_temp", create_temp)
         monkeypatch.setattr(files, "write_bytes_to", write_bytes_to)
-        monkeypatch.setattr(lmdb_source, "_write_records", write_records)
+        monkeypatch.setattr(lmdb_source, "_write_batches", write_batches)
         monkeypatch.setattr(
             "caffesolve.files.os.mkdir", self._mkdir(os.mkdir), raising=True
         )
