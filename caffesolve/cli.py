@@ -90,6 +90,7 @@ def data_group() -> None:
     caffesolve data cifar10                   # -> data/cifar10/ (LMDBs + mean)
     caffesolve data images list.txt photos/ data/photos_lmdb   # convert_imageset
     caffesolve data mean data/photos_lmdb data/photos_mean.binaryproto
+    caffesolve data sine                      # -> data/sine/{train,test}.h5
     """
 
 
@@ -329,6 +330,25 @@ def data_mean(db: str, out: str | None, backend: str, force: bool) -> None:
         reporter.line(f"mean_value channel [{c}]: {m:.6g}")
     if out is not None:
         click.echo(out)
+
+
+@data_group.command("sine")
+@click.option(
+    "--out",
+    default="data/sine",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for train.h5, test.h5 and their list files.",
+)
+@click.option("--force", is_flag=True, help="Rebuild existing files.")
+@click.option("--seed", default=1701, show_default=True, help="Random seed.")
+def data_sine(out: str, force: bool, seed: int) -> None:
+    """Noisy sine waves as HDF5 for configs/lstm_sine (an LSTM predicting
+    the next value): OUT/train.txt and OUT/test.txt list the .h5 files."""
+    from caffesolve.data.sine import write_sine_dataset
+
+    for path in write_sine_dataset(out, force=force, seed=seed):
+        click.echo(str(path))
 
 
 # -- lr-schedule ---------------------------------------------------------------

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 from google.protobuf import text_format
@@ -254,17 +254,21 @@ class Net:
             f"{describe(e)}; the blobs made so far hold {held:.3g} GiB; {lower}"
         )
 
-    def layer_failure(self, i: int, e: Exception) -> CaffesolveError:
-        """An exception of layer i's forward or backward as one line naming
-        the net's file and the layer (our own errors keep their class; a
-        memory error says what to lower; anything else becomes a RunError
-        whose cause is the original)."""
-        lp = self.layers[i].layer_param
+    def raise_layer_failure(self, i: int, e: Exception) -> NoReturn:
+        """Raise the exception `e` of layer i's forward or backward as one
+        line naming the net's file and the layer: our own errors keep their
+        class, a memory error says what to lower, anything else becomes a
+        RunError whose cause is the original. A layer that runs user code
+        (Python) passes the user's own exceptions on unchanged."""
+        layer = self.layers[i]
+        if layer.runs_user_code and not isinstance(e, CaffesolveError):
+            raise e
+        lp = layer.layer_param
         if isinstance(e, CaffesolveError):
-            return self._error(e, lp)
+            raise self._error(e, lp) from e
         if isinstance(e, MemoryError):
-            return self._error(self._memory_error(e), lp)
-        return self._error(RunError(describe(e)), lp)
+            raise self._error(self._memory_error(e), lp) from e
+        raise self._error(RunError(describe(e)), lp) from e
 
     def _init_layer(self, layer_id: int, lp: caffe_pb2.LayerParameter) -> None:
         """One iteration of Caffe's Net::Init loop: create, wire, set up."""
@@ -286,7 +290,8 @@ class Net:
         if len(lp.blobs) and not layer.blobs:
             # Caffe's Layer constructor: blobs in the definition are the
             # layer's params (layers skip their fillers when blobs exist).
-            layer.blobs = [Blob(xp=self.backend.xp) for _ in lp.blobs]
+            # (Filled in place: a Python layer's list is also its own.)
+            layer.blobs.extend(Blob(xp=self.backend.xp) for _ in lp.blobs)
             for blob, proto in zip(layer.blobs, lp.blobs):
                 blob.from_proto(proto)
         self.layers.append(layer)
@@ -320,6 +325,8 @@ class Net:
         try:
             layer.setup(self.bottom_vecs[layer_id], self.top_vecs[layer_id])
         except (CaffesolveError, ValueError) as e:
+            if layer.runs_user_code and not isinstance(e, CaffesolveError):
+                raise  # the user's own exception, unchanged (as pycaffe)
             raise self._error(e, lp) from e
         self.log_info(124, f"Setting up {lp.name}")
         for top_id, top in enumerate(self.top_vecs[layer_id]):
@@ -630,7 +637,7 @@ class Net:
             layer.reshape(bottom, top)
             layer.forward(bottom, top)
         except Exception as e:
-            raise self.layer_failure(i, e) from e
+            self.raise_layer_failure(i, e)
         if self.debug_info:
             self._forward_debug_info(i)
         loss_tops = self._loss_tops[i]
@@ -658,7 +665,7 @@ class Net:
                 layer.reshape(bottom, top)
                 layer.forward(bottom, top)
             except Exception as e:
-                raise self.layer_failure(i, e) from e
+                self.raise_layer_failure(i, e)
             if loss_tops:  # as forward_layer: the layer's loss, then the sum
                 layer_loss = np.float32(0)
                 for blob, weight in loss_tops:
@@ -679,7 +686,7 @@ class Net:
                     self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i]
                 )
             except Exception as e:
-                raise self.layer_failure(i, e) from e
+                self.raise_layer_failure(i, e)
 
     def backward_from_to(self, start: int, end: int) -> None:
         """Layers start down to end inclusive (Caffe's BackwardFromTo); the
@@ -693,7 +700,7 @@ class Net:
                         self.bottom_vecs[i],
                     )
                 except Exception as e:
-                    raise self.layer_failure(i, e) from e
+                    self.raise_layer_failure(i, e)
                 if self.debug_info:
                     self._backward_debug_info(i)
             for callback in self.after_backward:

@@ -211,7 +211,7 @@ def time_net(net: Net, iterations: int = 50, log: bool = True) -> NetTiming:
             try:
                 layers[i].backward(tops[i], net.bottom_need_backward[i], bottoms[i])
             except Exception as e:
-                raise net.layer_failure(i, e) from e
+                net.raise_layer_failure(i, e)
             backward_s[i] += clock() - t
         backward_total += clock() - backward_start
         info(

@@ -17,6 +17,7 @@ from test_cifar10 import write_batches
 from caffesolve import tools
 from caffesolve.data.cifar10 import prepare_cifar10
 from caffesolve.data.datasets import write_lmdb_atomic
+from caffesolve.data.sine import write_sine_dataset
 from caffesolve.log import LOG
 from caffesolve.net import Net
 from caffesolve.proto import caffe_pb2
@@ -33,8 +34,8 @@ def _rel(p: Path) -> str:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with configs/ and tiny MNIST-shaped and CIFAR-10 databases
-    under data/."""
+    """A folder with configs/, tiny MNIST-shaped and CIFAR-10 databases and
+    sine waves under data/."""
     root = tmp_path_factory.mktemp("repo")
     shutil.copytree(ROOT / "configs", root / "configs")
     rng = np.random.default_rng(1701)
@@ -48,6 +49,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     batches = tmp_path_factory.mktemp("cifar")
     write_batches(batches, records=20)
     prepare_cifar10(root / "data" / "cifar10", batches, verify=False)
+    write_sine_dataset(root / "data" / "sine", steps=(100, 60))
     return root
 
 

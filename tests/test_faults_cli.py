@@ -5,6 +5,7 @@ where a user would want to know, and messages that say what to do.
 
 from __future__ import annotations
 
+import io
 import re
 import resource
 import subprocess
@@ -27,7 +28,10 @@ from fault_helpers import (
     write_setup,
 )
 
+import caffe
+from caffesolve import tools
 from caffesolve.layers.inner_product import InnerProductLayer
+from caffesolve.log import LOG
 
 # -- memory (case 6) ------------------------------------------------------------------
 
@@ -177,6 +181,58 @@ def test_unexpected_exception_in_a_layer(
         "train", str(solver), "--snapshot", f"{prefix}_iter_12.solverstate"
     )
     assert code == 0, stderr
+
+
+class FailsOnEighthForward(caffe.Layer):
+    """A Python layer (user code) passing its bottom on, that fails once
+    (in iteration 7)."""
+
+    forwards = 0
+
+    def setup(self, bottom: list, top: list) -> None:
+        pass
+
+    def reshape(self, bottom: list, top: list) -> None:
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom: list, top: list) -> None:
+        FailsOnEighthForward.forwards += 1
+        if FailsOnEighthForward.forwards == 8:
+            raise KeyError("the user's own bug")
+        top[0].data[...] = bottom[0].data
+
+    def backward(self, top: list, propagate_down: list, bottom: list) -> None:
+        bottom[0].diff[...] = top[0].diff
+
+
+def test_exception_of_a_python_layer_is_passed_on_after_the_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """User code's exception reaches the caller as it is (as pycaffe), but
+    only after the snapshot of the last completed iteration, which an E line
+    names."""
+    monkeypatch.setattr(FailsOnEighthForward, "forwards", 0)
+    prefix = snap_prefix(tmp_path)
+    python = (
+        'layer { name: "user" type: "Python" bottom: "data" top: "copy" '
+        "python_param { module: 'test_faults_cli' layer: 'FailsOnEighthForward' } }"
+    )
+    net = NET.replace('bottom: "data" top: "ip"', 'bottom: "copy" top: "ip"')
+    net = net.replace('layer { name: "ip"', python + '\nlayer { name: "ip"')
+    solver = write_setup(tmp_path / "run", prefix, net=net)
+    log = io.StringIO()
+    monkeypatch.setattr(LOG, "streams", [log])
+    monkeypatch.setattr(LOG, "quiet", False)
+    with pytest.raises(KeyError, match="the user's own bug"):
+        tools.train(solver)
+    assert snapshot_names(prefix.parent) == [
+        f"x_iter_{i}.{e}" for i in (5, 7) for e in ("caffemodel", "solverstate")
+    ]
+    errors = [ln for ln in log.getvalue().splitlines() if ln.startswith("E")]
+    assert len(errors) == 1 and errors[0].endswith(
+        'KeyError: "the user\'s own bug"; training stopped at iteration 7 after '
+        f"writing a snapshot of it (resume with --snapshot {prefix}_iter_7.solverstate)"
+    )
 
 
 def test_fault_whose_snapshot_cannot_be_written(

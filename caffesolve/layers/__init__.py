@@ -61,6 +61,8 @@ for _module in (
     "loss",
     "logistic_loss",
     "margin_loss",
+    "recurrent",
+    "python",
 ):
     importlib.import_module(f"caffesolve.layers.{_module}")
 

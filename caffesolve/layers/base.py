@@ -41,6 +41,9 @@ class Layer:
     is_loss: ClassVar[bool] = False
     # False for layers whose top must not be their bottom (Split, Flatten...).
     allow_in_place: ClassVar[bool] = True
+    # True for layers that run the user's code (Python): their exceptions
+    # reach the caller unchanged instead of becoming a layer error.
+    runs_user_code: ClassVar[bool] = False
     # The array module of the layer's blobs and buffers (caffesolve.backend).
     xp: Any = np
 

@@ -11,7 +11,9 @@ A fault met mid-run (a bad record, an unreadable file, a full disk, any
 exception in a layer) stops training as a SIGINT stop does: a snapshot of the
 last completed iteration is written first, so `--snapshot` resumes from it,
 and the RunError raised says what failed, and which snapshot to resume from
-(the last good one, if this one could not be written).
+(the last good one, if this one could not be written). An exception of the
+user's own code (a Python layer) gets the same snapshot and is then passed
+on unchanged, as pycaffe passes it on; an E line says which snapshot to use.
 
 One np.random.Generator, seeded from `random_seed` (OS entropy if -1), is passed
 to every net (fillers, data shuffling, Dropout); snapshots store its state and
@@ -113,7 +115,10 @@ class Solver:
         source: str = "<solver>",
         log: Log = LOG,
         action_function: ActionFunction | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
+        """`rng` is the Generator to use when random_seed is -1 (pycaffe's
+        caffe.set_random_seed); by default OS entropy seeds a new one."""
         self.param = param
         self.source = source
         self.log = log
@@ -124,8 +129,10 @@ class Solver:
         configure_blas_threads()
         self.log.info(*msg.initializing_solver(text_format.MessageToString(param)))
         self.check_param()
-        seed = param.random_seed if param.random_seed >= 0 else None
-        self.rng = np.random.default_rng(seed)
+        if param.random_seed >= 0 or rng is None:
+            seed = param.random_seed if param.random_seed >= 0 else None
+            rng = np.random.default_rng(seed)
+        self.rng = rng
         self.net: Net = self.init_train_net()
         self.test_nets: list[Net] = self.init_test_nets()
         # After the nets (Caffe checks before): a missing data source, which
@@ -233,8 +240,14 @@ class Solver:
         start_iter = self.iter
         try:
             self._solve(start_iter)
-        except Exception as e:
+        except CaffesolveError as e:
             raise self.stop_on_fault(e, start_iter) from e
+        except Exception as e:
+            # Not caffesolve's: the user's own code (a Python layer, a
+            # callback) or a bug. Saved all the same, then passed on as it
+            # is, as pycaffe passes a Python layer's exception on.
+            self.log.write("E", "solver.cpp:0", str(self.stop_on_fault(e, start_iter)))
+            raise
 
     def _solve(self, start_iter: int) -> None:
         self.step(self.param.max_iter - self.iter)
