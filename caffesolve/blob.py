@@ -165,12 +165,16 @@ class Blob:
 
 
 def proto_shape(proto: caffe_pb2.BlobProto) -> tuple[int, ...]:
-    """The shape a BlobProto describes, `shape` or legacy num/channels/h/w."""
+    """The shape a BlobProto describes, `shape` or legacy num/channels/h/w.
+
+    With neither, Caffe reads a 0-axis blob (one value: PReLU's shared
+    slope, a scalar Scale); caffesolve reads other such blobs as 1-D."""
     if proto.HasField("shape"):
         return tuple(int(d) for d in proto.shape.dim)
     if any(proto.HasField(f) for f in ("num", "channels", "height", "width")):
         return (proto.num, proto.channels, proto.height, proto.width)
-    return (len(proto.data) or len(proto.double_data),)
+    count = len(proto.data) or len(proto.double_data)
+    return () if count == 1 else (count,)
 
 
 def shape_string(shape: Sequence[int]) -> str:

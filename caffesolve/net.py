@@ -440,11 +440,14 @@ class Net:
         lr_mult/decay_mult set on both must agree, one set on the sharer only
         becomes the owner's.
         """
-        spec = lp.param[param_id] if param_id < len(lp.param) else None
+        # The layer's own LayerParameter, as Caffe's AppendParam reads it: a
+        # layer may add ParamSpecs in setup (BatchNorm's lr_mult 0).
+        layer = self.layers[layer_id]
+        specs = layer.layer_param.param
+        spec = specs[param_id] if param_id < len(specs) else None
         param_name = spec.name if spec is not None else ""
         self.param_display_names.append(param_name or str(param_id))
         net_param_id = len(self.params)
-        layer = self.layers[layer_id]
         self.params.append(layer.blobs[param_id])
         self.param_id_vecs[layer_id].append(net_param_id)
         self.param_layer_indices.append((layer_id, param_id))

@@ -60,15 +60,21 @@ def _matching_layers(
 
 
 def _check_blob_count(
-    where: str, name: str, source: int, target: int, words: str = "file/net"
+    where: str, name: str, source: int, target: Layer, words: str = "file/net"
 ) -> None:
-    """Caffe's "Incompatible number of blobs" check; `words` names the two
-    sides ("file/net", or "source/target" for two nets)."""
-    if source != target:
+    """Caffe's "Incompatible number of blobs" check against the `target`
+    layer, whose count comes with what its blobs hold (Layer.blob_roles);
+    `words` names the two sides ("file/net", or "source/target" for two
+    nets)."""
+    if source != len(target.blobs):
         a, b = words.split("/")
+        count = str(len(target.blobs))
+        roles = target.blob_roles()
+        if roles:
+            count += f": {', '.join(roles)}"
         raise ShapeError(
-            f"{where}: Incompatible number of blobs for layer {name} "
-            f"({a} has {source}, {b} has {target})"
+            f"{where}: blobs: Incompatible number of blobs for layer {name} "
+            f"({a} has {source}, {b} has {count})"
         )
 
 
@@ -81,8 +87,8 @@ def share_trained_layers(net: Net, other: Net) -> None:
     sources = zip(other.layer_names, other.layers)
     for name, target, source_layer in _matching_layers(net, sources, 632):
         where = f"{net.source}: layer '{name}' ({target.layer_param.type})"
-        counts = len(source_layer.blobs), len(target.blobs)
-        _check_blob_count(where, name, *counts, words="source/target")
+        count = len(source_layer.blobs)
+        _check_blob_count(where, name, count, target, words="source/target")
         for j, (t, s) in enumerate(zip(target.blobs, source_layer.blobs)):
             if t.shape != s.shape:
                 raise ShapeError(
@@ -127,7 +133,7 @@ def copy_trained_layers_from(
     sources = ((lp.name, lp) for lp in param.layer)
     for name, target, source_layer in _matching_layers(net, sources, 746):
         where = f"{origin}: layer '{name}' ({target.layer_param.type})"
-        _check_blob_count(where, name, len(source_layer.blobs), len(target.blobs))
+        _check_blob_count(where, name, len(source_layer.blobs), target)
         for j, (blob, proto) in enumerate(zip(target.blobs, source_layer.blobs)):
             file_shape = proto_shape(proto)
             if not shape_equals(file_shape, blob.shape):
@@ -189,10 +195,7 @@ def _copy_from_hdf5(net: Net, path: str | os.PathLike[str], h5py: Any) -> None:
             layer_id = net.layer_names_index[name]
             where = f"{path}: layer '{name}' ({target.layer_param.type})"
             if len(group) > len(target.blobs):
-                raise ShapeError(
-                    f"{where}: Incompatible number of blobs for layer {name} "
-                    f"(file has {len(group)}, net has {len(target.blobs)})"
-                )
+                _check_blob_count(where, name, len(group), target)
             for j, blob in enumerate(target.blobs):
                 if str(j) not in group:
                     net_param_id = net.param_id_vecs[layer_id][j]

@@ -61,6 +61,8 @@ for _module in (
     "loss",
     "logistic_loss",
     "margin_loss",
+    "normalization",
+    "scale",
     "recurrent",
     "python",
 ):

@@ -146,6 +146,11 @@ class Layer:
     ) -> None:
         """Write bottom diffs (where propagate_down) and add to param diffs."""
 
+    def blob_roles(self) -> list[str]:
+        """What each of `blobs` holds ("mean", "variance", ...), for the
+        message when a weights file has the wrong number; [] if not named."""
+        return []
+
     def allow_force_backward(self, bottom_index: int) -> bool:
         """Caffe's AllowForceBackward: False for inputs like labels."""
         return True
