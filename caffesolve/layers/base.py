@@ -59,6 +59,12 @@ class Layer:
         self.blobs: list[Blob] = []
         self.param_propagate_down: list[bool] = []
         self.loss: list[float] = []
+        self.configure()
+
+    def configure(self) -> None:
+        """Construction-time work that reads `layer_param`, before any setup
+        (Caffe's layer constructors): e.g. blob-count rules that depend on a
+        parameter. Nothing by default."""
 
     # -- identity and errors -------------------------------------------------
 
