@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 import sys
 from typing import TextIO
 
@@ -35,6 +36,13 @@ def glog_prefix(severity: str = "I", source: str = "solver.cpp:0") -> str:
     )
 
 
+# A glog line: severity, month, day, h:m:s.micro, thread, file:line, message
+# (what glog_prefix writes; logs.py reads Caffe's logs and ours with it).
+GLOG_LINE = re.compile(
+    r"^([IWEF])(\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d{6}) +(\d+) ([^\]]*)\] ?(.*)$"
+)
+
+
 class _Stderr:
     """sys.stderr as it is at each write (not as it was at import)."""
 
@@ -45,23 +53,61 @@ class _Stderr:
         sys.stderr.flush()
 
 
+# glog's severities in order; a line below `Log.min_level` is not written.
+SEVERITIES = "IWEF"
+
+
+def env_min_level() -> int:
+    """glog's GLOG_minloglevel (0 INFO, 1 WARNING, 2 ERROR, 3 FATAL), which
+    Caffe's tools and pycaffe scripts set to quieten the log; 0 if unset."""
+    value = os.environ.get("GLOG_minloglevel", "")
+    return int(value) if value.strip().lstrip("-").isdigit() else 0
+
+
 class Log:
     """Where caffesolve's glog-style lines go: stderr, plus optional files."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.streams: list[TextIO] = [stream if stream is not None else _Stderr()]
         self.quiet = False
+        self.min_level = env_min_level()
 
     def add_file(self, stream: TextIO) -> None:
         self.streams.append(stream)
 
     def write(self, severity: str, source: str, message: str) -> None:
-        if self.quiet:
+        """One glog line to every stream. A log file that cannot be written
+        (a full disk) is dropped with one warning, and the run goes on
+        logging to stderr; stderr itself failing (a closed pipe) is ignored,
+        as glog ignores it."""
+        if self.quiet or max(SEVERITIES.find(severity), 0) < self.min_level:
             return
         line = glog_prefix(severity, source) + message + "\n"
-        for s in self.streams:
-            s.write(line)
-            s.flush()
+        for s in list(self.streams):
+            try:
+                s.write(line)
+                s.flush()
+            except OSError as e:
+                if s is self.streams[0]:
+                    continue
+                self.drop(s)
+                self.write(
+                    "W",
+                    "log.py:0",
+                    f"cannot write the log file {getattr(s, 'name', s)} "
+                    f"({os.strerror(e.errno) if e.errno else e}); the log goes "
+                    "on on stderr only",
+                )
+
+    def drop(self, stream: TextIO) -> None:
+        """Stop writing to `stream` (a file added by add_file) and close it;
+        what it could not write is lost."""
+        if stream in self.streams:
+            self.streams.remove(stream)
+        try:
+            stream.close()
+        except OSError:
+            pass
 
     def info(self, source: str, message: str) -> None:
         self.write("I", source, message)
@@ -82,6 +128,14 @@ LOG = Log()
 # (tools/extra/parse_log.py, parse_log.sh, extract_seconds.py) read these texts.
 
 Message = tuple[str, str]
+
+# The words Caffe's log tools key on; the messages below are written with
+# them and logs.py parses with them.
+SOLVING = "Solving "
+ITERATION = "Iteration "
+LR = "lr = "
+TRAIN_OUTPUT = "Train net output #"
+TEST_OUTPUT = "Test net output #"
 
 
 def _loss_suffix(loss_weight: float, value: float) -> str:
@@ -137,7 +191,7 @@ def starting_optimization() -> Message:
 
 def solving(net_name: str) -> Message:
     """extract_seconds.py takes the start time from this line ('Solving')."""
-    return "solver.cpp:289", f"Solving {net_name}"
+    return "solver.cpp:289", f"{SOLVING}{net_name}"
 
 
 def learning_rate_policy(policy: str) -> Message:
@@ -154,7 +208,7 @@ def iteration_display(
     """Solver::Step's display line; parse_log.sh reads `, loss = `."""
     return (
         "solver.cpp:239",
-        f"Iteration {it} ({fmt32(per_s)} iter/s, {fmt32(lapse)}s/{display} iters), "
+        f"{ITERATION}{it} ({fmt32(per_s)} iter/s, {fmt32(lapse)}s/{display} iters), "
         f"loss = {fmt32(loss)}",
     )
 
@@ -164,18 +218,18 @@ def train_net_output(
 ) -> Message:
     return (
         "solver.cpp:258",
-        f"    Train net output #{index}: {name} = {fmt32(value)}"
+        f"    {TRAIN_OUTPUT}{index}: {name} = {fmt32(value)}"
         + _loss_suffix(loss_weight, value),
     )
 
 
 def iteration_lr(it: int, rate: float) -> Message:
     """SGDSolver::ApplyUpdate's line; parse_log.py reads `lr = X`."""
-    return "sgd_solver.cpp:112", f"Iteration {it}, lr = {fmt32(rate)}"
+    return "sgd_solver.cpp:112", f"{ITERATION}{it}, {LR}{fmt32(rate)}"
 
 
 def multistep_status(it: int, step: int) -> Message:
-    return "sgd_solver.cpp:50", f"MultiStep Status: Iteration {it}, step = {step}"
+    return "sgd_solver.cpp:50", f"MultiStep Status: {ITERATION}{it}, step = {step}"
 
 
 def gradient_clipping(l2norm: float, clip: float, scale: float) -> Message:
@@ -187,7 +241,7 @@ def gradient_clipping(l2norm: float, clip: float, scale: float) -> Message:
 
 
 def testing_net(it: int, index: int) -> Message:
-    return "solver.cpp:347", f"Iteration {it}, Testing net (#{index})"
+    return "solver.cpp:347", f"{ITERATION}{it}, Testing net (#{index})"
 
 
 def test_interrupted() -> Message:
@@ -201,13 +255,13 @@ def test_loss(loss: float) -> Message:
 def test_net_output(index: int, name: str, mean: float, loss_weight: float) -> Message:
     return (
         "solver.cpp:414",
-        f"    Test net output #{index}: {name} = {fmt32(mean)}"
+        f"    {TEST_OUTPUT}{index}: {name} = {fmt32(mean)}"
         + _loss_suffix(loss_weight, mean),
     )
 
 
 def final_loss(it: int, loss: float) -> Message:
-    return "solver.cpp:327", f"Iteration {it}, loss = {fmt32(loss)}"
+    return "solver.cpp:327", f"{ITERATION}{it}, loss = {fmt32(loss)}"
 
 
 def optimization_stopped_early() -> Message:

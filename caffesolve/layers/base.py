@@ -6,8 +6,9 @@ learnable `blobs`), then `reshape` (size the tops from the bottoms), then record
 the loss weight of each top. The Net calls `reshape` then `forward` on every
 pass, and `backward` with one propagate_down flag per bottom.
 
-Layer math takes its array module from its blobs (`array_module`) and keeps
-the dtype of its bottoms: float32 in nets, float64 in gradient-check tests.
+Layer math allocates with `self.xp`, the array module of the net's backend
+(caffesolve.backend), and keeps the dtype of its bottoms: float32 in nets,
+float64 in gradient-check tests.
 Param diffs accumulate (+=) over backward calls; bottom diffs are overwritten.
 """
 
@@ -40,6 +41,9 @@ class Layer:
     is_loss: ClassVar[bool] = False
     # False for layers whose top must not be their bottom (Split, Flatten...).
     allow_in_place: ClassVar[bool] = True
+    # True for layers that run the user's code (Python): their exceptions
+    # reach the caller unchanged instead of becoming a layer error.
+    runs_user_code: ClassVar[bool] = False
     # The array module of the layer's blobs and buffers (caffesolve.backend).
     xp: Any = np
 
@@ -55,6 +59,12 @@ class Layer:
         self.blobs: list[Blob] = []
         self.param_propagate_down: list[bool] = []
         self.loss: list[float] = []
+        self.configure()
+
+    def configure(self) -> None:
+        """Construction-time work that reads `layer_param`, before any setup
+        (Caffe's layer constructors): e.g. blob-count rules that depend on a
+        parameter. Nothing by default."""
 
     # -- identity and errors -------------------------------------------------
 
@@ -68,6 +78,17 @@ class Layer:
 
     def config_error(self, message: str) -> ConfigError:
         return ConfigError(f"{self.where()}: {message}")
+
+    def axis_index(self, blob: Blob, field: str) -> int:
+        """Caffe's CanonicalAxisIndex of the layer's parameter field `field`
+        ("softmax_param.axis") for `blob`; out of range, an error naming the
+        layer and the field."""
+        message, name = field.split(".")
+        axis = getattr(getattr(self.layer_param, message), name)
+        try:
+            return blob.canonical_axis_index(axis)
+        except ShapeError as e:
+            raise self.config_error(f"{field}: {e}") from None
 
     def shape_error(self, message: str) -> ShapeError:
         """A ShapeError naming this layer (a bottom that does not fit)."""
@@ -130,6 +151,11 @@ class Layer:
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
     ) -> None:
         """Write bottom diffs (where propagate_down) and add to param diffs."""
+
+    def blob_roles(self) -> list[str]:
+        """What each of `blobs` holds ("mean", "variance", ...), for the
+        message when a weights file has the wrong number; [] if not named."""
+        return []
 
     def allow_force_backward(self, bottom_index: int) -> bool:
         """Caffe's AllowForceBackward: False for inputs like labels."""

@@ -19,7 +19,6 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from caffesolve.backend import array_module
 from caffesolve.blob import Blob
 from caffesolve.errors import ShapeError
 from caffesolve.layers import register
@@ -264,7 +263,6 @@ class BaseConvolutionLayer(Layer):
         )
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
-        self.xp = array_module(bottom[0].data)  # numpy (CuPy later)
         self.check_bottom(bottom)
         axis = self.channel_axis
         shape = bottom[0].shape
@@ -403,7 +401,6 @@ class Im2colLayer(BaseConvolutionLayer):
         self.setup_kernel(bottom)
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
-        self.xp = array_module(bottom[0].data)
         axis, shape = self.channel_axis, bottom[0].shape
         if len(shape) != axis + 1 + self.num_spatial_axes:
             raise ShapeError(f"{self.where()}: bottom num_axes may not change.")

@@ -60,7 +60,7 @@ class SPPLayer(Layer):
 
     def _make(self, param: caffe_pb2.LayerParameter) -> Layer:
         param.name = self.name
-        return create_layer(param, self.phase, self.rng)
+        return create_layer(param, self.phase, self.rng, self.xp)
 
     def _pooling(self, level: int, bottom: list[Blob], top: list[Blob]) -> Layer:
         """The pooling layer of a pyramid level, set up on bottom -> top."""
