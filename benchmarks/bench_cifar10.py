@@ -314,9 +314,11 @@ def compare(args: argparse.Namespace, name: str, torch_ok: bool) -> None:
         if best:
             fastest = min(best, key=lambda k: statistics.median(times[k]))
             speed = statistics.median(times[fastest]) / base
+            quiet = min(round_medians[fastest]) / min(round_medians["caffesolve"])
             print(
                 f"  targets: {fastest} / caffesolve = {speed:.2f}x (>= 1.00 "
-                f"wanted); caffesolve / compute limit = {base / limit:.2f}x "
+                f"wanted; {quiet:.2f}x between the two rows' least disturbed "
+                f"rounds); caffesolve / compute limit = {base / limit:.2f}x "
                 f"(<= 2.00 wanted)"
             )
         t = time_net(net, args.layer_iters, log=False)
