@@ -3,7 +3,8 @@ batch 100, forward + backward (issue 18).
 
     python benchmarks/bench_cifar10.py [--nets quick,full] [--rounds 5]
                                        [--iters 4] [--layer-iters 5]
-                                       [--no-torch] [--examples DIR]
+                                       [--threads N] [--no-torch]
+                                       [--examples DIR]
 
 Each net is Caffe's own examples/cifar10/cifar10_{quick,full}_train_test.prototxt
 (from ../shared/caffe-examples, or --examples), its Data layers replaced by
@@ -24,6 +25,12 @@ rounds' medians as the noise):
 - compute limit: the net's GEMM FLOPs (forward, weight and data GEMMs)
   divided by the rate of a large square SGEMM (2048^3) measured in the same
   rounds at the same thread count.
+
+--threads N gives every row N cores: caffesolve N workers, PyTorch N threads,
+the GEMM rows N OpenBLAS threads (default: as caffesolve starts, 2 workers).
+On a shared machine under load, threaded OpenBLAS and PyTorch slow down many
+times over when another process holds a core (issue 18), so --threads 1 is
+the steady comparison of the work each does.
 
 Then the ratios, and caffesolve's per-layer table (tools.time_net, the code
 of `caffesolve time`). cifar10_full needs LRN, which lands with issue 12's
@@ -46,11 +53,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_lenet import data_to_input  # noqa: E402
 
 from caffesolve.backend import (  # noqa: E402
     blas_threads,
     configure_blas_threads,
     set_blas_threads,
+    set_workers,
     workers,
 )
 from caffesolve.layers import LAYERS  # noqa: E402
@@ -80,15 +91,8 @@ def net_param(examples: Path, name: str) -> caffe_pb2.NetParameter:
         examples / f"cifar10__cifar10_{name}_train_test.prototxt"
     )
     for lp in param.layer:
-        if lp.type != "Data":
-            continue
-        tops, include, layer_name = list(lp.top), list(lp.include), lp.name
-        lp.Clear()
-        lp.name, lp.type = layer_name, "Input"
-        lp.top.extend(tops)
-        lp.include.extend(include)
-        lp.input_param.shape.add().dim.extend((BATCH, 3, 32, 32))
-        lp.input_param.shape.add().dim.append(BATCH)
+        if lp.type == "Data":
+            data_to_input(lp, (BATCH, 3, 32, 32))
     return param
 
 
@@ -336,12 +340,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters", type=int, default=4)
     parser.add_argument("--layer-iters", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="cores per row")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--examples", type=Path, default=EXAMPLES)
     args = parser.parse_args()
     if not (args.examples / "cifar10__cifar10_quick_train_test.prototxt").exists():
         sys.exit(f"{args.examples}: Caffe's CIFAR-10 example prototxts not found")
     configure_blas_threads()
+    if args.threads:
+        set_workers(args.threads)
     torch_ok = not args.no_torch and torch_available()
     print("CIFAR-10 nets (Caffe's examples/cifar10), random in-memory batches")
     print(

@@ -683,6 +683,7 @@ def test_chunks_with_a_shorter_last_chunk(
     # gradients by finite differences.
     force_lowering(monkeypatch, name)
     monkeypatch.setattr(lowering, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(lowering, "KEEP_COLUMNS_BYTES", 0)
     params = "num_output: 3 kernel_size: 3 pad: 1 " + GAUSS
     layer = conv_layer(params)
     bottom, top = run_forward(layer, (5, 2, 5, 4))
@@ -707,6 +708,7 @@ def test_weight_gradient_sums_over_images_within_float32_rounding(
     # products to float32 rounding, rtol 1e-5 of the largest entry.
     force_lowering(monkeypatch, name)
     monkeypatch.setattr(lowering, "CHUNK_BYTES", 2000)
+    monkeypatch.setattr(lowering, "KEEP_COLUMNS_BYTES", 0)
     layer = conv_layer("num_output: 4 kernel_size: 3 pad: 1 " + GAUSS)
     bottom, top = Blob((9, 3, 8, 8)), Blob()
     bottom.data[...] = np.random.default_rng(1).normal(size=bottom.shape)
@@ -726,3 +728,19 @@ def test_weight_gradient_sums_over_images_within_float32_rounding(
     got = layer.blobs[0].diff
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expect, rtol=0, atol=1e-5 * np.abs(expect).max())
+
+
+def test_small_batches_keep_their_columns_large_ones_are_chunked() -> None:
+    # LeNet's conv1 at batch 64 (3.7 MB of columns): one chunk per segment,
+    # the columns kept for the weight gradient; CIFAR-10's conv1 at batch
+    # 100 (31 MB): chunks of one image's 307 KB, remade in backward.
+    for shape, m, keeps, chunk in (
+        ((64, 1, 28, 28), 20, True, 32),
+        ((100, 3, 32, 32), 32, False, 1),
+    ):
+        pad = 0 if shape[1] == 1 else 2
+        layer = conv_layer(f"num_output: {m} kernel_size: 5 pad: {pad} " + GAUSS)
+        layer.setup([Blob(shape)], [Blob()])
+        lowering_ = layer.lowerings[0]
+        assert strategy(layer) == "per_image"
+        assert lowering_.keeps_columns is keeps and lowering_.chunk == chunk

@@ -504,6 +504,7 @@ def test_convolution_chunks_two_workers_bitwise_equal(
     from caffesolve.ops import conv
 
     monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(conv, "KEEP_COLUMNS_BYTES", 0)
     text = CONV.format(m=m, extra=extra)
     inline = _run_layer(text, [shape], 1, True)
     split = _run_layer(text, [shape], 2, True)

@@ -186,6 +186,10 @@ CHUNK_BYTES = 1 << 19
 # part's weight gradient in image order and adds the parts in order, so the
 # result does not depend on the number of workers.
 SEGMENTS = 2
+# A batch whose columns take no more than this is lowered in one chunk per
+# segment and its columns kept for the weight gradient (LeNet's conv1):
+# remaking them would cost more than the cache saves.
+KEEP_COLUMNS_BYTES = 1 << 22
 
 
 class ChunkedLowering(ConvLowering):
@@ -196,10 +200,16 @@ class ChunkedLowering(ConvLowering):
     which come from memory). The loop is over cache blocks, each a batched
     call; backward makes the columns again, as Caffe's weight_cpu_gemm does,
     and runs a chunk's weight GEMM, data GEMM and col2im in turn while its
-    columns are in cache. The batch is cut into SEGMENTS parts that run on
-    the workers; the weight gradient sums in another order than Caffe's
-    per-image accumulation (allowed, issue 18), the same whatever the number
-    of workers. A strategy says what one chunk's steps are."""
+    columns are in cache. A batch with few columns (KEEP_COLUMNS_BYTES) is
+    one chunk per segment, and its columns are kept for the weight gradient
+    instead (`reusing` is then True while a step reads them). The batch is
+    cut into SEGMENTS parts that run on the workers; the weight gradient
+    sums in another order than Caffe's per-image accumulation (allowed,
+    issue 18), the same whatever the number of workers. A strategy says what
+    one chunk's steps are."""
+
+    # True while a step reads the columns kept in the pieces' buffers.
+    reusing = False
 
     def image_column_bytes(self) -> int:
         """Bytes of one image's columns (float32)."""
@@ -242,9 +252,21 @@ class ChunkedLowering(ConvLowering):
         raise NotImplementedError
 
     @cached_property
+    def keeps_columns(self) -> bool:
+        """Whether the batch's columns are kept (one chunk per segment)."""
+        return self.g.num * self.image_column_bytes() <= KEEP_COLUMNS_BYTES
+
+    @cached_property
     def chunk(self) -> int:
         """Images per chunk."""
+        if self.keeps_columns:
+            return -(-self.g.num // SEGMENTS)
         return max(1, min(self.g.num, CHUNK_BYTES // self.image_column_bytes()))
+
+    def _reuse(self, reuse_columns: bool) -> None:
+        """Set `reusing` for the next step: the caller vouches that x is the
+        one last lowered, and the columns are still there."""
+        self.reusing = reuse_columns and self.keeps_columns and self.columns_ready
 
     @property
     def chunk_geometry(self) -> Any:
@@ -288,13 +310,15 @@ class ChunkedLowering(ConvLowering):
         bias: Array | None = None,
         reuse_columns: bool = False,
     ) -> None:
-        """Chunk by chunk; the columns are not kept (nothing to reuse)."""
+        """Chunk by chunk (reusing kept columns where asked and possible)."""
 
         def segment(piece: int, n0: int, n1: int) -> None:
             for c0, c1 in self._chunks(n0, n1):
                 self.forward_chunk(x, w, y, bias, c0, c1, piece)
 
+        self._reuse(reuse_columns)
         self._segments(segment, x.dtype)
+        self.columns_ready = self.keeps_columns
 
     def output_columns(self, y: Array) -> Array:
         """y itself: the chunks take their images' part of it."""
@@ -306,10 +330,10 @@ class ChunkedLowering(ConvLowering):
     def weight_gemm(
         self, x: Array, dy: Array, weight_diff: Array, reuse_columns: bool = False
     ) -> None:
-        self.backward_gemms(x, dy, dy, None, weight_diff)
+        self._backward(x, dy, dy, None, weight_diff, reuse_columns)
 
     def backward_gemm(self, dy: Array, w: Array, dx: Array) -> None:
-        self.backward_gemms(dy, dy, w, dx, None)
+        self._backward(dy, dy, w, dx, None, False)
 
     def backward_gemms(
         self,
@@ -319,6 +343,19 @@ class ChunkedLowering(ConvLowering):
         dx: Array | None,
         weight_diff: Array | None,
     ) -> None:
+        self._backward(x, dy, w, dx, weight_diff, True)
+
+    def _backward(
+        self,
+        x: Array,
+        dy: Array,
+        w: Array,
+        dx: Array | None,
+        weight_diff: Array | None,
+        reuse_columns: bool,
+    ) -> None:
+        """Each chunk's backward_chunk, the weight sums of the segments added
+        in order at the end."""
         sums = None
         if weight_diff is not None:
             shape = (SEGMENTS,) + self.weight_sum_shape()
@@ -332,10 +369,12 @@ class ChunkedLowering(ConvLowering):
             for c0, c1 in self._chunks(n0, n1):
                 self.backward_chunk(x, dy, w, dx, weight_sum, c0, c1, piece)
 
+        self._reuse(reuse_columns and weight_diff is not None)
         self._segments(segment, dy.dtype)
         if sums is not None and weight_diff is not None:
             segments = len(split_range(self.g.num, SEGMENTS))
             self.add_weight_sum(sums[:segments].sum(axis=0), weight_diff)
+            self.columns_ready = self.keeps_columns
 
 
 LOWERINGS: dict[str, type[ConvLowering]] = {}

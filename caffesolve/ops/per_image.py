@@ -125,9 +125,12 @@ class PerImageLowering(ChunkedLowering):
         return col, padded
 
     def _lower(self, x: Array, c0: int, c1: int, piece: int) -> Array:
-        """im2col of images c0 .. c1-1 into the piece's chunk buffer."""
+        """im2col of images c0 .. c1-1 into the piece's chunk buffer (or the
+        columns kept there, while `reusing`)."""
         col, padded = self._chunk_buffers("col", piece, x.dtype)
         n = c1 - c0
+        if self.reusing:
+            return col[:n]
         pad = None if padded is None else padded[:n]
         return im2col_per_image(x[c0:c1], self.part(n), col[:n], pad)
 

@@ -195,8 +195,11 @@ class RowShiftLowering(ChunkedLowering):
         return self.piece_buffer(f"{name}{shape[-1]}", piece, shape, dtype)
 
     def _columns(self, x: Array, g: ConvGeometry, c0: int, piece: int) -> Array:
-        """The row-shift matrix of the chunk of images c0 .. c0+g.num-1."""
+        """The row-shift matrix of the chunk of images c0 .. c0+g.num-1 (or
+        the one kept in the piece's buffer, while `reusing`)."""
         rows = self._array("rows", piece, shifted_shape(g), x.dtype)
+        if self.reusing:
+            return rows
         work = self._array("image", piece, padded_shape(g, True), x.dtype)
         return row_shift_columns(x[c0 : c0 + g.num], g, rows, work)
 
