@@ -127,12 +127,18 @@ class LMDBCursor:
         for _ in range(n % self.entries):
             self.next()
 
-    def read(self, n: int) -> list[bytes]:
-        """The next n values in key order, wrapping; the cursor ends past them."""
+    def read(self, n: int, stride: int = 1, offset: int = 0) -> list[bytes]:
+        """The next n values in key order, wrapping; the cursor ends past them.
+
+        With a stride, of the next n * stride records only those at offset,
+        offset + stride, ... (a rank's share, Caffe's DataLayer::Skip); the
+        others are stepped over without reading their values.
+        """
         value, advance = self.cursor.value, self.cursor.next
         out = []
-        for _ in range(n):
-            out.append(value())
+        for i in range(n * stride):
+            if i % stride == offset:
+                out.append(value())
             if not advance():
                 self.wrap()
         return out

@@ -95,6 +95,10 @@ class _DatumBatchLoader:
         self.cursor = cursor
         self.transformer = transformer
         self.batch_size = batch_size
+        # This rank's share of the records (Layer.shard): every
+        # solver_count-th one from solver_rank.
+        self.solver_rank = 0
+        self.solver_count = 1
 
     def state(self) -> dict[str, Any]:
         return {
@@ -103,7 +107,7 @@ class _DatumBatchLoader:
         }
 
     def load(self) -> _Batch:
-        values = self.cursor.read(self.batch_size)
+        values = self.cursor.read(self.batch_size, self.solver_count, self.solver_rank)
         tp = self.transformer.param
         data, label = decode_datums(
             values, self.cursor.path, tp.force_color, tp.force_gray
@@ -231,6 +235,17 @@ class DataLayer(Layer):
         self.consumed_state = self.loader.state()
         self._start_prefetch()
 
+    def shard(self, solver_rank: int, solver_count: int) -> None:
+        """Caffe's DataLayer::Skip: rank r of N keeps records r, r+N, ... of
+        each run of N x batch_size; the cursor passes all of them, so every
+        rank's get_state() is the same (the start of the next run). TEST nets
+        run on rank 0 only and read every record."""
+        if self.phase == caffe_pb2.TEST:
+            return
+        self.loader.solver_rank = solver_rank
+        self.loader.solver_count = solver_count
+        self.set_state(self.get_state())  # drop batches prefetched unsharded
+
     def close(self) -> None:
         """Stop the prefetch thread (also done when the layer is dropped)."""
         self._stop_prefetch()
@@ -351,6 +366,7 @@ class HDF5DataLayer(Layer):
             self.shuffle_rng.permutation(n) if self.shuffle else np.arange(n)
         )
         self.current_file = 0
+        self.solver_rank, self.solver_count = 0, 1  # Layer.shard
         self._load(self.file_permutation[0], reshuffle=True)
         for t, a in zip(top, self.hdf_blobs):
             t.reshape([p.batch_size, *a.shape[1:]])
@@ -389,19 +405,33 @@ class HDF5DataLayer(Layer):
         """Tops keep the shape set at setup."""
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        """Copy the next batch_size rows (whole slices of the permutation)."""
+        """Copy the next batch_size rows (whole slices of the permutation).
+
+        Sharded (Layer.shard), rank r of N walks the next N x batch_size rows
+        and copies those at positions r, r+N, ... (Caffe's Skip and Next).
+        """
         batch_size = self.layer_param.hdf5_data_param.batch_size
-        filled = 0
-        while filled < batch_size:
+        rank, count = self.solver_rank, self.solver_count
+        walked = 0
+        while walked < batch_size * count:
             rows = self.data_permutation.size
-            take = min(batch_size - filled, rows - self.current_row)
+            take = min(batch_size * count - walked, rows - self.current_row)
             index = self.data_permutation[self.current_row : self.current_row + take]
+            first = (rank - walked) % count  # this rank's first row in the slice
+            mine = index[first::count]
+            slot = (walked + first - rank) // count
             for t, a in zip(top, self.hdf_blobs):
-                t.data[filled : filled + take] = a[index]
-            filled += take
+                t.data[slot : slot + mine.size] = a[mine]
+            walked += take
             self.current_row += take
             if self.current_row == rows:
                 self._next_file()
+
+    def shard(self, solver_rank: int, solver_count: int) -> None:
+        """Caffe's HDF5DataLayer::Skip: rank r of N keeps rows r, r+N, ...
+        (TEST nets run on rank 0 only and read every row)."""
+        if self.phase != caffe_pb2.TEST:
+            self.solver_rank, self.solver_count = solver_rank, solver_count
 
     def get_state(self) -> dict[str, Any] | None:
         """File order, current file and row, row order, shuffle Generator."""
