@@ -14,7 +14,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
-from conftest import MNIST_T10K
+from conftest import MNIST_T10K, varint
 
 from caffesolve.data import datasets as dsm
 from caffesolve.data.datasets import Dataset, IdxFile, Reporter, prepare_dataset
@@ -276,15 +276,6 @@ def caffe_datum_bytes(image: np.ndarray, label: int) -> bytes:
     """The wire bytes Caffe's convert_mnist_data writes, assembled by hand:
     channels=1 (field 1), height (2), width (3), data (4, length-delimited),
     label (5), each a tag byte then a varint."""
-
-    def varint(v: int) -> bytes:
-        out = b""
-        while True:
-            b, v = v & 0x7F, v >> 7
-            out += bytes([b | (0x80 if v else 0)])
-            if not v:
-                return out
-
     h, w = image.shape
     return (
         b"\x08\x01\x10"
@@ -299,9 +290,13 @@ def caffe_datum_bytes(image: np.ndarray, label: int) -> bytes:
     )
 
 
-def check_dbs(dbs: dict[str, Path]) -> None:
+def check_dbs(
+    dbs: dict[str, Path],
+    train: tuple[np.ndarray, np.ndarray] = TRAIN,
+    test: tuple[np.ndarray, np.ndarray] = TEST,
+) -> None:
     """Each database against its IDX source, Datum by Datum."""
-    for split, (images, labels) in (("train", TRAIN), ("test", TEST)):
+    for split, (images, labels) in (("train", train), ("test", test)):
         items = read_lmdb(dbs[split])
         assert [k for k, _ in items] == [
             f"{i:08d}".encode() for i in range(len(labels))
@@ -427,14 +422,25 @@ def test_truncated_idx_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "mnist_test_lmdb").exists()
 
 
-def test_never_overwrites_without_force(tmp_path: Path) -> None:
+def test_never_overwrites_other_sources_without_force(tmp_path: Path) -> None:
+    """Same files again: kept as they are. Other files: --force, which
+    replaces both."""
     tiny_files(tmp_path / "src")
     kw = dict(from_dir=tmp_path / "src", verify=False)
     dbs = prepare_dataset(dsm.MNIST, tmp_path / "out", **kw)  # type: ignore[arg-type]
-    stamp = (dbs["train"] / "data.mdb").stat().st_ino
-    with pytest.raises(DataError, match="already exist; pass --force"):
-        prepare_dataset(dsm.MNIST, tmp_path / "out", **kw)  # type: ignore[arg-type]
-    assert (dbs["train"] / "data.mdb").stat().st_ino == stamp
+    inode = (dbs["train"] / "data.mdb").stat().st_ino
+    assert prepare_dataset(dsm.MNIST, tmp_path / "out", **kw) == dbs  # type: ignore[arg-type]
+    assert (dbs["train"] / "data.mdb").stat().st_ino == inode
+    other = tmp_path / "other"
+    tiny_files(other)
+    (other / "t10k-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes((TEST[1] + 1) % 10), mtime=0)
+    )
+    with pytest.raises(
+        DataError, match=r"mnist_test_lmdb: already there, and not built by caffesolve"
+    ):
+        prepare_dataset(dsm.MNIST, tmp_path / "out", from_dir=other, verify=False)
+    assert (dbs["train"] / "data.mdb").stat().st_ino == inode
     dbs = prepare_dataset(dsm.MNIST, tmp_path / "out", force=True, **kw)  # type: ignore[arg-type]
     check_dbs(dbs)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from image_helpers import write_images
 from mpi_helpers import (
     CONFIGS,
     ITERATIONS,
@@ -138,6 +139,34 @@ def test_hdf5_data_ranks_share_the_rows_of_one_big_batch(
         for e, g in zip(expected, got):
             np.testing.assert_array_equal(g, e)
         assert all(layer.get_state() == one.get_state() for layer in ranks)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_image_data_ranks_share_the_lines_of_one_big_batch(
+    tmp_path: Path, n: int, quiet_log: None
+) -> None:
+    # 11 listed images of two sizes resized alike, shuffled at start and at
+    # every wrap (the same Generator seed on every rank); ImageData prefetches
+    # by default, so shard() must drop the batches loaded unsharded.
+    paths = write_images(tmp_path / "img", [(6, 8), (5, 7)] * 5 + [(6, 8)])
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{p.name} {i}\n" for i, p in enumerate(paths)))
+    text = """name: "data" type: "ImageData" top: "data" top: "label"
+      image_data_param {{ source: "{listing}" root_folder: "{root}/"
+        batch_size: {b} shuffle: true new_height: 6 new_width: 8 }}"""
+    root = tmp_path / "img"
+    one = data_layer(text.format(listing=listing, root=root, b=2 * n))
+    ranks = [data_layer(text.format(listing=listing, root=root, b=2)) for _ in range(n)]
+    for r, layer in enumerate(ranks):
+        layer.shard(r, n)
+    for _ in range(6):
+        expected = next_batch(one)
+        got = interleave([next_batch(layer) for layer in ranks])
+        for e, g in zip(expected, got):
+            np.testing.assert_array_equal(g, e)
+        assert all(layer.get_state() == one.get_state() for layer in ranks)
+    for layer in [one, *ranks]:
+        layer.close()
 
 
 def test_unsharded_record_readers_are_warned_about(tmp_path: Path) -> None:
@@ -437,11 +466,22 @@ def test_a_raising_rank_ends_the_job_with_one_line(
     done = run_mpi(2, ["cli", "train", str(solver)], timeout=90)
     assert done.returncode != 0
     output = done.stdout + done.stderr
-    assert errors_in(output) == [
-        f"Error: rank {rank} of 2 ({parallel.socket.gethostname()}): layer 'fault' "
-        "(TestFault): injected fault at forward 7"
-    ]
+    (line,) = errors_in(output)
+    assert line.startswith(
+        f"Error: rank {rank} of 2 ({parallel.socket.gethostname()}): "
+    )
+    assert (
+        "layer 'fault' (TestFault): injected fault at forward 7; training stopped "
+        "at iteration 6" in line
+    )
     assert "Traceback" not in output
+    # Rank 0 saves the last whole iteration before it ends the job (as one
+    # process does on a fault); a failing rank 1 cannot ask it to.
+    state = tmp_path / "snap_iter_6.solverstate"
+    assert state.exists() == (rank == 0)
+    if rank == 0:
+        assert str(state) in line
+        assert caffe_pb2.SolverState.FromString(state.read_bytes()).iter == 6
 
 
 def test_sigint_to_rank_0_stops_every_rank_after_a_snapshot(

@@ -49,6 +49,8 @@ def create_layer(
 # Importing each family registers its layers.
 for _module in (
     "data",
+    "hdf5",
+    "image_data",
     "neuron",
     "conv",
     "pooling",
@@ -59,6 +61,10 @@ for _module in (
     "loss",
     "logistic_loss",
     "margin_loss",
+    "normalization",
+    "scale",
+    "recurrent",
+    "python",
 ):
     importlib.import_module(f"caffesolve.layers.{_module}")
 
