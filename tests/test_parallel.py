@@ -73,6 +73,22 @@ def interleave(shares: list[list[np.ndarray]]) -> list[np.ndarray]:
     return out
 
 
+def assert_shares_make_the_big_batch(
+    one: Layer, ranks: list[Layer], batches: int
+) -> None:
+    """Shard ranks[r] as rank r of N; then for `batches` batches the N ranks'
+    batches, interleaved, are `one`'s batch of N x B, and every rank's state
+    is `one`'s."""
+    for r, layer in enumerate(ranks):
+        layer.shard(r, len(ranks))
+    for _ in range(batches):
+        expected = next_batch(one)
+        got = interleave([next_batch(layer) for layer in ranks])
+        for e, g in zip(expected, got):
+            np.testing.assert_array_equal(g, e)
+        assert all(layer.get_state() == one.get_state() for layer in ranks)
+
+
 # -- the data layers' shares (DataLayer::Skip) ---------------------------------------
 
 
@@ -90,18 +106,11 @@ def test_data_layer_ranks_share_the_records_of_one_big_batch(
       data_param {{ source: "{db}" batch_size: {b} backend: LMDB rand_skip: 9
         {extra} }}"""
     one = data_layer(text.format(db=db, b=4 * n, extra=""))
-    ranks = []
-    for r in range(n):
-        extra = "prefetch: 2" if r == 1 else ""  # shard() restarts the thread
-        layer = data_layer(text.format(db=db, b=4, extra=extra))
-        layer.shard(r, n)
-        ranks.append(layer)
-    for _ in range(8):  # 8 x 4n records: wraps at 53
-        expected = next_batch(one)
-        got = interleave([next_batch(layer) for layer in ranks])
-        for e, g in zip(expected, got):
-            np.testing.assert_array_equal(g, e)
-        assert all(layer.get_state() == one.get_state() for layer in ranks)
+    ranks = [  # rank 1 prefetches: shard() restarts its thread
+        data_layer(text.format(db=db, b=4, extra="prefetch: 2" if r == 1 else ""))
+        for r in range(n)
+    ]
+    assert_shares_make_the_big_batch(one, ranks, 8)  # 8 x 4n records: wraps at 53
     for layer in ranks:
         layer.close()
 
@@ -131,14 +140,7 @@ def test_hdf5_data_ranks_share_the_rows_of_one_big_batch(
       hdf5_data_param {{ source: "{listing}" batch_size: {b} shuffle: true }}"""
     one = data_layer(text.format(listing=listing, b=4 * n))
     ranks = [data_layer(text.format(listing=listing, b=4)) for _ in range(n)]
-    for r, layer in enumerate(ranks):
-        layer.shard(r, n)
-    for _ in range(9):
-        expected = next_batch(one)
-        got = interleave([next_batch(layer) for layer in ranks])
-        for e, g in zip(expected, got):
-            np.testing.assert_array_equal(g, e)
-        assert all(layer.get_state() == one.get_state() for layer in ranks)
+    assert_shares_make_the_big_batch(one, ranks, 9)
 
 
 @pytest.mark.parametrize("n", [2, 3])
@@ -157,14 +159,7 @@ def test_image_data_ranks_share_the_lines_of_one_big_batch(
     root = tmp_path / "img"
     one = data_layer(text.format(listing=listing, root=root, b=2 * n))
     ranks = [data_layer(text.format(listing=listing, root=root, b=2)) for _ in range(n)]
-    for r, layer in enumerate(ranks):
-        layer.shard(r, n)
-    for _ in range(6):
-        expected = next_batch(one)
-        got = interleave([next_batch(layer) for layer in ranks])
-        for e, g in zip(expected, got):
-            np.testing.assert_array_equal(g, e)
-        assert all(layer.get_state() == one.get_state() for layer in ranks)
+    assert_shares_make_the_big_batch(one, ranks, 6)
     for layer in [one, *ranks]:
         layer.close()
 
@@ -532,19 +527,27 @@ def two_folders(tmp_path: Path, data: Path) -> tuple[Path, Path]:
     return folders
 
 
-def test_files_that_differ_across_ranks_are_refused(data: Path, tmp_path: Path) -> None:
-    require_mpi()
-    a, b = two_folders(tmp_path, data)
-    make_lmdb(b / "db")
-    net = b / "net.prototxt"
-    net.write_text(net.read_text().replace("num_output: 3", "num_output: 2"))
+def train_in(a: Path, b: Path) -> tuple[str, str]:
+    """Rank 0 trains solver.prototxt in folder a, rank 1 in folder b; the
+    job must fail with one Error: line: (that line, the whole output)."""
     done = run_mpi(
         [(1, ["-wdir", str(a)]), (1, ["-wdir", str(b)])],
         ["cli", "train", "solver.prototxt"],
         timeout=90,
     )
     assert done.returncode != 0
-    (line,) = errors_in(done.stdout + done.stderr)
+    output = done.stdout + done.stderr
+    (line,) = errors_in(output)
+    return line, output
+
+
+def test_files_that_differ_across_ranks_are_refused(data: Path, tmp_path: Path) -> None:
+    require_mpi()
+    a, b = two_folders(tmp_path, data)
+    make_lmdb(b / "db")
+    net = b / "net.prototxt"
+    net.write_text(net.read_text().replace("num_output: 3", "num_output: 2"))
+    line, _ = train_in(a, b)
     assert line.startswith(
         "Error: solver.prototxt: the train net differs across the MPI ranks: "
         "rank 1 of 2"
@@ -557,14 +560,7 @@ def test_a_set_up_error_on_one_rank_is_reported_once(
     # Rank 1's folder lacks the database: rank 0 reports rank 1's error and
     # every rank exits (they agree before any collective, no abort needed).
     require_mpi()
-    a, b = two_folders(tmp_path, data)
-    done = run_mpi(
-        [(1, ["-wdir", str(a)]), (1, ["-wdir", str(b)])],
-        ["cli", "train", "solver.prototxt"],
-        timeout=90,
-    )
-    assert done.returncode != 0
-    (line,) = errors_in(done.stdout + done.stderr)
+    line, output = train_in(*two_folders(tmp_path, data))
     assert line.startswith("Error: rank 1 of 2 (")
     assert "data_param.source db does not exist" in line
-    assert "MPI_ABORT" not in done.stdout + done.stderr
+    assert "MPI_ABORT" not in output
