@@ -39,6 +39,13 @@ _env_numpy: bool | None = None
 _have_numba: bool | None = None
 _compiled: dict[str, Callable[..., Any]] = {}
 _compile_lock = threading.Lock()
+# No GIL, no bounds checks, and NumPy's float rules: x / 0 gives inf or NaN
+# (as in C, and in the NumPy twins) instead of raising ZeroDivisionError.
+_OPTIONS: dict[str, Any] = {
+    "nogil": True,
+    "boundscheck": False,
+    "error_model": "numpy",
+}
 
 
 def enabled() -> bool:
@@ -85,7 +92,7 @@ def takes(*arrays: Any) -> bool:
 
 
 def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` compiled by numba (without the GIL, cached on disk), made on
+    """`fn` compiled by numba (_OPTIONS, cached on disk), made on
     first use: importing numba costs about half a second, so commands that
     run no kernel never pay it. Call only when enabled() is True."""
     kernel = _compiled.get(fn.__name__)
@@ -97,8 +104,8 @@ def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
             from numba import njit
 
             try:
-                kernel = njit(nogil=True, cache=True, boundscheck=False)(fn)
+                kernel = njit(**_OPTIONS, cache=True)(fn)
             except RuntimeError:  # no writable cache folder: compile each run
-                kernel = njit(nogil=True, boundscheck=False)(fn)
+                kernel = njit(**_OPTIONS)(fn)
             _compiled[fn.__name__] = kernel
     return kernel
