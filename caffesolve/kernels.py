@@ -7,13 +7,12 @@ faster on LeNet's shapes (benchmarks/bench_vision.py --kernels
 compiled,numpy): MAX pooling 2x2/2 forward about 2.5x (4x without the
 argmax, in TEST nets) and backward about 2x, conv2's row-shift matrix about
 1.3x and its bottom-diff fold about 3.5x, SGD's decay and momentum steps
-about 2x. Each kernel is Caffe's loop written out, with the comparisons and
-the float32 operations in the NumPy path's order, so both paths give the
-same bits (the tests check it). The one exception is the sign of a zero in
-pooling: the kernels keep Caffe's (the first of +0 and -0 in a window wins;
-a diff lands on Caffe's zero fill, so 0 + -0 is +0), where NumPy's fmax and
-products may give the other zero. Each kernel lives beside its NumPy twin
-(ops/pooling.py, ops/row_shift.py, solvers/sgd.py). numba compiles a
+about 2x; and MAX/AVE pooling of any other shape (benchmarks/
+bench_pooling.py). Each kernel is Caffe's loop written out, with the
+comparisons and the float32 operations in the NumPy path's order, so both
+paths give the same bits (the tests check it), signs of zeros included.
+Each kernel lives beside its NumPy twin (ops/pooling_kernels.py beside
+ops/pooling.py, ops/row_shift.py, solvers/sgd.py). numba compiles a
 kernel on its first use for each dtype and caches it on disk (about 3 s
 once, then about 1 s to load numba); kernels run without the GIL.
 

@@ -13,6 +13,8 @@ from caffesolve import backend, kernels
 from caffesolve.ops import pooling, pooling_tiles
 from caffesolve.ops.pooling import AVE, MAX, PoolGeometry
 from caffesolve.ops.pooling_kernels import (
+    is_2x2,
+    phases_pay,
     pool_backward_compiled,
     pool_forward_compiled,
 )
@@ -159,6 +161,16 @@ def all_paths(
     pooling.ave_pool_backward(dy, g, divisor, dx)
     keep("ave backward", dx)
     return results
+
+
+def test_geometries_cover_both_general_loops() -> None:
+    # The phase passes for most; Caffe's window loop where the outputs are
+    # few against the kernel (GoogLeNet's global 7x7).
+    assert not phases_pay(PoolGeometry(16, 1024, 7, 7, 7, 7))
+    assert phases_pay(PoolGeometry(100, 32, 32, 32, 3, 3, 2, 2))
+    uses = {phases_pay(g) for g in GEOMETRIES if not is_2x2(g)}
+    assert uses == {True, False}
+    assert any(is_2x2(g) for g in GEOMETRIES)
 
 
 @pytest.mark.filterwarnings("ignore:overflow", "ignore:invalid value")
