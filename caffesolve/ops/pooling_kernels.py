@@ -30,8 +30,10 @@ from caffesolve.backend import parallel_parts, run_parallel, split_range
 from caffesolve.kernels import compiled
 from caffesolve.ops.pooling import FLT_MAX, MAX, Array, Index, PoolGeometry
 
-# Phase buffers of about this many bytes per chunk of planes (stays in L2).
+# Phase buffers of about this many bytes per chunk of planes (stays in L2),
+# and outputs per strip of the passes (their running values stay in L1).
 CHUNK_BYTES = 1 << 16
+STRIP = 512
 
 
 def is_2x2(g: PoolGeometry) -> bool:
@@ -175,18 +177,30 @@ def pool_phases_kernel(  # type: ignore[no-untyped-def]
     lo = max(lo0, lo1)
     hi = max(lo, min(hi0, hi1))
 
+    # Where image row h starts in its phases (-1: past the windows), and the
+    # phase columns m0 <= m < m1 of column phase rw inside the image: no
+    # division in the loops below.
+    row_start = np.full(height, -1, np.int64)
+    for h in range(height):
+        mh = (h + ph) // sh
+        if mh < rows:
+            row_start[h] = (h + ph - mh * sh) * sw * step + mh * cols
+    col_m0 = np.empty(sw, np.int64)
+    col_m1 = np.empty(sw, np.int64)
+    for rw in range(sw):
+        col_m0[rw] = max(0, (pw - rw + sw - 1) // sw)
+        col_m1[rw] = max(col_m0[rw], min(cols, (width + pw - rw + sw - 1) // sw))
+
     def move_rows(p0, nq, to_phases):  # type: ignore[no-untyped-def]
         """Image rows of planes p0 .. p0+nq-1 into their phases, or back."""
         for q in range(nq):
             for h in range(height):
-                mh = (h + ph) // sh
-                if mh >= rows:
+                if row_start[h] < 0:
                     break
-                rh = h + ph - mh * sh
                 s = ((p0 + q) * height + h) * width - pw  # image column -pw
-                base = q * psize + mh * cols
+                base = q * psize + row_start[h]
                 if sw == 2:  # both phases in one loop: paired loads, shuffles
-                    d0 = rh * 2 * step + base
+                    d0 = base
                     d1 = d0 + step
                     e0, e1, a = u(d0 + lo), u(d1 + lo), u(s + 2 * lo)
                     if to_phases:
@@ -215,17 +229,22 @@ def pool_phases_kernel(  # type: ignore[no-untyped-def]
                             flat[s + 2 * m + 1] = phases[d1 + m]
                     continue
                 for rw in range(sw):
-                    m0 = max(0, (pw - rw + sw - 1) // sw)
-                    m1 = min(cols, (width + pw - rw + sw - 1) // sw)
-                    if m1 <= m0:
-                        continue
-                    d = u((rh * sw + rw) * step + base + m0)
+                    m0 = col_m0[rw]
+                    d = u(base + rw * step + m0)
                     a = u(s + m0 * sw + rw)
-                    if to_phases:
-                        for m in range(u(m1 - m0)):
+                    count = u(col_m1[rw] - m0)
+                    if sw == 1:  # a contiguous copy
+                        if to_phases:
+                            for m in range(count):
+                                phases[d + m] = flat[a + m]
+                        else:
+                            for m in range(count):
+                                flat[a + m] = phases[d + m]
+                    elif to_phases:
+                        for m in range(count):
                             phases[d + m] = flat[a + u(sw) * m]
                     else:
-                        for m in range(u(m1 - m0)):
+                        for m in range(count):
                             flat[a + u(sw) * m] = phases[d + m]
 
     for p0 in range(0, planes, chunk):
@@ -266,35 +285,38 @@ def pool_phases_kernel(  # type: ignore[no-untyped-def]
             continue
         if not direct:
             move_rows(p0, nq, True)
-        for t in range(n):
-            best[t] = fill
-        if with_argmax:
-            for t in range(n):
-                arg[t] = none
-        for i in range(kh):
-            for j in range(kw):
-                first = u(
-                    origin
-                    + ((i % sh) * sw + j % sw) * step
-                    + (i // sh) * cols
-                    + j // sw
-                )
-                if method != MAX:
-                    for t in range(n):
-                        best[t] += src[first + t]
-                elif with_argmax:
-                    k = np.int32(i * kw + j)
-                    for t in range(n):
-                        v = src[first + t]
-                        o = best[t]
-                        better = v > o
-                        best[t] = v if better else o
-                        arg[t] = k if better else arg[t]
-                else:
-                    for t in range(n):
-                        v = src[first + t]
-                        o = best[t]
-                        best[t] = v if v > o else o
+        # Strips of STRIP outputs: every pass over a strip finds it in L1.
+        for t0 in range(u(0), n, u(STRIP)):
+            t1 = min(t0 + u(STRIP), n)
+            for t in range(t0, t1):
+                best[t] = fill
+            if with_argmax:
+                for t in range(t0, t1):
+                    arg[t] = none
+            for i in range(kh):
+                for j in range(kw):
+                    first = u(
+                        origin
+                        + ((i % sh) * sw + j % sw) * step
+                        + (i // sh) * cols
+                        + j // sw
+                    )
+                    if method != MAX:
+                        for t in range(t0, t1):
+                            best[t] += src[first + t]
+                    elif with_argmax:
+                        k = np.int32(i * kw + j)
+                        for t in range(t0, t1):
+                            v = src[first + t]
+                            o = best[t]
+                            better = v > o
+                            best[t] = v if better else o
+                            arg[t] = k if better else arg[t]
+                    else:
+                        for t in range(t0, t1):
+                            v = src[first + t]
+                            o = best[t]
+                            best[t] = v if v > o else o
         for q in range(nq):
             for y in range(oh):
                 b, r, dr = (
