@@ -1,8 +1,12 @@
-"""Which array module a piece of layer math runs on.
+"""Where a net's arrays live, and how its work uses the cores.
 
-Layer code asks `array_module(x)` for the module of the arrays it was given
-instead of importing numpy directly, so the same code can later run on CuPy
-arrays. Today every blob holds NumPy arrays.
+`Backend` is the one place that picks the array module: a Net is built with
+one (CPU: NumPy), every Blob it makes allocates through it, and every layer
+gets its module as `layer.xp`. Pure array functions (caffesolve.ops, the
+layers' module-level formulas) call NumPy's functions, which dispatch to the
+arrays' own module (NEP 13/18), or allocate through `array_module` of their
+inputs. Today every blob holds NumPy arrays; a GPU backend would add one
+`Backend` here.
 """
 
 from __future__ import annotations
@@ -13,12 +17,25 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, TypeVar
 
 import numpy as np
 
 from caffesolve.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A net's array module (Caffe's Caffe::mode()): `name` as the solver
+    logs it ("CPU") and `xp`, the module its blobs and layers allocate with."""
+
+    name: str
+    xp: ModuleType
+
+
+CPU = Backend("CPU", np)
 
 
 def array_module(*arrays: Any) -> ModuleType:

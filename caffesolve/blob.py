@@ -7,6 +7,7 @@ blob (Flatten, Reshape) make their top's arrays views of their bottom's.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
@@ -21,14 +22,20 @@ class Blob:
     """`data` and `diff` arrays of one shape, plus an optional name."""
 
     def __init__(
-        self, shape: Sequence[int] = (), name: str = "", dtype: type = F32
+        self,
+        shape: Sequence[int] = (),
+        name: str = "",
+        dtype: type = F32,
+        xp: ModuleType = np,
     ) -> None:
         # dtype is float32 in every net; gradient-check tests build float64
-        # blobs, and layer code keeps whatever dtype its bottoms have.
+        # blobs, and layer code keeps whatever dtype its bottoms have. `xp`:
+        # the array module of the net's backend (caffesolve.backend).
         self.name = name
+        self.xp = xp
         shape = tuple(int(d) for d in shape)
-        self.data: npt.NDArray[np.float32] = np.zeros(shape, dtype)
-        self.diff: npt.NDArray[np.float32] = np.zeros(shape, dtype)
+        self.data: npt.NDArray[np.float32] = xp.zeros(shape, dtype)
+        self.diff: npt.NDArray[np.float32] = xp.zeros(shape, dtype)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -66,8 +73,8 @@ class Blob:
         if any(d < 0 for d in shape):
             raise ShapeError(f"blob '{self.name}': negative dimension in {shape}")
         if shape != self.data.shape:
-            self.data = np.zeros(shape, self.data.dtype)
-            self.diff = np.zeros(shape, self.data.dtype)
+            self.data = self.xp.zeros(shape, self.data.dtype)
+            self.diff = self.xp.zeros(shape, self.data.dtype)
 
     def reshape_like(self, other: Blob) -> None:
         self.reshape(other.shape)

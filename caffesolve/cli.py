@@ -8,6 +8,7 @@ exit status 1 (a traceback only with --debug). Usage errors exit 2 (click).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -80,17 +81,28 @@ def _logging_to(log_file: str | None) -> Iterator[None]:
 
 @cli.group("data")
 def data_group() -> None:
-    """Get MNIST / Fashion-MNIST and write Caffe's LMDBs (get_mnist.sh +
-    create_mnist.sh).
+    """Caffe's data tools: get data sets and write Caffe's databases.
 
     \b
     caffesolve data mnist                     # -> data/mnist/mnist_{train,test}_lmdb
     caffesolve data mnist --from ~/Downloads  # the four IDX files, .gz or not
     caffesolve data fashion-mnist             # Debian's package if installed
+    caffesolve data cifar10                   # -> data/cifar10/ (LMDBs + mean)
+    caffesolve data images list.txt photos/ data/photos_lmdb   # convert_imageset
+    caffesolve data mean data/photos_lmdb data/photos_mean.binaryproto
+    caffesolve data sine                      # -> data/sine/{train,test}.h5
     """
 
 
-def _data_options(default_out: str) -> Any:
+def _data_options(
+    default_out: str,
+    out_help: str = "Folder for the IDX files and the two LMDBs.",
+    from_help: str = "Use the four IDX files in this folder (.gz or not) "
+    "instead of downloading.",
+    from_file_okay: bool = False,
+    checksum_help: str = "Do not check the files against the published MD5s "
+    "(files in the MNIST format that you made yourself).",
+) -> Any:
     def wrap(f: Any) -> Any:
         for opt in reversed(
             [
@@ -99,14 +111,13 @@ def _data_options(default_out: str) -> Any:
                     default=default_out,
                     show_default=True,
                     type=click.Path(file_okay=False),
-                    help="Folder for the IDX files and the two LMDBs.",
+                    help=out_help,
                 ),
                 click.option(
                     "--from",
                     "from_dir",
-                    type=click.Path(exists=True, file_okay=False),
-                    help="Use the four IDX files in this folder (.gz or not) "
-                    "instead of downloading.",
+                    type=click.Path(exists=True, file_okay=from_file_okay),
+                    help=from_help,
                 ),
                 click.option(
                     "--force", is_flag=True, help="Rebuild existing databases."
@@ -119,12 +130,7 @@ def _data_options(default_out: str) -> Any:
                     help="Download from this base URL (repeatable; tried in "
                     "order instead of the built-in mirrors).",
                 ),
-                click.option(
-                    "--skip-checksum",
-                    is_flag=True,
-                    help="Do not check the files against the published MD5s "
-                    "(files in the MNIST format that you made yourself).",
-                ),
+                click.option("--skip-checksum", is_flag=True, help=checksum_help),
             ]
         ):
             f = opt(f)
@@ -141,19 +147,25 @@ def _run_data(
     mirrors: tuple[str, ...],
     skip_checksum: bool,
 ) -> None:
+    """Get data set `name` and write its files; print their paths."""
+    from caffesolve.data.cifar10 import prepare_cifar10
     from caffesolve.data.datasets import DATASETS, default_reporter, prepare_dataset
 
-    dbs = prepare_dataset(
-        DATASETS[name],
+    prepare = (
+        prepare_cifar10
+        if name == "cifar10"
+        else functools.partial(prepare_dataset, DATASETS[name])
+    )
+    paths = prepare(
         out,
-        from_dir=from_dir,
+        from_dir,
         force=force,
         mirrors=list(mirrors) or None,
         verify=not skip_checksum,
         reporter=default_reporter(),
     )
-    for db in dbs.values():
-        click.echo(str(db))
+    for path in paths.values():
+        click.echo(str(path))
 
 
 @data_group.command("mnist")
@@ -186,7 +198,156 @@ def data_fashion_mnist(
     _run_data("fashion-mnist", out, from_dir, force, mirrors, skip_checksum)
 
 
-# -- lr-schedule -----------------------------------------------------------------
+@data_group.command("cifar10")
+@_data_options(
+    "data/cifar10",
+    out_help="Folder for the tarball, the two LMDBs and mean.binaryproto.",
+    from_help="Use this cifar-10-binary.tar.gz, or a folder holding it or its "
+    "six .bin files, instead of downloading.",
+    from_file_okay=True,
+    checksum_help="Do not check the tarball against the published MD5, nor "
+    "that each batch has 10000 records (files you made yourself).",
+)
+def data_cifar10(
+    out: str,
+    from_dir: str | None,
+    force: bool,
+    mirrors: tuple[str, ...],
+    skip_checksum: bool,
+) -> None:
+    """CIFAR-10 -> OUT/cifar10_{train,test}_lmdb and OUT/mean.binaryproto.
+
+    Caffe's get_cifar10.sh and create_cifar10.sh: the binary version tarball,
+    converted as convert_cifar_data does, and the train set's mean as
+    compute_image_mean writes it.
+    """
+    _run_data("cifar10", out, from_dir, force, mirrors, skip_checksum)
+
+
+_backend_option = click.option(
+    "--backend",
+    type=click.Choice(["lmdb", "leveldb"]),
+    default="lmdb",
+    show_default=True,
+    help="Database backend (leveldb needs the `leveldb` extra).",
+)
+
+
+@data_group.command("images")
+@click.argument("listfile", type=click.Path(exists=True, dir_okay=False))
+@click.argument("root")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option(
+    "--resize_height", type=int, default=0, help="Height images are resized to."
+)
+@click.option(
+    "--resize_width", type=int, default=0, help="Width images are resized to."
+)
+@click.option("--gray", is_flag=True, help="Treat images as grayscale ones.")
+@click.option("--shuffle", is_flag=True, help="Randomly shuffle the images.")
+@click.option("--seed", type=int, default=None, help="Seed of --shuffle.")
+@click.option("--encoded", is_flag=True, help="Store the encoded image in the Datum.")
+@click.option(
+    "--encode_type",
+    default="",
+    help="Encode the images as this type ('png', 'jpg', ...); implies --encoded.",
+)
+@click.option(
+    "--check_size", is_flag=True, help="Check that all the Datums have the same size."
+)
+@_backend_option
+@click.option("--force", is_flag=True, help="Replace an existing OUT.")
+def data_images(
+    listfile: str,
+    root: str,
+    out: str,
+    resize_height: int,
+    resize_width: int,
+    gray: bool,
+    shuffle: bool,
+    seed: int | None,
+    encoded: bool,
+    encode_type: str,
+    check_size: bool,
+    backend: str,
+    force: bool,
+) -> None:
+    """Caffe's convert_imageset: the images of LISTFILE -> database OUT.
+
+    LISTFILE has one `path label` line per image; ROOT is prepended to each
+    path as written (end it with '/'). Keys are %08d_PATH, Datums as
+    ReadImageToDatum makes them.
+    """
+    from caffesolve.data.datasets import default_reporter
+    from caffesolve.data.imageset import convert_imageset
+
+    reporter = default_reporter()
+    convert_imageset(
+        listfile,
+        root,
+        out,
+        resize_height=resize_height,
+        resize_width=resize_width,
+        gray=gray,
+        shuffle=shuffle,
+        seed=seed,
+        encoded=encoded,
+        encode_type=encode_type,
+        check_size=check_size,
+        backend=backend,
+        force=force,
+        report=reporter.line,
+    )
+    click.echo(out)
+
+
+@data_group.command("mean")
+@click.argument("db", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", required=False, type=click.Path(dir_okay=False))
+@_backend_option
+@click.option("--force", is_flag=True, help="Replace an existing OUT.")
+def data_mean(db: str, out: str | None, backend: str, force: bool) -> None:
+    """Caffe's compute_image_mean: the mean image of DB -> OUT (.binaryproto),
+    and the per-channel means."""
+    from caffesolve.data.datasets import default_reporter
+    from caffesolve.data.db import refuse_existing
+    from caffesolve.data.image_mean import compute_image_mean, write_mean
+
+    reporter = default_reporter()
+    if out is not None:
+        refuse_existing(out, force=force)
+    mean = compute_image_mean(db, backend)
+    reporter.line(f"Processed {mean.count} files.")
+    if out is not None:
+        reporter.line(f"Write to {out}")
+        write_mean(out, mean, force)
+    reporter.line(f"Number of channels: {len(mean.channel_means)}")
+    for c, m in enumerate(mean.channel_means):
+        reporter.line(f"mean_value channel [{c}]: {m:.6g}")
+    if out is not None:
+        click.echo(out)
+
+
+@data_group.command("sine")
+@click.option(
+    "--out",
+    default="data/sine",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for train.h5, test.h5 and their list files.",
+)
+@click.option("--force", is_flag=True, help="Rebuild existing files.")
+@click.option("--seed", default=1701, show_default=True, help="Random seed.")
+def data_sine(out: str, force: bool, seed: int) -> None:
+    """Noisy sine waves as HDF5 for configs/lstm_sine (an LSTM predicting
+    the next value): OUT/train.txt and OUT/test.txt list the .h5 files."""
+    from caffesolve.data.sine import write_sine_dataset
+
+    for path in write_sine_dataset(out, force=force, seed=seed):
+        click.echo(str(path))
+
+
+# -- lr-schedule ---------------------------------------------------------------
 
 
 def _schedule_rows(
@@ -434,7 +595,7 @@ def time_command(
     tools.time(path, phase.upper(), stages, level, iterations, weights)
 
 
-# -- train / test ----------------------------------------------------------------
+# -- train / test --------------------------------------------------------------
 
 _SIGNAL_EFFECTS = click.Choice(["stop", "snapshot", "none"])
 
@@ -543,3 +704,203 @@ def test(model: str, weights: str, iterations: int, log_file: str | None) -> Non
 def main() -> None:
     """Console entry point."""
     cli(prog_name="caffesolve")
+
+
+# -- export / parse-log / plot / draw ------------------------------------------
+
+
+def _batch_choice(value: str | None) -> int | str | None:
+    """--batch: None (the net's own), a positive int, or 'dynamic'."""
+    if value is None or value == "dynamic":
+        return value
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise click.BadParameter(
+        f"'{value}' is neither a positive batch size nor 'dynamic'",
+        param_hint="--batch",
+    )
+
+
+@cli.command("export")
+@click.argument("net_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("weights", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    metavar="MODEL.onnx",
+    help="Where to write the ONNX model.",
+)
+@click.option(
+    "--opset",
+    type=int,
+    default=22,
+    show_default=True,
+    help="ONNX opset (22 or later).",
+)
+@click.option(
+    "--batch",
+    default=None,
+    metavar="N|dynamic",
+    help="Fix the batch size at N, or leave it open (dynamic)  "
+    "[default: the net's own, fixed]",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Also run onnxruntime and caffesolve on the same random inputs and "
+    "print the largest difference (fails above 1e-5 relative).",
+)
+def export_command(
+    net_file: str, weights: str, output: str, opset: int, batch: str | None, check: bool
+) -> None:
+    """Write a deploy net and its weights as an ONNX model.
+
+    \b
+    caffesolve export configs/lenet.prototxt lenet_iter_10000.caffemodel -o lenet.onnx
+    caffesolve export NET WEIGHTS -o model.onnx --batch dynamic --check
+
+    Every layer maps to ONNX operators that compute what Caffe computes; a
+    layer with no exact ONNX form is an error naming it, and nothing is written.
+    """
+    from caffesolve.errors import require_extra
+
+    size = _batch_choice(batch)
+    require_extra("onnx", "onnx", "caffesolve export needs onnx")
+    if check:
+        require_extra(
+            "onnxruntime", "onnx", "caffesolve export --check needs onnxruntime"
+        )
+    from caffesolve.export import convert
+    from caffesolve.log import fmt
+
+    fixed = size if isinstance(size, int) else None
+    net = convert.load_deploy_net(net_file, weights, fixed)
+    model = convert.export_net(net, opset, dynamic_batch=size == "dynamic")
+    if check:
+        own = net.input_blobs[0].shape[0] if net.input_blobs else 1
+        batches = [own] if size != "dynamic" else [own, 3 if own == 2 else 2]
+        diffs = [
+            d for n in batches for d in convert.compare_with_onnxruntime(net, model, n)
+        ]
+        worst = max(diffs, key=lambda d: d.max_rel)
+        click.echo(
+            f"onnxruntime vs caffesolve: largest difference {fmt(worst.max_abs)} "
+            f"({fmt(worst.max_rel)} of the largest output) at output "
+            f"'{worst.output}', batch {worst.batch}; {len(diffs)} outputs compared"
+        )
+        if not worst.max_rel <= convert.TOLERANCE:
+            raise click.ClickException(
+                f"{net_file}: onnxruntime differs from caffesolve by more than "
+                f"{fmt(convert.TOLERANCE)} relative; {output} not written"
+            )
+    convert.write_model(model, output)
+    shown = "dynamic" if size == "dynamic" else str(net.input_blobs[0].shape[0])
+    click.echo(
+        f"Wrote {output} (opset {opset}, IR version {model.ir_version}, batch "
+        f"{shown}, {len(model.graph.node)} nodes)",
+        err=True,
+    )
+
+
+@cli.command("parse-log")
+@click.argument("log_file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder for LOG.train and LOG.test  [default: the log's folder]",
+)
+def parse_log_command(log_file: str, out_dir: str | None) -> None:
+    """Write a training log's train and test tables as CSV (parse_log.py).
+
+    \b
+    caffesolve parse-log train.log              # -> train.log.train, train.log.test
+    caffesolve parse-log caffe.INFO --out csv/
+
+    Columns: NumIters, Seconds (since "Solving"), LearningRate, then every
+    net output. Caffe's logs and caffesolve's alike.
+    """
+    from caffesolve.logs import write_tables
+
+    for path in write_tables(log_file, out_dir):
+        click.echo(str(path))
+
+
+def _curves(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@cli.command("plot")
+@click.argument("logs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option(
+    "--out",
+    default="curves.png",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The picture (.png, .svg or .pdf).",
+)
+@click.option(
+    "--x",
+    "x_axis",
+    type=click.Choice(["iters", "seconds"]),
+    default="iters",
+    show_default=True,
+    help="Horizontal axis.",
+)
+@click.option(
+    "--y",
+    "curves",
+    default="loss,accuracy,lr",
+    show_default=True,
+    help="Curves: loss (train and test), accuracy (test, own axis), lr.",
+)
+def plot_command(logs: tuple[str, ...], out: str, x_axis: str, curves: str) -> None:
+    """Draw training and test curves from one or more training logs.
+
+    \b
+    caffesolve plot train.log
+    caffesolve plot sgd.log adam.log --out compare.png --y loss,accuracy
+    caffesolve plot train.log --x seconds --y lr
+    """
+    from caffesolve.plot import plot_logs
+
+    plot_logs(list(logs), out, x_axis, _curves(curves))
+    click.echo(f"Wrote {out}", err=True)
+
+
+@cli.command("draw")
+@click.argument("net_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False), metavar="OUT.png|svg")
+@click.option(
+    "--rankdir",
+    type=click.Choice(["LR", "TB", "BT", "RL"]),
+    default="LR",
+    show_default=True,
+    help="Layout direction: left to right, top to bottom, ...",
+)
+@click.option(
+    "--phase",
+    type=click.Choice(["TRAIN", "TEST", "ALL"], case_sensitive=False),
+    default="ALL",
+    show_default=True,
+    help="Draw the layers of this phase only (ALL: every layer).",
+)
+def draw_command(net_file: str, out: str, rankdir: str, phase: str) -> None:
+    """Draw a net prototxt as a graph, like Caffe's draw_net.py.
+
+    \b
+    caffesolve draw configs/lenet_train_test.prototxt lenet.png
+    caffesolve draw NET.prototxt net.svg --rankdir TB --phase TEST
+    caffesolve draw NET.prototxt net.dot     # DOT text, no Graphviz needed
+
+    Needs pydot (pip install 'caffesolve[draw]') and Graphviz's dot program.
+    """
+    from caffesolve.draw import draw_net_file
+    from caffesolve.proto import caffe_pb2
+
+    chosen = None if phase.upper() == "ALL" else caffe_pb2.Phase.Value(phase.upper())
+    draw_net_file(net_file, out, rankdir, chosen)
+    click.echo(f"Wrote {out}", err=True)

@@ -26,3 +26,26 @@ class DataError(CaffesolveError):
 
 class SnapshotError(CaffesolveError):
     """A snapshot cannot be written or restored."""
+
+
+class ExportError(CaffesolveError):
+    """A net has no exact form in the target format (names the layer)."""
+
+
+class MissingExtraError(CaffesolveError):
+    """An optional part is used without the extra that installs it."""
+
+
+def require_extra(module: str, extra: str, purpose: str) -> None:
+    """Raise MissingExtraError naming `extra` unless `module` imports.
+
+    `purpose` says what needs it: "caffesolve export needs onnx".
+    """
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(
+            f"{purpose} (not installed): pip install 'caffesolve[{extra}]'"
+        ) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 import sys
 from typing import TextIO
 
@@ -33,6 +34,13 @@ def glog_prefix(severity: str = "I", source: str = "solver.cpp:0") -> str:
         f"{severity}{now:%m%d %H:%M:%S}.{now.microsecond:06d} "
         f"{os.getpid():5d} {source}] "
     )
+
+
+# A glog line: severity, month, day, h:m:s.micro, thread, file:line, message
+# (what glog_prefix writes; logs.py reads Caffe's logs and ours with it).
+GLOG_LINE = re.compile(
+    r"^([IWEF])(\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d{6}) +(\d+) ([^\]]*)\] ?(.*)$"
+)
 
 
 class _Stderr:
@@ -82,6 +90,14 @@ LOG = Log()
 # (tools/extra/parse_log.py, parse_log.sh, extract_seconds.py) read these texts.
 
 Message = tuple[str, str]
+
+# The words Caffe's log tools key on; the messages below are written with
+# them and logs.py parses with them.
+SOLVING = "Solving "
+ITERATION = "Iteration "
+LR = "lr = "
+TRAIN_OUTPUT = "Train net output #"
+TEST_OUTPUT = "Test net output #"
 
 
 def _loss_suffix(loss_weight: float, value: float) -> str:
@@ -137,7 +153,7 @@ def starting_optimization() -> Message:
 
 def solving(net_name: str) -> Message:
     """extract_seconds.py takes the start time from this line ('Solving')."""
-    return "solver.cpp:289", f"Solving {net_name}"
+    return "solver.cpp:289", f"{SOLVING}{net_name}"
 
 
 def learning_rate_policy(policy: str) -> Message:
@@ -154,7 +170,7 @@ def iteration_display(
     """Solver::Step's display line; parse_log.sh reads `, loss = `."""
     return (
         "solver.cpp:239",
-        f"Iteration {it} ({fmt32(per_s)} iter/s, {fmt32(lapse)}s/{display} iters), "
+        f"{ITERATION}{it} ({fmt32(per_s)} iter/s, {fmt32(lapse)}s/{display} iters), "
         f"loss = {fmt32(loss)}",
     )
 
@@ -164,18 +180,18 @@ def train_net_output(
 ) -> Message:
     return (
         "solver.cpp:258",
-        f"    Train net output #{index}: {name} = {fmt32(value)}"
+        f"    {TRAIN_OUTPUT}{index}: {name} = {fmt32(value)}"
         + _loss_suffix(loss_weight, value),
     )
 
 
 def iteration_lr(it: int, rate: float) -> Message:
     """SGDSolver::ApplyUpdate's line; parse_log.py reads `lr = X`."""
-    return "sgd_solver.cpp:112", f"Iteration {it}, lr = {fmt32(rate)}"
+    return "sgd_solver.cpp:112", f"{ITERATION}{it}, {LR}{fmt32(rate)}"
 
 
 def multistep_status(it: int, step: int) -> Message:
-    return "sgd_solver.cpp:50", f"MultiStep Status: Iteration {it}, step = {step}"
+    return "sgd_solver.cpp:50", f"MultiStep Status: {ITERATION}{it}, step = {step}"
 
 
 def gradient_clipping(l2norm: float, clip: float, scale: float) -> Message:
@@ -187,7 +203,7 @@ def gradient_clipping(l2norm: float, clip: float, scale: float) -> Message:
 
 
 def testing_net(it: int, index: int) -> Message:
-    return "solver.cpp:347", f"Iteration {it}, Testing net (#{index})"
+    return "solver.cpp:347", f"{ITERATION}{it}, Testing net (#{index})"
 
 
 def test_interrupted() -> Message:
@@ -201,13 +217,13 @@ def test_loss(loss: float) -> Message:
 def test_net_output(index: int, name: str, mean: float, loss_weight: float) -> Message:
     return (
         "solver.cpp:414",
-        f"    Test net output #{index}: {name} = {fmt32(mean)}"
+        f"    {TEST_OUTPUT}{index}: {name} = {fmt32(mean)}"
         + _loss_suffix(loss_weight, mean),
     )
 
 
 def final_loss(it: int, loss: float) -> Message:
-    return "solver.cpp:327", f"Iteration {it}, loss = {fmt32(loss)}"
+    return "solver.cpp:327", f"{ITERATION}{it}, loss = {fmt32(loss)}"
 
 
 def optimization_stopped_early() -> Message:

@@ -19,7 +19,7 @@ Checked bit for bit against a C++ program compiled with g++ 12 (-std=c++11)
 that evaluates Caffe's expressions with these types, for every iteration of
 0..100000 of each policy (tests/test_lr_policy.py repeats this when g++ is
 there). numpy's array loops call libm's pow; powf and expf go through
-`_powf` and `_expf`, which ask libm's own function wherever rounding is in
+caffesolve.ops.libm, which asks libm's own function wherever rounding is in
 doubt. An older
 all-double build (GCC < 6) differs by at most one float32 ulp, visible in the
 printed 6 digits for 1-3% of the iterations of inv, poly and sigmoid.
@@ -27,14 +27,13 @@ printed 6 digits for 1-3% of the iterations of inv, poly and sigmoid.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 
 from caffesolve.errors import ConfigError
+from caffesolve.ops.libm import expf, powf
 from caffesolve.proto.caffe_pb2 import SolverParameter
 from caffesolve.proto.io import suggest
 
@@ -48,71 +47,6 @@ def _iters(it: IterLike) -> npt.NDArray[np.int64]:
 
 def _f32(x: float) -> np.float32:
     return np.float32(x)
-
-
-def _load_libm(name: str, nargs: int) -> Callable[..., float] | None:
-    """libm's float function `name` (expf, powf) through ctypes, or None."""
-    try:
-        libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
-        fn = getattr(libm, name)
-    except (OSError, AttributeError):
-        return None
-    fn.restype = ctypes.c_float
-    fn.argtypes = [ctypes.c_float] * nargs
-    return fn
-
-
-_LIBM_EXPF = _load_libm("expf", 1)
-_LIBM_POWF = _load_libm("powf", 2)
-
-
-def _as_libm_rounds(
-    e64: npt.NDArray[np.float64],
-    libm_fn: Callable[..., float] | None,
-    *args: npt.NDArray[np.float32],
-) -> npt.NDArray[np.float32]:
-    """A float function's double-precision value `e64` rounded to float32 as
-    the platform's libm rounds it.
-
-    The double result rounded to float is the correctly rounded float result;
-    glibc's expf and powf compute in double internally and differ from it only
-    where the exact value lies within a hair of halfway between two floats, so
-    those few elements (1 to 2 in 100) are handed to libm's function itself,
-    called on the float32 `args` (broadcast to e64's shape).
-    """
-    with np.errstate(invalid="ignore", over="ignore"):
-        e32 = e64.astype(np.float32)
-        if libm_fn is None or e32.size == 0:
-            return e32
-        ulp = np.spacing(e32).astype(np.float64)
-        near_half = np.abs(e64 - e32.astype(np.float64)) > 0.495 * ulp
-    if np.any(near_half):
-        flat_e = np.array(np.atleast_1d(e32), copy=True)
-        mask = np.atleast_1d(near_half)
-        picked = [
-            np.broadcast_to(a, e32.shape).reshape(flat_e.shape)[mask] for a in args
-        ]
-        flat_e[mask] = [libm_fn(*(float(v) for v in vs)) for vs in zip(*picked)]
-        e32 = flat_e.reshape(e32.shape)
-    return e32
-
-
-def _powf(x: npt.ArrayLike, y: float) -> npt.NDArray[np.float32]:
-    """C's powf(x, y) elementwise, as the platform's libm rounds it (NumPy's
-    own float32 power uses its own SIMD code from NumPy 2.4 on, which differs
-    from glibc's powf in the last bit for about 1 in 5 elements)."""
-    base = np.asarray(x, dtype=np.float32)
-    y32 = np.float32(y)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        e64 = np.power(base.astype(np.float64), np.float64(y32))
-    return _as_libm_rounds(e64, _LIBM_POWF, base, y32)
-
-
-def _expf(t: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """C's expf(t) elementwise, as the platform's libm rounds it."""
-    with np.errstate(over="ignore"):
-        e64 = np.exp(t.astype(np.float64))
-    return _as_libm_rounds(e64, _LIBM_EXPF, t)
 
 
 def _scaled_power(p: SolverParameter, exponent: npt.ArrayLike) -> Rates:
@@ -154,7 +88,7 @@ def exp(p: SolverParameter, it: IterLike) -> Rates:
 def inv(p: SolverParameter, it: IterLike) -> Rates:
     """Caffe lr_policy "inv": base_lr * (1 + gamma * iter) ^ (-power), in float."""
     x = _f32(1) + _f32(p.gamma) * _iters(it).astype(np.float32)
-    return np.asarray(_f32(p.base_lr) * _powf(x, -_f32(p.power)))
+    return np.asarray(_f32(p.base_lr) * powf(x, -_f32(p.power)))
 
 
 def multistep(
@@ -180,7 +114,7 @@ def poly(p: SolverParameter, it: IterLike) -> Rates:
     with np.errstate(invalid="ignore", divide="ignore"):
         frac = _iters(it).astype(np.float32) / _f32(p.max_iter)
     base = np.asarray(_f32(1) - frac, dtype=np.float32)
-    return np.asarray(_f32(p.base_lr) * _powf(base, _f32(p.power)))
+    return np.asarray(_f32(p.base_lr) * powf(base, _f32(p.power)))
 
 
 def sigmoid(p: SolverParameter, it: IterLike) -> Rates:
@@ -189,7 +123,7 @@ def sigmoid(p: SolverParameter, it: IterLike) -> Rates:
     All float, with libm's expf (numpy's own float32 exp may differ by an ulp).
     """
     t = -_f32(p.gamma) * (_iters(it).astype(np.float32) - _f32(p.stepsize))
-    e = _expf(np.asarray(t, dtype=np.float32))
+    e = expf(np.asarray(t, dtype=np.float32))
     return np.asarray(_f32(p.base_lr) * (_f32(1) / (_f32(1) + e)), dtype=np.float32)
 
 

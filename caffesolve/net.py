@@ -27,6 +27,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from caffesolve import weights
+from caffesolve.backend import CPU, Backend
 from caffesolve.blob import Blob
 from caffesolve.errors import CaffesolveError, ConfigError, ShapeError
 from caffesolve.layers import Layer, create_layer
@@ -67,6 +68,7 @@ class Net:
         rng: np.random.Generator | None = None,
         source: str = "<net>",
         quiet: bool = False,
+        backend: Backend = CPU,
     ) -> None:
         """Build the net for `phase` (default: param.state.phase).
 
@@ -78,6 +80,7 @@ class Net:
         """
         self.source = source
         self.quiet = quiet
+        self.backend = backend
         self.rng = rng if rng is not None else np.random.default_rng()
         in_param = caffe_pb2.NetParameter()
         in_param.CopyFrom(param)
@@ -220,13 +223,13 @@ class Net:
                 lp,
             )
         try:
-            layer = create_layer(lp, lp.phase, self.rng)
+            layer = create_layer(lp, lp.phase, self.rng, self.backend.xp)
         except CaffesolveError as e:
             raise self._error(e, lp) from e
         if len(lp.blobs) and not layer.blobs:
             # Caffe's Layer constructor: blobs in the definition are the
             # layer's params (layers skip their fillers when blobs exist).
-            layer.blobs = [Blob() for _ in lp.blobs]
+            layer.blobs = [Blob(xp=self.backend.xp) for _ in lp.blobs]
             for blob, proto in zip(layer.blobs, lp.blobs):
                 blob.from_proto(proto)
         self.layers.append(layer)
@@ -328,7 +331,7 @@ class Net:
             )
         else:
             self.log_info(382, f"{lp.name} -> {blob_name}")
-            blob = Blob(name=blob_name)
+            blob = Blob(name=blob_name, xp=self.backend.xp)
             blob_id = len(self.blobs)
             self.blobs.append(blob)
             self.blob_names.append(blob_name)
@@ -709,31 +712,8 @@ class Net:
     # -- weights in and out ---------------------------------------------------
 
     def share_trained_layers_with(self, other: Net) -> None:
-        """Use `other`'s param data for the layers of the same name.
-
-        Caffe's ShareTrainedLayersWith (a test net reading the train net's
-        weights): data is shared, each net keeps its own diffs.
-        """
-        for source_layer, name in zip(other.layers, other.layer_names):
-            if name not in self.layer_names:
-                self.log_info(632, f"Ignoring source layer {name}")
-                continue
-            target = self.layers[self.layer_names.index(name)]
-            if len(target.blobs) != len(source_layer.blobs):
-                raise ShapeError(
-                    f"{self.source}: layer '{name}' ({target.layer_param.type}): "
-                    f"Incompatible number of blobs for layer {name} (source has "
-                    f"{len(source_layer.blobs)}, target has {len(target.blobs)})"
-                )
-            for j, (t, s) in enumerate(zip(target.blobs, source_layer.blobs)):
-                if t.shape != s.shape:
-                    raise ShapeError(
-                        f"{self.source}: Cannot share param {j} weights from layer "
-                        f"'{name}'; shape mismatch.  Source param shape is "
-                        f"{s.shape_string()}; target param shape is "
-                        f"{t.shape_string()}"
-                    )
-                t.share_data(s)
+        """Share `other`'s param data by layer name (weights.share_trained_layers)."""
+        weights.share_trained_layers(self, other)
 
     def copy_trained_layers_from(
         self, param_or_path: caffe_pb2.NetParameter | str | os.PathLike[str]

@@ -10,8 +10,9 @@ naming the layer, the blob and both shapes.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from caffesolve.blob import proto_shape, shape_equals, shape_string
 from caffesolve.errors import ConfigError, ShapeError, SnapshotError
@@ -23,7 +24,10 @@ from caffesolve.proto.upgrade import (
 )
 
 if TYPE_CHECKING:
+    from caffesolve.layers.base import Layer
     from caffesolve.net import Net
+
+T = TypeVar("T")
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -39,6 +43,54 @@ def is_hdf5(path: str | os.PathLike[str]) -> bool:
         return str(path).endswith(".h5")
     except OSError:
         return False
+
+
+def _matching_layers(
+    net: Net, sources: Iterable[tuple[str, T]], line: int
+) -> Iterator[tuple[str, Layer, T]]:
+    """(name, the net's layer of that name, source) for each (name, source)
+    the net has a layer for; the others are logged as ignored, as Caffe does
+    at net.cpp:`line`."""
+    for name, source in sources:
+        if name not in net.layer_names_index:
+            net.log_info(line, f"Ignoring source layer {name}")
+            continue
+        yield name, net.layers[net.layer_names_index[name]], source
+
+
+def _check_blob_count(
+    where: str, name: str, source: int, target: int, words: str = "file/net"
+) -> None:
+    """Caffe's "Incompatible number of blobs" check; `words` names the two
+    sides ("file/net", or "source/target" for two nets)."""
+    if source != target:
+        a, b = words.split("/")
+        raise ShapeError(
+            f"{where}: Incompatible number of blobs for layer {name} "
+            f"({a} has {source}, {b} has {target})"
+        )
+
+
+def share_trained_layers(net: Net, other: Net) -> None:
+    """Use `other`'s param data for the layers of the same name.
+
+    Caffe's ShareTrainedLayersWith (a test net reading the train net's
+    weights): data is shared, each net keeps its own diffs.
+    """
+    sources = zip(other.layer_names, other.layers)
+    for name, target, source_layer in _matching_layers(net, sources, 632):
+        where = f"{net.source}: layer '{name}' ({target.layer_param.type})"
+        counts = len(source_layer.blobs), len(target.blobs)
+        _check_blob_count(where, name, *counts, words="source/target")
+        for j, (t, s) in enumerate(zip(target.blobs, source_layer.blobs)):
+            if t.shape != s.shape:
+                raise ShapeError(
+                    f"{net.source}: Cannot share param {j} weights from layer "
+                    f"'{name}'; shape mismatch.  Source param shape is "
+                    f"{s.shape_string()}; target param shape is "
+                    f"{t.shape_string()}"
+                )
+            t.share_data(s)
 
 
 def load_weights(net: Net, path: str | os.PathLike[str]) -> None:
@@ -71,19 +123,10 @@ def copy_trained_layers_from(
             copy_trained_layers_from_hdf5(net, param_or_path)
             return
         param = read_net_params_from_binary_file(param_or_path)
-    for source_layer in param.layer:
-        name = source_layer.name
-        if name not in net.layer_names:
-            net.log_info(746, f"Ignoring source layer {name}")
-            continue
-        target = net.layers[net.layer_names.index(name)]
+    sources = ((lp.name, lp) for lp in param.layer)
+    for name, target, source_layer in _matching_layers(net, sources, 746):
         where = f"{origin}: layer '{name}' ({target.layer_param.type})"
-        if len(target.blobs) != len(source_layer.blobs):
-            raise ShapeError(
-                f"{where}: Incompatible number of blobs for layer {name} "
-                f"(file has {len(source_layer.blobs)}, net has "
-                f"{len(target.blobs)})"
-            )
+        _check_blob_count(where, name, len(source_layer.blobs), len(target.blobs))
         for j, (blob, proto) in enumerate(zip(target.blobs, source_layer.blobs)):
             file_shape = proto_shape(proto)
             if not shape_equals(file_shape, blob.shape):
@@ -113,14 +156,10 @@ def copy_trained_layers_from_hdf5(net: Net, path: str | os.PathLike[str]) -> Non
         if "data" not in f:
             raise ConfigError(f"{path}: Error reading weights (no /data group)")
         data = f["data"]
-        for name in data:
-            if name not in net.layer_names_index:
-                net.log_info(801, f"Ignoring source layer {name}")
-                continue
+        sources = ((name, data[name]) for name in data)
+        for name, target, group in _matching_layers(net, sources, 801):
             layer_id = net.layer_names_index[name]
-            target = net.layers[layer_id]
             where = f"{path}: layer '{name}' ({target.layer_param.type})"
-            group = data[name]
             if len(group) > len(target.blobs):
                 raise ShapeError(
                     f"{where}: Incompatible number of blobs for layer {name} "

@@ -1,5 +1,6 @@
-"""Shared test helpers: layer construction, the CLI runner, a quiet log, and
-the paths of ../shared (Caffe's example prototxts, the MNIST test digits).
+"""Shared test helpers: layer construction, the CLI runner, a quiet log, the
+paths of ../shared (Caffe's example prototxts, the MNIST test digits), and
+C++ reference programs compiled as Caffe is.
 
 Plain functions and constants are imported by the test modules
 (`from conftest import layer_from`); fixtures are found by pytest.
@@ -7,6 +8,8 @@ Plain functions and constants are imported by the test modules
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,9 +46,38 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+def varint(v: int) -> bytes:
+    """A protobuf varint, for wire bytes assembled by hand in the tests."""
+    out = b""
+    while True:
+        b, v = v & 0x7F, v >> 7
+        out += bytes([b | (0x80 if v else 0)])
+        if not v:
+            return out
+
+
 @pytest.fixture
 def quiet_log() -> Iterator[None]:
     """Silence the glog stream for the test (restored afterwards)."""
     LOG.quiet = True
     yield
     LOG.quiet = False
+
+
+def compile_cpp(
+    tmp_path_factory: pytest.TempPathFactory, source: str, name: str
+) -> Path:
+    """`source` built with g++ -O2 -std=c++11 (Caffe's Makefile flags): the
+    path of the program. Skips the test when there is no g++."""
+    compiler = shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    folder = tmp_path_factory.mktemp("cpp")
+    (folder / f"{name}.cpp").write_text(source)
+    exe = folder / name
+    subprocess.run(
+        [compiler, "-O2", "-std=c++11", "-o", str(exe), str(folder / f"{name}.cpp")],
+        check=True,
+        capture_output=True,
+    )
+    return exe

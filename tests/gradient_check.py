@@ -7,7 +7,8 @@ each top diff holds w. Every bottom element (those in `check_bottom`) and every
 learnable param element is perturbed by +/- stepsize (Caffe's 1e-2) and the
 estimate compared with backward's result within threshold * max(|a|, |b|, 1)
 (Caffe's 1e-3 scaled check). Elements within `kink_range` of `kink` in the
-input are skipped, as Caffe does for ReLU-like and max layers.
+input are skipped, as Caffe does for ReLU-like and max layers. `check_top`
+limits the objective to some tops (the others get zero weight).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def check_gradient(
     top: list[Blob],
     *,
     check_bottom: Sequence[int] | None = None,
+    check_top: Sequence[int] | None = None,
     check_params: bool = True,
     stepsize: float = 1e-2,
     threshold: float = 1e-3,
@@ -63,6 +65,8 @@ def check_gradient(
     layer.reshape(bottom, top)
     layer.forward(bottom, top)
     weights = [rng.uniform(-1, 1, size=t.shape) for t in top]
+    if check_top is not None:
+        weights = [w if i in check_top else 0 * w for i, w in enumerate(weights)]
     if check_bottom is None:
         check_bottom = range(len(bottom))
     # Analytic gradients.

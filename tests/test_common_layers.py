@@ -479,3 +479,49 @@ def test_inner_product_unknown_filler_names_layer_and_field() -> None:
         r"Unknown filler name: foo \(known: constant, gaussian",
     ):
         layer.setup([Blob((2, 3))], [Blob()])
+
+
+# -- Eltwise edge cases (eltwise_layer.cpp) --------------------------------------------
+
+
+def test_eltwise_max_ties_go_to_bottom_one_then_the_earliest() -> None:
+    # a > b picks a, else b: a tie between bottoms 0 and 1 goes to 1; a later
+    # bottom must be strictly greater to win.
+    a, b, c = (Blob((3,), dtype=np.float64) for _ in range(3))
+    a.data[...] = [2.0, 5.0, 1.0]
+    b.data[...] = [2.0, 1.0, 1.0]
+    c.data[...] = [2.0, 5.0, 3.0]
+    layer, top = layer_from(ELTWISE % "operation: MAX"), Blob(dtype=np.float64)
+    layer.setup([a, b, c], [top])
+    layer.forward([a, b, c], [top])
+    np.testing.assert_array_equal(top.data, [2.0, 5.0, 3.0])
+    top.diff[...] = [10.0, 20.0, 30.0]
+    layer.backward([top], [True] * 3, [a, b, c])
+    np.testing.assert_array_equal(a.diff, [0, 20, 0])
+    np.testing.assert_array_equal(b.diff, [10, 0, 0])
+    np.testing.assert_array_equal(c.diff, [0, 0, 30])
+
+
+def test_eltwise_max_backward_zeros_are_positive() -> None:
+    # Caffe: gradient = 0, += top diff where the bottom won: never -0.
+    a, b = Blob((2,)), Blob((2,))
+    a.data[...] = [1.0, 0.0]
+    b.data[...] = [0.0, 1.0]
+    layer, top = layer_from(ELTWISE % "operation: MAX"), Blob()
+    layer.setup([a, b], [top])
+    layer.forward([a, b], [top])
+    top.diff[...] = [-0.0, -3.0]
+    layer.backward([top], [True, True], [a, b])
+    assert not np.signbit(a.diff).any() and not np.signbit(b.diff[0])
+    assert b.diff[1] == -3.0
+
+
+def test_eltwise_sum_coeff_is_float32_in_float32_nets() -> None:
+    a, b = Blob((1,)), Blob((1,))
+    a.data[...] = 3.0
+    b.data[...] = 7.0
+    layer, top = layer_from(ELTWISE % "coeff: 0.1 coeff: -0.3"), Blob()
+    layer.setup([a, b], [top])
+    layer.forward([a, b], [top])
+    f = np.float32
+    assert top.data[0] == f(0.1) * f(3.0) + f(-0.3) * f(7.0)

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cifar10 import write_batches
 
 from caffesolve import tools
+from caffesolve.data.cifar10 import prepare_cifar10
 from caffesolve.data.datasets import write_lmdb_atomic
+from caffesolve.data.sine import write_sine_dataset
 from caffesolve.log import LOG
 from caffesolve.net import Net
 from caffesolve.proto import caffe_pb2
@@ -31,7 +34,8 @@ def _rel(p: Path) -> str:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with configs/ and tiny MNIST-shaped LMDBs under data/."""
+    """A folder with configs/, tiny MNIST-shaped and CIFAR-10 databases and
+    sine waves under data/."""
     root = tmp_path_factory.mktemp("repo")
     shutil.copytree(ROOT / "configs", root / "configs")
     rng = np.random.default_rng(1701)
@@ -42,6 +46,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             labels = rng.integers(0, 10, size=n, dtype=np.uint8)
             write_lmdb_atomic(root / "data" / folder / f"{prefix}_{split}_lmdb",
                               images, labels)  # fmt: skip
+    batches = tmp_path_factory.mktemp("cifar")
+    write_batches(batches, records=20)
+    prepare_cifar10(root / "data" / "cifar10", batches, verify=False)
+    write_sine_dataset(root / "data" / "sine", steps=(100, 60))
     return root
 
 

@@ -5,6 +5,7 @@ rand_skip, prefetch, resume and every bad input."""
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import lmdb
@@ -12,9 +13,10 @@ import numpy as np
 import pytest
 
 from caffesolve.blob import Blob
-from caffesolve.data.lmdb_source import write_datum_lmdb
+from caffesolve.data.lmdb_source import mnist_datum_bytes, write_datum_lmdb
 from caffesolve.errors import ConfigError, DataError
 from caffesolve.layers import create_layer
+from caffesolve.layers.base import Layer
 from caffesolve.layers.data import DataLayer
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import parse_prototxt_text
@@ -257,20 +259,85 @@ def test_missing_source_suggests_command(tmp_path: Path) -> None:
     assert "caffesolve data" not in str(e.value)
 
 
-def test_leveldb_is_refused(tmp_path: Path) -> None:
-    db = make_db(tmp_path / "db", 2)
+def make_leveldb(path: Path, n: int = 5) -> Path:
+    """The records of make_db, written by plyvel itself (keys "%08d")."""
+    import plyvel
+
+    imgs, labels = images_labels(n)
+    db = plyvel.DB(str(path), create_if_missing=True)
+    for i in range(n):
+        db.put(f"{i:08d}".encode(), mnist_datum_bytes(imgs[i], labels[i]))
+    db.close()
+    return path
+
+
+def leveldb_layer(
+    source: Path, batch: int = 3, extra: str = ""
+) -> tuple[Layer, list[Blob]]:
     param = parse_prototxt_text(
-        f'name: "d" type: "Data" top: "data" data_param {{ source: "{db}" '
-        "batch_size: 2 }",  # backend defaults to LEVELDB, as in Caffe
+        f'name: "d" type: "Data" top: "data" top: "label" data_param {{ '
+        f'source: "{source}" batch_size: {batch} }} {extra}',  # LEVELDB: the default
         caffe_pb2.LayerParameter(),
     )
-    lay = create_layer(param, TRAIN)
-    with pytest.raises(ConfigError, match="add `backend: LMDB`"):
-        lay.setup([], [Blob()])
-    param.data_param.source = str(tmp_path / "leveldb_dir")
-    lay = create_layer(param, TRAIN)
-    with pytest.raises(ConfigError, match="LEVELDB is not supported; convert"):
-        lay.setup([], [Blob()])
+    lay = create_layer(param, TRAIN, np.random.default_rng(1701))
+    top = [Blob(), Blob()]
+    lay.setup([], top)
+    return lay, top
+
+
+def test_read_leveldb_like_lmdb(tmp_path: Path) -> None:
+    ldb = make_leveldb(tmp_path / "ldb", 5)
+    a, top_a = leveldb_layer(ldb, extra="transform_param { crop_size: 2 mirror: true }")
+    b, top_b = layer(make_db(tmp_path / "db", 5),
+                     extra="transform_param { crop_size: 2 mirror: true }")  # fmt: skip
+    for _ in range(4):  # wraps at the end, in key order, as the LMDB
+        a.forward([], top_a)
+        b.forward([], top_b)
+        np.testing.assert_array_equal(top_a[0].data, top_b[0].data)
+        np.testing.assert_array_equal(top_a[1].data, top_b[1].data)
+    state = a.get_state()
+    a.forward([], top_a)
+    want = top_a[0].data.copy()
+    a.set_state(state)  # type: ignore[arg-type]
+    a.forward([], top_a)
+    np.testing.assert_array_equal(top_a[0].data, want)
+    # a train and a test net may read one LevelDB (LevelDB locks it to one opener)
+    leveldb_layer(ldb)
+    a.close()
+    b.close()
+
+
+def test_backend_mismatch_names_the_fix(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "db", 2)
+    with pytest.raises(
+        ConfigError, match="backend is LEVELDB .Caffe's default. .*add `backend: LMDB`"
+    ):
+        leveldb_layer(db)
+    ldb = make_leveldb(tmp_path / "ldb", 2)
+    with pytest.raises(ConfigError, match="is an LEVELDB: add `backend: LEVELDB`"):
+        layer(ldb)
+
+
+def test_leveldb_without_plyvel_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ldb = make_leveldb(tmp_path / "ldb", 2)
+    monkeypatch.setitem(sys.modules, "plyvel", None)
+    with pytest.raises(
+        DataError, match=r"layer 'd' .Data.: LevelDB .*'caffesolve\[leveldb\]'"
+    ):
+        leveldb_layer(ldb)
+
+
+def test_window_data_is_refused() -> None:
+    param = parse_prototxt_text(
+        'name: "w" type: "WindowData" top: "data" top: "label"',
+        caffe_pb2.LayerParameter(),
+    )
+    with pytest.raises(
+        ConfigError, match="layer 'w' .WindowData.: WindowData .* not supported"
+    ):
+        create_layer(param).setup([], [Blob(), Blob()])
 
 
 def test_not_an_lmdb(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
-from conftest import MNIST_T10K
+from conftest import MNIST_T10K, varint
 
 from caffesolve.data import datasets as dsm
 from caffesolve.data.datasets import Dataset, IdxFile, Reporter, prepare_dataset
@@ -276,15 +276,6 @@ def caffe_datum_bytes(image: np.ndarray, label: int) -> bytes:
     """The wire bytes Caffe's convert_mnist_data writes, assembled by hand:
     channels=1 (field 1), height (2), width (3), data (4, length-delimited),
     label (5), each a tag byte then a varint."""
-
-    def varint(v: int) -> bytes:
-        out = b""
-        while True:
-            b, v = v & 0x7F, v >> 7
-            out += bytes([b | (0x80 if v else 0)])
-            if not v:
-                return out
-
     h, w = image.shape
     return (
         b"\x08\x01\x10"

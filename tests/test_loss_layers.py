@@ -12,6 +12,7 @@ from gradient_check import check_gradient, make_blob
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, DataError, ShapeError
 from caffesolve.layers import Layer, create_layer
+from caffesolve.net import Net
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import parse_prototxt_text
 
@@ -420,3 +421,73 @@ def test_autoencoder_layers_set_up() -> None:
     assert w.shape == (1000, 784)
     # gaussian sparse: 15 keeps each weight with probability 15 / 1000.
     assert abs(np.count_nonzero(w) / w.size - 0.015) < 0.002
+
+
+# -- normalization and ignore_label, every mode ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("norm", "divisor"),
+    [
+        ("normalization: FULL", 50),
+        ("normalization: VALID", 35),
+        ("normalization: BATCH_SIZE", 10),
+        ("normalization: NONE", 1),
+        ("normalize: true", 35),
+        ("normalize: false", 10),
+        ("", 10),
+    ],
+)
+def test_sigmoid_cross_entropy_loss_ignore_label_every_mode(
+    norm: str, divisor: int
+) -> None:
+    x, t = xent_blobs()
+    t.data[...] = rng().integers(0, 2, size=t.shape)
+    t.data[:3] = 9  # 15 of 50 targets ignored
+    layer = layer_from(
+        f'name: "l" type: "SigmoidCrossEntropyLoss" '
+        f"loss_param {{ ignore_label: 9 {norm} }}"
+    )
+    top = Blob(dtype=np.float64)
+    layer.setup([x, t], [top])
+    layer.forward([x, t], [top])
+    ref = sigmoid_xent_reference(x.data[3:], t.data[3:]).sum() / divisor
+    assert float(top.data) == pytest.approx(ref, rel=1e-10)
+    top.diff[...] = 1.0
+    layer.backward([top], [True, False], [x, t])
+    p = 1 / (1 + np.exp(-x.data[3:]))
+    np.testing.assert_allclose(x.diff[3:], (p - t.data[3:]) / divisor, rtol=1e-10)
+    assert np.all(x.diff[:3] == 0)
+
+
+@pytest.mark.parametrize(
+    ("norm", "divisor"),
+    [("normalize: true", 30), ("normalize: false", 10), ("normalization: NONE", 1)],
+)
+def test_softmax_with_loss_ignore_label_legacy_normalize(
+    norm: str, divisor: int
+) -> None:
+    x, label = softmax_loss_blobs()
+    label.data[:, :, 0, :] = 255
+    layer = softmax_loss(f"loss_param {{ ignore_label: 255 {norm} }}")
+    top = Blob(dtype=np.float64)
+    layer.setup([x, label], [top])
+    layer.forward([x, label], [top])
+    kept = reference_nll(x.data[:, :, 1:], label.data[:, :, 1:])
+    assert float(top.data) == pytest.approx(kept.sum() / divisor, rel=1e-12)
+
+
+def test_loss_layer_without_top_gets_one() -> None:
+    # Caffe's LossLayer has AutoTopBlobs: a loss with no top still counts.
+    text = (
+        'layer { name: "in" type: "Input" top: "x" top: "y" input_param { '
+        "shape { dim: 2 dim: 3 } shape { dim: 2 } } }\n"
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "y" }\n'
+    )
+    param = parse_prototxt_text(text, caffe_pb2.NetParameter(), "auto.prototxt")
+    net = Net(param, caffe_pb2.TRAIN, source="auto.prototxt", quiet=True)
+    net.blob_by_name("x").data[...] = [[1, 2, 3], [0, 0, 0]]
+    net.blob_by_name("y").data[...] = [2, 1]
+    ref = (np.log(np.exp([1, 2, 3]).sum()) - 3 + np.log(3)) / 2
+    assert net.forward() == pytest.approx(ref, rel=1e-6)
+    assert len(net.top_vecs[1]) == 1

@@ -9,12 +9,12 @@ compiler is present) bit equality with Caffe's expressions compiled as C++.
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import compile_cpp
 
 from caffesolve import lr_policy
 from caffesolve.errors import ConfigError
@@ -320,18 +320,7 @@ int main(int argc, char** argv) {
 
 @pytest.fixture(scope="module")
 def caffe_expressions(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("no C++ compiler")
-    folder = tmp_path_factory.mktemp("cpp")
-    (folder / "rate.cpp").write_text(CPP)
-    exe = folder / "rate"
-    subprocess.run(
-        [compiler, "-O2", "-std=c++11", "-o", str(exe), str(folder / "rate.cpp")],
-        check=True,
-        capture_output=True,
-    )
-    return exe
+    return compile_cpp(tmp_path_factory, CPP, "rate")
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)

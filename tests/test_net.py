@@ -896,3 +896,36 @@ def test_reshape_follows_the_input_and_from_to_ranges(tmp_path: Path) -> None:
     assert not dW(net, "ip0").any()  # not reached yet
     net.backward_from_to(split, 0)
     np.testing.assert_allclose(dW(net, "ip0"), ref["ip0"], rtol=1e-4, atol=1e-6)
+
+
+class CountingNumpy:
+    """numpy with a count of the arrays made by zeros/full: stands in for
+    another backend's array module."""
+
+    def __init__(self) -> None:
+        self.made = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(np, name)
+
+    def zeros(self, *args: object, **kwargs: object) -> np.ndarray:
+        self.made += 1
+        return np.zeros(*args, **kwargs)
+
+    def full(self, *args: object, **kwargs: object) -> np.ndarray:
+        self.made += 1
+        return np.full(*args, **kwargs)
+
+
+def test_backend_is_the_one_array_module_of_blobs_and_layers() -> None:
+    from caffesolve.backend import Backend
+
+    xp = CountingNumpy()
+    param = parse_prototxt_text(IP_NET, caffe_pb2.NetParameter(), "<test>")
+    net = Net(param, backend=Backend("TEST", xp), quiet=True)
+    assert all(layer.xp is xp for layer in net.layers)
+    blobs = net.blobs + [p for layer in net.layers for p in layer.blobs]
+    assert all(b.xp is xp for b in blobs)
+    assert xp.made >= 2 * len(blobs)  # data and diff of each, through xp
+    default = Net(param, quiet=True)
+    assert all(layer.xp is np for layer in default.layers)

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import socket
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -30,6 +28,7 @@ from typing import TextIO
 import numpy as np
 import numpy.typing as npt
 
+from caffesolve.data.db import build_atomic, refuse_existing
 from caffesolve.data.idx import read_mnist_pair, verify_checksum
 from caffesolve.data.lmdb_source import lmdb_exists, write_datum_lmdb
 from caffesolve.errors import DataError
@@ -58,6 +57,9 @@ class Dataset:
 
     def lmdb_name(self, split: str) -> str:
         return f"{self.prefix}_{split}_lmdb"
+
+    def lmdb_names(self) -> tuple[str, str]:
+        return self.lmdb_name("train"), self.lmdb_name("test")
 
 
 # Published checksums: the .gz MD5s are those of the official releases (and of
@@ -305,21 +307,46 @@ def _download_one(
     retries: int,
     retry_delay: float,
 ) -> Path:
-    dest = out / (f.name + ".gz")
+    return download_file(
+        f.name + ".gz",
+        out,
+        mirrors,
+        lambda p: _check(p, f, verify),
+        reporter,
+        retries,
+        retry_delay,
+        "get the files another way and pass their folder with --from DIR",
+    )
+
+
+def download_file(
+    name: str,
+    out: Path,
+    mirrors: Sequence[str],
+    check: Callable[[Path], None],
+    reporter: Reporter,
+    retries: int = 3,
+    retry_delay: float = 1.0,
+    hint: str = "get the file another way and pass it with --from",
+) -> Path:
+    """out/name, downloaded from the first mirror that serves it whole and
+    passes `check` (which raises DataError). A file already there that passes
+    `check` is kept; one that does not is replaced."""
+    dest = out / name
     if dest.is_file():
         try:
-            _check(dest, f, verify)
+            check(dest)
             reporter.line(f"{dest} is already here (checksum ok)")
             return dest
         except DataError:
             dest.unlink()
     failures = []
     for mirror in mirrors:
-        url = mirror.rstrip("/") + "/" + dest.name
+        url = mirror.rstrip("/") + "/" + name
         reporter.line(f"Downloading {url}")
         try:
             download(url, dest, reporter, retries, retry_delay=retry_delay)
-            _check(dest, f, verify)
+            check(dest)
             return dest
         except _PermanentError as e:
             failures.append(f"{url}: {e}")
@@ -328,9 +355,9 @@ def _download_one(
             failures.append(f"{url}: {e}")
         reporter.line(f"  failed: {failures[-1]}")
     raise DataError(
-        f"could not download {dest.name} from any mirror ("
+        f"could not download {name} from any mirror ("
         + "; ".join(failures)
-        + "); get the files another way and pass their folder with --from DIR"
+        + f"); {hint}"
     )
 
 
@@ -349,12 +376,7 @@ def prepare_dataset(
     reporter = reporter or Reporter()
     out_dir = Path(out)
     dbs = {s: out_dir / ds.lmdb_name(s) for s in ("train", "test")}
-    existing = [str(p) for p in dbs.values() if p.exists()]
-    if existing and not force:
-        raise DataError(
-            f"{', '.join(existing)} already exist; pass --force to rebuild "
-            "(or use them as they are)"
-        )
+    refuse_existing(*dbs.values(), force=force)
     paths = fetch_files(
         ds,
         out_dir,
@@ -385,28 +407,10 @@ def write_lmdb_atomic(
     labels: npt.NDArray[np.uint8],
     force: bool = False,
 ) -> None:
-    """Write the LMDB in a temporary folder beside `db`, then rename it to `db`.
-
-    An existing `db` is replaced only with `force`.
-    """
-    if db.exists() and not force:
-        raise DataError(f"{db} already exists; pass --force to rebuild it")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{db.name}.", suffix=".tmp", dir=db.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; Caffe's mkdir is 0744
-        write_datum_lmdb(tmp, images, labels)
-        if db.exists():
-            old = Path(
-                tempfile.mkdtemp(prefix=f".{db.name}.", suffix=".old", dir=db.parent)
-            )
-            os.replace(db, old / "db")
-            os.replace(tmp, db)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, db)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    """convert_mnist_data's LMDB, built in a temporary folder beside `db` and
+    renamed to `db` (db.build_atomic); an existing `db` is replaced only with
+    `force`."""
+    build_atomic(db, lambda tmp: write_datum_lmdb(tmp, images, labels), force)
     assert lmdb_exists(db)
 
 

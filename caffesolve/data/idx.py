@@ -147,6 +147,12 @@ def verify_checksum(
         return
     if gz_md5 is None and raw_md5 is None:
         return
+    if raw_md5 is None:
+        raise DataError(
+            f"{p}: checksum mismatch: md5 {digest}, expected {gz_md5}; the file is "
+            "corrupt or not the official release (--skip-checksum accepts a file "
+            "you made yourself)"
+        )
     try:
         raw = read_idx_bytes(p) if is_gzip(data) else data
         raw_digest = md5_hex(raw) if raw is not data else digest

@@ -4,7 +4,8 @@ Reading follows db_lmdb.cpp and data_layer.cpp: the database is opened
 read-only (never modified, no lock file written), records are read in key
 order, and the cursor goes back to the first key after the last
 ("Restarting data prefetching from start."). Writing follows
-convert_mnist_data.cpp: keys "%08d", one Datum per record.
+convert_mnist_data.cpp: keys "%08d", one Datum per record. Encoded Datums
+(JPEG/PNG) decode as OpenCV would (image.py).
 
 A batch is decoded at once: every Datum of the batch is parsed, their `data`
 bytes joined and viewed as one (N, C, H, W) uint8 array.
@@ -12,17 +13,17 @@ bytes joined and viewed as one (N, C, H, W) uint8 array.
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from caffesolve.data.image import Mode, decode_image, hwc_to_chw
 from caffesolve.errors import DataError
 from caffesolve.log import LOG
 from caffesolve.proto import caffe_pb2
@@ -148,28 +149,6 @@ class LMDBCursor:
         self.txn.abort()
 
 
-def decode_image(data: bytes, force_color: bool, force_gray: bool) -> npt.NDArray[Any]:
-    """An encoded (JPEG/PNG) Datum as a (C, H, W) uint8 array, BGR like OpenCV.
-
-    Native decode keeps grayscale images 1-channel and makes others 3-channel
-    (cv::IMREAD_COLOR); force_color / force_gray ask for 3 / 1 channels.
-    """
-    try:
-        from PIL import Image
-    except ModuleNotFoundError:
-        raise DataError(
-            "encoded Datum (JPEG/PNG) needs Pillow to decode: "
-            "pip install 'caffesolve[image]'"
-        ) from None
-    img = Image.open(io.BytesIO(data))
-    gray = force_gray or (not force_color and img.mode in ("1", "L", "I;16", "I"))
-    img = img.convert("L" if gray else "RGB")
-    arr = np.asarray(img, np.uint8)
-    if gray:
-        return arr[None]
-    return np.ascontiguousarray(arr[:, :, ::-1].transpose(2, 0, 1))
-
-
 def decode_datums(
     values: Iterable[bytes],
     source: str,
@@ -186,7 +165,13 @@ def decode_datums(
     labels = np.array([d.label for d in datums], F32)
     first = datums[0]
     if first.encoded:
-        images = [decode_image(d.data, force_color, force_gray) for d in datums]
+        # DataTransformer: DecodeDatumToCVMat(force_color) when either is
+        # forced, else DecodeDatumToCVMatNative (the file's own channels)
+        mode: Mode = "color" if force_color else "gray" if force_gray else "unchanged"
+        images = [
+            hwc_to_chw(decode_image(d.data, mode, f"{source}: encoded Datum"))
+            for d in datums
+        ]
         shape = images[0].shape
         bad = next((i for i, im in enumerate(images) if im.shape != shape), None)
         if bad is not None:
@@ -224,14 +209,44 @@ def decode_datums(
     return flat.reshape(n, *chw), labels
 
 
-def mnist_datum_bytes(image: npt.NDArray[np.uint8], label: int) -> bytes:
-    """One Datum as convert_mnist_data.cpp serializes it (1xHxW uint8, label)."""
+def datum_bytes(image: npt.NDArray[np.uint8], label: int) -> bytes:
+    """One uint8 Datum (CxHxW, or HxW as 1xHxW) with its label, serialized as
+    Caffe's converters write it: channels, height, width, data, label."""
+    chw = image if image.ndim == 3 else image[None]
     d = caffe_pb2.Datum()
-    d.channels = 1
-    d.height, d.width = image.shape
-    d.data = image.tobytes()
+    d.channels, d.height, d.width = chw.shape
+    d.data = chw.tobytes()
     d.label = int(label)
     return d.SerializeToString()
+
+
+def mnist_datum_bytes(image: npt.NDArray[np.uint8], label: int) -> bytes:
+    """One Datum as convert_mnist_data.cpp serializes it (1xHxW uint8, label)."""
+    return datum_bytes(image, label)
+
+
+def write_lmdb(
+    path: str | os.PathLike[str], batches: Iterable[list[tuple[bytes, bytes]]]
+) -> None:
+    """A new LMDB at `path` (a folder that is empty or absent), one
+    transaction per batch of (key, value). The map starts at 64 MiB and
+    doubles when full, as db_lmdb.cpp's DoubleMapSize (LMDB files are sparse:
+    only what is written takes disk space)."""
+    lmdb = _lmdb()
+    env = lmdb.open(str(path), map_size=64 << 20, subdir=True)
+    try:
+        for batch in batches:
+            while True:
+                try:
+                    with env.begin(write=True) as txn:
+                        for key, value in batch:
+                            txn.put(key, value)
+                    break
+                except lmdb.MapFullError:
+                    env.set_mapsize(2 * env.info()["map_size"])
+        env.sync(True)
+    finally:
+        env.close()
 
 
 def write_datum_lmdb(
@@ -239,34 +254,25 @@ def write_datum_lmdb(
     images: npt.NDArray[np.uint8],
     labels: npt.NDArray[np.uint8],
 ) -> None:
-    """A new LMDB at `path` with keys "%08d" and 1xHxW Datums (convert_mnist_data).
+    """A new LMDB at `path` with keys "%08d" and 1xHxW Datums (convert_mnist_data,
+    which commits every 1000 records)."""
+    n, step = int(images.shape[0]), 1000
+    batches = (
+        [
+            (f"{i:08d}".encode(), mnist_datum_bytes(images[i], labels[i]))
+            for i in range(start, min(n, start + step))
+        ]
+        for start in range(0, n, step)
+    )
+    write_lmdb(path, batches)
 
-    `path` must not exist. The map is sized from the data (4x the payload plus
-    64 MiB; LMDB files are sparse, so only what is written takes disk space).
-    """
-    lmdb = _lmdb()
-    n = int(images.shape[0])
-    payload = n * (int(np.prod(images.shape[1:])) + 64)
-    env = lmdb.open(str(path), map_size=4 * payload + (64 << 20), subdir=True)
-    try:
-        step = 1000  # convert_mnist_data commits every 1000 records
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            with env.begin(write=True) as txn:
-                with txn.cursor() as cur:
-                    cur.putmulti(
-                        (
-                            (
-                                f"{i:08d}".encode(),
-                                mnist_datum_bytes(images[i], labels[i]),
-                            )
-                            for i in range(start, stop)
-                        ),
-                        append=True,
-                    )
-        env.sync(True)
-    finally:
-        env.close()
+
+def lmdb_values(path: str | os.PathLike[str], where: str = "") -> Iterator[bytes]:
+    """Every value once, in key order (compute_image_mean's loop)."""
+    shared = _SharedEnv.get(str(path), f"{where}: " if where else "")
+    with shared.env.begin(buffers=False) as txn:
+        for _, value in txn.cursor():
+            yield bytes(value)
 
 
 def lmdb_exists(path: str | os.PathLike[str]) -> bool:

@@ -7,6 +7,7 @@ package imports them all, so LAYERS is complete once `caffesolve.layers` is.
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 import numpy as np
 
@@ -29,8 +30,10 @@ def create_layer(
     param: caffe_pb2.LayerParameter,
     phase: int = caffe_pb2.TRAIN,
     rng: np.random.Generator | None = None,
+    xp: ModuleType = np,
 ) -> Layer:
-    """Caffe's LayerRegistry::CreateLayer."""
+    """Caffe's LayerRegistry::CreateLayer; `xp` is the array module of the
+    net's backend, which the layer allocates with."""
     cls = LAYERS.get(param.type)
     if cls is None:
         known = ", ".join(sorted(LAYERS))
@@ -38,19 +41,27 @@ def create_layer(
             f"layer '{param.name}': Unknown layer type: {param.type} "
             f"(known types: {known})"
         )
-    return cls(param, phase, rng)
+    layer = cls(param, phase, rng)
+    layer.xp = xp
+    return layer
 
 
 # Importing each family registers its layers.
 for _module in (
     "data",
+    "hdf5",
+    "image_data",
     "neuron",
     "conv",
     "pooling",
     "inner_product",
     "shape",
     "common",
+    "routing",
     "loss",
+    "logistic_loss",
+    "margin_loss",
+    "recurrent",
 ):
     importlib.import_module(f"caffesolve.layers.{_module}")
 

@@ -6,8 +6,9 @@ learnable `blobs`), then `reshape` (size the tops from the bottoms), then record
 the loss weight of each top. The Net calls `reshape` then `forward` on every
 pass, and `backward` with one propagate_down flag per bottom.
 
-Layer math takes its array module from its blobs (`array_module`) and keeps
-the dtype of its bottoms: float32 in nets, float64 in gradient-check tests.
+Layer math allocates with `self.xp`, the array module of the net's backend
+(caffesolve.backend), and keeps the dtype of its bottoms: float32 in nets,
+float64 in gradient-check tests.
 Param diffs accumulate (+=) over backward calls; bottom diffs are overwritten.
 """
 
@@ -68,6 +69,17 @@ class Layer:
 
     def config_error(self, message: str) -> ConfigError:
         return ConfigError(f"{self.where()}: {message}")
+
+    def axis_index(self, blob: Blob, field: str) -> int:
+        """Caffe's CanonicalAxisIndex of the layer's parameter field `field`
+        ("softmax_param.axis") for `blob`; out of range, an error naming the
+        layer and the field."""
+        message, name = field.split(".")
+        axis = getattr(getattr(self.layer_param, message), name)
+        try:
+            return blob.canonical_axis_index(axis)
+        except ShapeError as e:
+            raise self.config_error(f"{field}: {e}") from None
 
     def shape_error(self, message: str) -> ShapeError:
         """A ShapeError naming this layer (a bottom that does not fit)."""

@@ -1,16 +1,20 @@
-"""Data layers: Input (deploy nets), Data (LMDB) and HDF5Data."""
+"""Data layers: Input (deploy nets), Data (LMDB, LevelDB), DummyData,
+MemoryData, and WindowData's refusal. (HDF5Data, HDF5Output: hdf5.py;
+ImageData: image_data.py.)"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
+from google.protobuf.message import Message
 
 from caffesolve.blob import Blob
-from caffesolve.data.lmdb_source import LMDBCursor, decode_datums, lmdb_exists
+from caffesolve.data.db import Cursor, backend_at, open_cursor
+from caffesolve.data.lmdb_source import decode_datums
 from caffesolve.data.prefetch import Prefetcher
 from caffesolve.data.transformer import DataTransformer
 from caffesolve.errors import DataError
@@ -50,29 +54,32 @@ class InputLayer(Layer):
         """Tops hold what the caller put there."""
 
 
-# -- Data (LMDB) ------------------------------------------------------------------
+# -- Data (LMDB, LevelDB) --------------------------------------------------------
 
 
 def missing_source_hint(source: str) -> str:
     """The command that creates `source`, for the databases caffesolve can make."""
+    from caffesolve.data.cifar10 import OUTPUTS as CIFAR10
     from caffesolve.data.datasets import DATASETS
 
     p = Path(source)
-    for name, ds in DATASETS.items():
-        if p.name in (ds.lmdb_name("train"), ds.lmdb_name("test")):
-            parent = str(p.parent) if str(p.parent) else "."
-            return f"; create it with: caffesolve data {name} --out {parent}"
+    made = {n: ds.name for ds in DATASETS.values() for n in ds.lmdb_names()}
+    made.update({n: "cifar10" for n in CIFAR10})
+    if p.name in made:
+        parent = str(p.parent) if str(p.parent) else "."
+        return f"; create it with: caffesolve data {made[p.name]} --out {parent}"
     return ""
 
 
 def effective_transform_param(
-    param: caffe_pb2.LayerParameter,
+    param: caffe_pb2.LayerParameter, legacy: Message | None = None
 ) -> caffe_pb2.TransformationParameter:
-    """transform_param, plus the deprecated data_param scale / mean_file /
-    crop_size / mirror that Caffe's upgrade moves into it."""
+    """transform_param, plus the deprecated scale / mean_file / crop_size /
+    mirror of data_param (or `legacy`: image_data_param) that Caffe's upgrade
+    moves into it."""
     tp = caffe_pb2.TransformationParameter()
     tp.CopyFrom(param.transform_param)
-    dp = param.data_param
+    dp = param.data_param if legacy is None else legacy
     for field in ("scale", "mean_file", "crop_size", "mirror"):
         if dp.HasField(field) and not tp.HasField(field):
             setattr(tp, field, getattr(dp, field))
@@ -80,54 +87,127 @@ def effective_transform_param(
 
 
 @dataclass
-class _Batch:
+class Batch:
     data: npt.NDArray[np.float32]
     label: npt.NDArray[np.float32]
     state: dict[str, Any]  # the reader's state after this batch
 
 
+class BatchLoader(Protocol):
+    """Reads one batch (on the prefetch thread when there is one)."""
+
+    def load(self) -> Batch: ...
+    def state(self) -> dict[str, Any]: ...
+    def restore(self, state: dict[str, Any]) -> None: ...
+
+
+class BasePrefetchingDataLayer(Layer):
+    """Caffe's BasePrefetchingDataLayer (base_data_layer.cpp): forward hands
+    out the next batch of `self.loader`, read then, or loaded ahead by one
+    background thread when data_param.prefetch is set in the prototxt.
+
+    Data does not prefetch by default, because it does not pay for Datums: reading,
+    decoding and scaling a LeNet batch of 64 takes ~0.3 ms, about 1% of a
+    LeNet iteration on CPU, and bench_data.py measures the same ms per
+    iteration with and without the thread (also for PNG-encoded datums: the
+    GIL serialises the decode with the net). Both give identical batches.
+    get_state() is the loader's state as of the last batch handed out, so
+    resume is bit-exact either way. Subclasses set `self.loader` and
+    `self.output_labels` in layer_setup, then call `start_loading()`.
+    """
+
+    loader: BatchLoader
+    output_labels: bool
+    # Caffe's default, data_param.prefetch: 4, when the prototxt sets none
+    prefetch_by_default: ClassVar[bool] = False
+
+    def start_loading(self) -> None:
+        self.consumed_state = self.loader.state()
+        self.prefetcher: Prefetcher | None = None
+        self._start_prefetch()
+
+    def _start_prefetch(self) -> None:
+        dp = self.layer_param.data_param
+        asked = dp.HasField("prefetch") or self.prefetch_by_default
+        depth = dp.prefetch if asked else 0
+        if depth > 0:
+            self.prefetcher = Prefetcher(self, self.loader.load, depth)
+
+    def _stop_prefetch(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.stop()
+            self.prefetcher = None
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        """Tops are shaped by each batch in forward (Caffe's Forward_cpu)."""
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        """Hand out the next batch (prefetched, or read now)."""
+        if self.prefetcher is not None:
+            batch = self.prefetcher.pop()
+        else:
+            batch = self.loader.load()
+        top[0].reshape(batch.data.shape)
+        np.copyto(top[0].data, batch.data, casting="same_kind")
+        if self.output_labels:
+            top[1].reshape(batch.label.shape)
+            np.copyto(top[1].data, batch.label, casting="same_kind")
+        self.consumed_state = batch.state
+
+    def get_state(self) -> dict[str, Any] | None:
+        """The loader's state after the last batch handed out."""
+        return dict(self.consumed_state)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Go back to a saved state (drops prefetched batches)."""
+        self._stop_prefetch()
+        self.loader.restore(state)
+        self.consumed_state = self.loader.state()
+        self._start_prefetch()
+
+    def close(self) -> None:
+        """Stop the prefetch thread (also done when the layer is dropped)."""
+        self._stop_prefetch()
+
+
 class _DatumBatchLoader:
-    """Reads, decodes and transforms one batch (runs on the prefetch thread)."""
+    """Reads, decodes and transforms one batch of Datums."""
 
     def __init__(
-        self, cursor: LMDBCursor, transformer: DataTransformer, batch_size: int
+        self, cursor: Cursor, transformer: DataTransformer, batch_size: int
     ) -> None:
         self.cursor = cursor
         self.transformer = transformer
         self.batch_size = batch_size
 
     def state(self) -> dict[str, Any]:
+        """{"key": hex key of the next record, "rng": transformer Generator}."""
         return {
             "key": self.cursor.key().hex(),
             "rng": self.transformer.get_state(),
         }
 
-    def load(self) -> _Batch:
+    def restore(self, state: dict[str, Any]) -> None:
+        self.cursor.seek(bytes.fromhex(state["key"]))
+        self.transformer.set_state(state["rng"])
+
+    def load(self) -> Batch:
         values = self.cursor.read(self.batch_size)
         tp = self.transformer.param
         data, label = decode_datums(
             values, self.cursor.path, tp.force_color, tp.force_gray
         )
-        return _Batch(self.transformer.transform(data), label, self.state())
+        return Batch(self.transformer.transform(data), label, self.state())
 
 
 @register
-class DataLayer(Layer):
-    """Caffe's Data layer with backend LMDB (data_layer.cpp, base_data_layer.cpp).
+class DataLayer(BasePrefetchingDataLayer):
+    """Caffe's Data layer (data_layer.cpp): Datum records of an LMDB, or of a
+    LevelDB with the `leveldb` extra (data_param.backend).
 
     Tops: data (N, C, H, W) float32 after transform_param, and optionally label
     (N,). Records are read in key order and wrap at the end; with rand_skip,
     a random count in [0, rand_skip) of records is skipped at start.
-
-    Batches are read in forward() unless data_param.prefetch is set in the
-    prototxt: then one background thread loads that many batches ahead, as
-    Caffe always does. Not by default, because it does not pay here: reading,
-    decoding and scaling a LeNet batch of 64 takes ~0.3 ms, about 1% of a
-    LeNet iteration on CPU, and bench_data.py measures the same ms per
-    iteration with and without the thread (also for PNG-encoded datums: the
-    GIL serialises the decode with the net). Both give identical batches.
-    get_state() is the cursor and the transformer's Generator as of the last
-    batch handed out, so resume is bit-exact either way.
     """
 
     type = "Data"
@@ -137,16 +217,6 @@ class DataLayer(Layer):
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         dp = self.layer_param.data_param
-        if dp.backend != caffe_pb2.DataParameter.LMDB:
-            hint = (
-                f" ({dp.source} is an LMDB: add `backend: LMDB` to data_param)"
-                if lmdb_exists(dp.source)
-                else "; convert the database to LMDB (e.g. with Caffe's "
-                "convert_imageset --backend=lmdb, or `caffesolve data mnist`)"
-            )
-            raise self.config_error(
-                f"data_param.backend LEVELDB is not supported{hint}"
-            )
         if not dp.source:
             raise self.config_error("data_param.source is required")
         if dp.batch_size <= 0:
@@ -157,9 +227,18 @@ class DataLayer(Layer):
                 f"(relative paths are from the current folder, {Path.cwd()})"
                 + missing_source_hint(dp.source)
             )
+        backend = "lmdb" if dp.backend == caffe_pb2.DataParameter.LMDB else "leveldb"
+        found = backend_at(dp.source)
+        if found is not None and found != backend:
+            default = "" if dp.HasField("backend") else " (Caffe's default)"
+            raise self.config_error(
+                f"data_param.backend is {backend.upper()}{default} but "
+                f"{dp.source} is an {found.upper()}: add `backend: {found.upper()}` "
+                "to data_param"
+            )
         self.output_labels = len(top) > 1
         self.batch_size = int(dp.batch_size)
-        self.cursor = LMDBCursor(dp.source, self.where())
+        self.cursor = open_cursor(dp.source, backend, self.where())
         # The transformer's Generator is seeded from the layer's, as Caffe's
         # InitRand seeds it from caffe_rng_rand().
         seed = int(self.rng.integers(0, 2**63))
@@ -186,237 +265,229 @@ class DataLayer(Layer):
         if self.output_labels:
             top[1].reshape([self.batch_size])
         self.loader = _DatumBatchLoader(self.cursor, self.transformer, self.batch_size)
-        self.consumed_state = self.loader.state()
-        self.prefetcher: Prefetcher | None = None
-        self._start_prefetch()
-
-    def _start_prefetch(self) -> None:
-        # Only when asked for: Caffe's default (prefetch: 4) is not followed,
-        # benchmarks/bench_data.py measures no gain on CPU (see DataLayer).
-        dp = self.layer_param.data_param
-        depth = dp.prefetch if dp.HasField("prefetch") else 0
-        if depth > 0:
-            self.prefetcher = Prefetcher(self, self.loader.load, depth)
-
-    def _stop_prefetch(self) -> None:
-        if self.prefetcher is not None:
-            self.prefetcher.stop()
-            self.prefetcher = None
-
-    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
-        """Tops are shaped by each batch in forward (Caffe's Forward_cpu)."""
-
-    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        """Hand out the next batch (prefetched, or read now)."""
-        if self.prefetcher is not None:
-            batch = self.prefetcher.pop()
-        else:
-            batch = self.loader.load()
-        top[0].reshape(batch.data.shape)
-        np.copyto(top[0].data, batch.data, casting="same_kind")
-        if self.output_labels:
-            top[1].reshape(batch.label.shape)
-            np.copyto(top[1].data, batch.label, casting="same_kind")
-        self.consumed_state = batch.state
-
-    def get_state(self) -> dict[str, Any] | None:
-        """{"key": hex key of the next record, "rng": transformer Generator}."""
-        return dict(self.consumed_state)
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        """Go back to a saved cursor and Generator (drops prefetched batches)."""
-        self._stop_prefetch()
-        self.cursor.seek(bytes.fromhex(state["key"]))
-        self.transformer.set_state(state["rng"])
-        self.consumed_state = self.loader.state()
-        self._start_prefetch()
-
-    def close(self) -> None:
-        """Stop the prefetch thread (also done when the layer is dropped)."""
-        self._stop_prefetch()
+        self.start_loading()
 
 
-# -- HDF5Data ---------------------------------------------------------------------
-
-
-def read_hdf5_list(source: str, where: str) -> list[str]:
-    """The .h5 file names listed in `source` (whitespace separated, as Caffe).
-
-    A relative name is taken from the current folder, as Caffe does; if no file
-    is there, from the list file's own folder.
-    """
-    p = Path(source)
-    try:
-        names = p.read_text().split()
-    except OSError as e:
-        raise DataError(
-            f"{where}: Failed to open source file: {source} "
-            f"({e.strerror or e}; hdf5_data_param.source is a text file listing "
-            ".h5 files)"
-        ) from None
-    if not names:
-        raise DataError(
-            f"{where}: Must have at least 1 HDF5 filename listed in {source}"
-        )
-    out = []
-    for name in names:
-        if not Path(name).is_absolute() and not Path(name).exists():
-            beside = p.parent / name
-            if beside.exists():
-                name = str(beside)
-        out.append(name)
-    return out
-
-
-def load_hdf5_file(
-    filename: str, tops: list[str], where: str
-) -> list[npt.NDArray[np.float32]]:
-    """The datasets named like the tops, as float32 (Caffe's LoadHDF5FileData)."""
-    try:
-        import h5py
-    except ModuleNotFoundError:
-        raise DataError(
-            f"{where}: HDF5Data needs the `h5py` package: "
-            "pip install 'caffesolve[hdf5]'"
-        ) from None
-
-    try:
-        f = h5py.File(filename, "r")
-    except OSError as e:
-        raise DataError(
-            f"{where}: Failed opening HDF5 file: {filename} ({e})"
-        ) from None
-    with f:
-        arrays = []
-        for name in tops:
-            if name not in f or not isinstance(f[name], h5py.Dataset):
-                raise DataError(
-                    f"{where}: {filename}: Failed to find HDF5 dataset {name} "
-                    f"(it has: {', '.join(sorted(f.keys()))})"
-                )
-            ds = f[name]
-            if ds.dtype.kind not in "fiub" or ds.ndim < 1:
-                raise DataError(
-                    f"{where}: {filename}: dataset {name} must be a numeric array "
-                    f"with at least 1 axis (got {ds.dtype}, {ds.ndim} axes)"
-                )
-            arrays.append(np.asarray(ds[()], dtype=np.float32))
-    num = arrays[0].shape[0]
-    for name, a in zip(tops, arrays):
-        if a.shape[0] != num:
-            raise DataError(
-                f"{where}: {filename}: dataset {name} has {a.shape[0]} rows, "
-                f"{tops[0]} has {num}; every top needs the same number"
-            )
-    if num == 0:
-        raise DataError(f"{where}: {filename}: the datasets have no rows")
-    return arrays
+# -- DummyData -----------------------------------------------------------------------
 
 
 @register
-class HDF5DataLayer(Layer):
-    """Caffe's HDF5Data (hdf5_data_layer.cpp): one top per dataset of that name.
+class DummyDataLayer(Layer):
+    """Caffe's DummyData (dummy_data_layer.cpp): tops filled by fillers.
 
-    hdf5_data_param.source lists .h5 files; each is loaded whole, its rows are
-    handed out batch_size at a time, then the next file, wrapping to the first.
-    With shuffle, the file order is shuffled at start and at each wrap, and the
-    row order of a file each time it is (re)started; a file's rows all come out
-    before the next file's. No transform_param (Caffe refuses it).
+    Shapes: dummy_data_param.shape, or the legacy num/channels/height/width;
+    each given once (for every top) or once per top. Fillers: none (constant
+    0), one for every top, or one per top. A constant filler fills its tops
+    once, at setup; any other refills them on every forward.
     """
 
-    type = "HDF5Data"
+    type = "DummyData"
     exact_num_bottom_blobs = 0
     min_top_blobs = 1
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
-        p = self.layer_param.hdf5_data_param
-        if self.layer_param.HasField("transform_param"):
+        p = self.layer_param.dummy_data_param
+        num_top = len(top)
+        fillers = list(p.data_filler)
+        if len(fillers) not in (0, 1, num_top):
             raise self.config_error(
-                "HDF5Data does not transform data (transform_param)"
+                "Number of data fillers must be 0, 1 or equal to the number of "
+                f"tops: {num_top}; you specified {len(fillers)} data fillers."
             )
-        if p.batch_size <= 0:
-            raise self.config_error("hdf5_data_param.batch_size must be positive")
-        LOG.info(
-            "hdf5_data_layer.cpp:78", f"Loading list of HDF5 filenames from: {p.source}"
-        )
-        self.filenames = read_hdf5_list(p.source, self.where())
-        LOG.info(
-            "hdf5_data_layer.cpp:91", f"Number of HDF5 files: {len(self.filenames)}"
-        )
-        self.tops = list(self.layer_param.top)
-        self.shuffle = bool(p.shuffle)
-        self.shuffle_rng = np.random.default_rng(int(self.rng.integers(0, 2**63)))
-        n = len(self.filenames)
-        self.file_permutation = (
-            self.shuffle_rng.permutation(n) if self.shuffle else np.arange(n)
-        )
-        self.current_file = 0
-        self._load(self.file_permutation[0], reshuffle=True)
-        for t, a in zip(top, self.hdf_blobs):
-            t.reshape([p.batch_size, *a.shape[1:]])
-
-    def _load(self, index: int, reshuffle: bool) -> None:
-        self.hdf_blobs = load_hdf5_file(
-            self.filenames[int(index)], self.tops, self.where()
-        )
-        rows = self.hdf_blobs[0].shape[0]
-        self.data_permutation = (
-            self.shuffle_rng.permutation(rows)
-            if self.shuffle and reshuffle
-            else np.arange(rows)
-        )
-        self.current_row = 0
-
-    def _next_file(self) -> None:
-        """Caffe's Next at the end of a file: next file (reshuffled at the wrap)."""
-        if len(self.filenames) > 1:
-            self.current_file += 1
-            if self.current_file == len(self.filenames):
-                self.current_file = 0
-                if self.shuffle:
-                    self.file_permutation = self.shuffle_rng.permutation(
-                        len(self.filenames)
-                    )
-            self._load(self.file_permutation[self.current_file], reshuffle=True)
-        else:
-            self.current_row = 0
-            if self.shuffle:
-                self.data_permutation = self.shuffle_rng.permutation(
-                    self.data_permutation.size
+        legacy = ("num", "channels", "height", "width")
+        if any(len(getattr(p, f)) for f in legacy):
+            if len(p.shape):
+                raise self.config_error(
+                    "Both shape and legacy fields were specified (dummy_data_param)"
                 )
+            for f in legacy:
+                n = len(getattr(p, f))
+                if n not in (1, num_top):
+                    raise self.config_error(
+                        f"Must specify '{f}' once, or once per top blob "
+                        f"({num_top}); specified {n}."
+                    )
+            shapes = [
+                [
+                    int(getattr(p, f)[0 if len(getattr(p, f)) == 1 else i])
+                    for f in legacy
+                ]
+                for i in range(num_top)
+            ]
+        else:
+            if len(p.shape) not in (1, num_top):
+                raise self.config_error(
+                    f"Must specify 'shape' once, or once per top blob "
+                    f"({num_top}); specified {len(p.shape)}."
+                )
+            shapes = [
+                list(p.shape[0 if len(p.shape) == 1 else i].dim) for i in range(num_top)
+            ]
+        if not fillers:
+            fillers = [caffe_pb2.FillerParameter(type="constant", value=0)]
+        self.fillers = fillers
+        self.refill = [f.type != "constant" for f in fillers]
+        for t, shape in zip(top, shapes):
+            t.reshape(shape)
+        for i, t in enumerate(top):  # the constant tops, once
+            f = self.fillers[i if len(self.fillers) > 1 else 0]
+            if f.type == "constant":
+                self._fill(t, f)
+
+    def _fill(self, blob: Blob, filler: caffe_pb2.FillerParameter) -> None:
+        if blob.count:
+            self.fill(blob, filler, "dummy_data_param.data_filler")
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
-        """Tops keep the shape set at setup."""
+        """Tops keep the shapes set at setup (Caffe: no-op)."""
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        """Copy the next batch_size rows (whole slices of the permutation)."""
-        batch_size = self.layer_param.hdf5_data_param.batch_size
-        filled = 0
-        while filled < batch_size:
-            rows = self.data_permutation.size
-            take = min(batch_size - filled, rows - self.current_row)
-            index = self.data_permutation[self.current_row : self.current_row + take]
-            for t, a in zip(top, self.hdf_blobs):
-                t.data[filled : filled + take] = a[index]
-            filled += take
-            self.current_row += take
-            if self.current_row == rows:
-                self._next_file()
+        """Refill the tops whose filler is not constant."""
+        for i, t in enumerate(top):
+            k = i if len(self.fillers) > 1 else 0
+            if self.refill[k]:
+                self._fill(t, self.fillers[k])
+
+
+# -- MemoryData ----------------------------------------------------------------------
+
+
+@register
+class MemoryDataLayer(Layer):
+    """Caffe's MemoryData (memory_data_layer.cpp): batches from arrays handed
+    in from Python.
+
+    `set_input_arrays(data, labels)` (pycaffe's Net.set_input_arrays) checks
+    the arrays and hands them to `reset`; each forward then copies the next
+    batch_size rows to the tops, wrapping after the last:
+        top[0] = data[pos : pos + batch_size]     (batch_size, C, H, W)
+        top[1] = labels[pos : pos + batch_size]   (batch_size, 1, 1, 1)
+        pos = (pos + batch_size) % N
+    The layer keeps the arrays themselves (no copy), as Caffe keeps pointers:
+    change them in place and the next batches change. No transform_param is
+    applied to arrays (Caffe warns if one is given). Before the first forward
+    the label top is (batch_size,) as Caffe's setup shapes it.
+    """
+
+    type = "MemoryData"
+    exact_num_bottom_blobs = 0
+    exact_num_top_blobs = 2
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.layer_param.memory_data_param
+        self.batch_size = int(p.batch_size)
+        self.channels, self.height, self.width = (
+            int(p.channels),
+            int(p.height),
+            int(p.width),
+        )
+        if self.batch_size * self.channels * self.height * self.width <= 0:
+            raise self.config_error(
+                "batch_size, channels, height, and width must be specified and "
+                "positive in memory_data_param"
+            )
+        top[0].reshape([self.batch_size, self.channels, self.height, self.width])
+        top[1].reshape([self.batch_size])
+        self.data: npt.NDArray[np.float32] | None = None
+        self.labels: npt.NDArray[np.float32] | None = None
+        self.n = 0
+        self.pos = 0
+
+    def set_input_arrays(self, data: Any, labels: Any) -> None:
+        """pycaffe's Net.set_input_arrays: `data` float32 C-contiguous
+        (N, channels, height, width); `labels` float32 (N,) or (N, 1, 1, 1);
+        N a multiple of batch_size. Raises ShapeError (pycaffe: RuntimeError)
+        with pycaffe's messages."""
+        labels = np.asarray(labels)
+        if labels.ndim == 1:
+            labels = np.ascontiguousarray(labels[:, None, None, None])
+        expected = {"data array": (self.channels, self.height, self.width),
+                    "labels array": (1, 1, 1)}  # fmt: skip
+        for name, arr in (("data array", data), ("labels array", labels)):
+            problem = None
+            if not isinstance(arr, np.ndarray) or not arr.flags.c_contiguous:
+                problem = "must be C contiguous"
+            elif arr.ndim != 4:
+                problem = "must be 4-d"
+            elif arr.dtype != np.float32:
+                problem = "must be float32"
+            else:
+                for axis, what in (
+                    (1, "number of channels"),
+                    (2, "height"),
+                    (3, "width"),
+                ):
+                    if arr.shape[axis] != expected[name][axis - 1]:
+                        problem = f"has wrong {what}"
+                        break
+            if problem:
+                raise self.shape_error(
+                    f"{name} {problem} (memory_data_param: "
+                    f"{self.channels}x{self.height}x{self.width}; got "
+                    f"{getattr(arr, 'dtype', type(arr).__name__)} "
+                    f"{'x'.join(map(str, np.shape(arr)))})"
+                )
+        if data.shape[0] != labels.shape[0]:
+            raise self.shape_error("data and labels must have the same first dimension")
+        if data.shape[0] % self.batch_size:
+            raise self.shape_error(
+                "first dimensions of input arrays must be a multiple of batch "
+                f"size ({self.batch_size})"
+            )
+        self.reset(data, labels.reshape(-1), data.shape[0])
+
+    def reset(
+        self, data: npt.NDArray[np.float32], labels: npt.NDArray[np.float32], n: int
+    ) -> None:
+        """Caffe's Reset: read batches from `data` and `labels` (n rows) from
+        row 0, without a transformation."""
+        if n % self.batch_size:
+            raise self.shape_error("n must be a multiple of batch size")
+        if self.layer_param.HasField("transform_param"):
+            LOG.warning(
+                "memory_data_layer.cpp:86",
+                "MemoryData does not transform array data on Reset()",
+            )
+        self.data, self.labels, self.n, self.pos = data, labels, int(n), 0
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        """Tops are shaped in forward (Caffe's Forward_cpu)."""
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        if self.data is None or self.labels is None:
+            raise DataError(
+                f"{self.where()}: MemoryDataLayer needs to be initialized by "
+                "calling Reset (set_input_arrays(data, labels) from Python)"
+            )
+        b, pos = self.batch_size, self.pos
+        top[0].reshape([b, self.channels, self.height, self.width])
+        top[1].reshape([b, 1, 1, 1])
+        top[0].data[...] = self.data.reshape(self.n, -1)[pos : pos + b].reshape(
+            top[0].shape
+        )
+        top[1].data[...] = self.labels[pos : pos + b].reshape(top[1].shape)
+        self.pos = (pos + b) % self.n
 
     def get_state(self) -> dict[str, Any] | None:
-        """File order, current file and row, row order, shuffle Generator."""
-        return {
-            "file_permutation": self.file_permutation.tolist(),
-            "current_file": self.current_file,
-            "current_row": self.current_row,
-            "data_permutation": self.data_permutation.tolist(),
-            "rng": self.shuffle_rng.bit_generator.state,
-        }
+        """The next row (the arrays themselves are the caller's)."""
+        return {"pos": self.pos}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.file_permutation = np.asarray(state["file_permutation"], np.int64)
-        self.current_file = int(state["current_file"])
-        self._load(self.file_permutation[self.current_file], reshuffle=False)
-        self.data_permutation = np.asarray(state["data_permutation"], np.int64)
-        self.current_row = int(state["current_row"])
-        self.shuffle_rng.bit_generator.state = state["rng"]
+        self.pos = int(state["pos"])
+
+
+# -- WindowData -----------------------------------------------------------------------
+
+
+@register
+class WindowDataLayer(Layer):
+    """Caffe's WindowData (R-CNN's window files): not supported."""
+
+    type = "WindowData"
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        raise self.config_error(
+            "WindowData (R-CNN window files) is not supported by caffesolve; "
+            "crop the windows to image files and list them for an ImageData "
+            "layer, or write them to an LMDB with `caffesolve data images`"
+        )

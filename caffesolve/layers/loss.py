@@ -1,5 +1,8 @@
 """Loss layers: EuclideanLoss, SoftmaxWithLoss, SigmoidCrossEntropyLoss, and
-Accuracy (Caffe's loss_layer.cpp and the *_loss_layer.cpp files).
+Accuracy (Caffe's loss_layer.cpp and the *_loss_layer.cpp files), with the
+LossLayer base, loss_param's normalization and the label helpers that
+logistic_loss.py (MultinomialLogisticLoss, InfogainLoss) and margin_loss.py
+(HingeLoss, ContrastiveLoss) share.
 
 Every loss writes a scalar (0-axis) top; backward scales its gradient by the
 loss weight the Net put in top[0].diff, as Caffe does.
@@ -10,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from caffesolve.backend import array_module
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, DataError, ShapeError
 from caffesolve.layers import register
@@ -29,6 +31,7 @@ class LossLayer(Layer):
 
     exact_num_bottom_blobs = 2
     exact_num_top_blobs = 1
+    auto_top_blobs = True  # a loss layer without a top still gets one
     is_loss = True
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
@@ -44,6 +47,26 @@ class LossLayer(Layer):
     def allow_force_backward(self, bottom_index: int) -> bool:
         """Caffe: labels (bottom 1) take no forced gradient."""
         return bottom_index != 1
+
+    def bottom_diff_wanted(self, propagate_down: list[bool]) -> bool:
+        """Whether backward must write bottom 0's diff; a gradient asked of
+        the labels (bottom 1) is Caffe's LOG(FATAL), an error here."""
+        if propagate_down[1]:
+            raise self.config_error(
+                f"{self.layer_param.type} Layer cannot backpropagate to label inputs."
+            )
+        return propagate_down[0]
+
+
+def legacy_dim(b: Blob, index: int) -> int:
+    """Caffe's Blob::LegacyShape: dimension `index` of a blob of at most 4
+    axes, 1 past its last axis (num, channels, height, width = 0, 1, 2, 3)."""
+    if b.num_axes > 4:
+        raise ShapeError(
+            f"blob '{b.name}' {b.shape_string()}: Cannot use legacy accessors on "
+            "Blobs with > 4 axes."
+        )
+    return b.shape[index] if index < b.num_axes else 1
 
 
 def num(b: Blob) -> int:
@@ -146,10 +169,9 @@ def valid_labels(
         if labels.size and (labels.min() < 0 or labels.max() >= n):
             check_labels(layer, labels, labels == labels, n)  # names the label
         return labels, None
-    xp = array_module(labels)
     valid = labels != ignore_label
     check_labels(layer, labels, valid, n)
-    return xp.where(valid, labels, 0), valid
+    return np.where(valid, labels, 0), valid
 
 
 def label_blob_check(layer: Layer, bottom: list[Blob], axis: int) -> tuple[int, int]:
@@ -196,12 +218,7 @@ class SoftmaxWithLossLayer(LossLayer):
                 top[1].reshape(shapes[0])
             return
         super().reshape(bottom, top)
-        try:
-            self.axis = bottom[0].canonical_axis_index(
-                self.layer_param.softmax_param.axis
-            )
-        except ShapeError as e:
-            raise self.config_error(f"softmax_param.axis: {e}") from None
+        self.axis = self.axis_index(bottom[0], "softmax_param.axis")
         self.outer_num, self.inner_num = label_blob_check(self, bottom, self.axis)
         if len(top) >= 2:
             top[1].reshape(bottom[0].shape)
@@ -219,7 +236,7 @@ class SoftmaxWithLossLayer(LossLayer):
         self, labels: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Fancy index of prob[i, label[i, j], j] in the (outer, C, inner) view."""
-        xp = array_module(labels)
+        xp = self.xp
         outer = xp.arange(self.outer_num).reshape(-1, 1, 1)
         inner = xp.arange(self.inner_num).reshape(1, 1, -1)
         return outer, labels, inner
@@ -230,7 +247,7 @@ class SoftmaxWithLossLayer(LossLayer):
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         x = bottom[0].data
-        xp = array_module(x)
+        xp = self.xp
         self.prob = softmax(x, self.axis)
         prob3 = self.prob.reshape(self.outer_num, -1, self.inner_num)
         labels, valid = self._labels(bottom)
@@ -246,11 +263,7 @@ class SoftmaxWithLossLayer(LossLayer):
     def backward(
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
     ) -> None:
-        if propagate_down[1]:
-            raise self.config_error(
-                "SoftmaxWithLoss Layer cannot backpropagate to label inputs."
-            )
-        if not propagate_down[0]:
+        if not self.bottom_diff_wanted(propagate_down):
             return
         prob3 = self.prob.reshape(self.outer_num, -1, self.inner_num)
         diff = bottom[0].diff
@@ -275,9 +288,8 @@ class SoftmaxWithLossLayer(LossLayer):
 def sigmoid_cross_entropy(x: Array, t: Array) -> Array:
     """Per-element loss in Caffe's stable form:
     -(x * (t - (x >= 0)) - log(1 + exp(x - 2 * x * (x >= 0))))."""
-    xp = array_module(x)
     pos = (x >= 0).astype(x.dtype)
-    return -(x * (t - pos) - xp.log(1 + xp.exp(x - 2 * x * pos)))
+    return -(x * (t - pos) - np.log(1 + np.exp(x - 2 * x * pos)))
 
 
 @register
@@ -308,7 +320,7 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
 
     def _valid(self, target: Array) -> np.ndarray:
         if self.ignore_label is None:
-            return array_module(target).ones(target.shape, bool)
+            return self.xp.ones(target.shape, bool)
         return integer_labels(target) != self.ignore_label
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
@@ -316,7 +328,7 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
         t = bottom[1].data.reshape(x.shape).astype(x.dtype, copy=False)
         self.sigmoid_output = sigmoid(x)
         valid = self._valid(t)
-        xp = array_module(x)
+        xp = self.xp
         loss = xp.where(valid, sigmoid_cross_entropy(x, t), 0).sum(dtype=x.dtype)
         self.normalizer = get_normalizer(
             self.normalization, self.outer_num, self.inner_num, int(valid.sum())
@@ -326,11 +338,7 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
     def backward(
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
     ) -> None:
-        if propagate_down[1]:
-            raise self.config_error(
-                "SigmoidCrossEntropyLoss Layer cannot backpropagate to label inputs."
-            )
-        if not propagate_down[0]:
+        if not self.bottom_diff_wanted(propagate_down):
             return
         t = bottom[1].data.reshape(bottom[0].shape)
         dx = self.sigmoid_output - t
@@ -368,12 +376,7 @@ class AccuracyLayer(Layer):
                 f"(accuracy_param.top_k {self.top_k}, bottom '{bottom[0].name}' "
                 f"{bottom[0].shape_string()})"
             )
-        try:
-            self.axis = bottom[0].canonical_axis_index(
-                self.layer_param.accuracy_param.axis
-            )
-        except ShapeError as e:
-            raise self.config_error(f"accuracy_param.axis: {e}") from None
+        self.axis = self.axis_index(bottom[0], "accuracy_param.axis")
         self.outer_num, self.inner_num = label_blob_check(self, bottom, self.axis)
         top[0].reshape(())
         if len(top) > 1:
@@ -386,7 +389,7 @@ class AccuracyLayer(Layer):
             self.outer_num, 1, self.inner_num
         )
         labels, valid = valid_labels(self, labels, self.ignore_label, num_labels)
-        xp = array_module(scores)
+        xp = self.xp
         true_score = xp.take_along_axis(scores, labels, axis=1)
         better = (scores >= true_score).sum(axis=1, keepdims=True) - 1
         right = better < self.top_k

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from caffesolve.backend import array_module
 from caffesolve.blob import Blob
 from caffesolve.layers import register
 from caffesolve.layers.base import Layer
@@ -36,18 +35,16 @@ class NeuronLayer(Layer):
 
 def relu(x: Array, negative_slope: float) -> Array:
     """ReLU: max(x, 0) + negative_slope * min(x, 0) (relu_layer.cpp)."""
-    xp = array_module(x)
-    y = xp.maximum(x, 0)
+    y = np.maximum(x, 0)
     if negative_slope != 0:
-        y = y + x.dtype.type(negative_slope) * xp.minimum(x, 0)
+        y = y + x.dtype.type(negative_slope) * np.minimum(x, 0)
     return y
 
 
 def sigmoid(x: Array) -> Array:
     """Sigmoid: 0.5 * tanh(0.5 * x) + 0.5 (sigmoid_layer.cpp)."""
-    xp = array_module(x)
     half = x.dtype.type(0.5)
-    return half * xp.tanh(half * x) + half
+    return half * np.tanh(half * x) + half
 
 
 # -- layers --------------------------------------------------------------------
@@ -68,7 +65,7 @@ class ReLULayer(NeuronLayer):
         slope = self.layer_param.relu_param.negative_slope
         if slope == 0:
             # Backward reads the mask off top: max(x, 0) > 0 exactly where x > 0.
-            array_module(x).maximum(x, x.dtype.type(0), out=top[0].data)
+            self.xp.maximum(x, x.dtype.type(0), out=top[0].data)
             return
         self.positive = x > 0
         top[0].data[...] = relu(x, slope)
@@ -79,7 +76,7 @@ class ReLULayer(NeuronLayer):
         if not propagate_down[0]:
             return
         dy = top[0].diff
-        xp = array_module(dy)
+        xp = self.xp
         slope = self.layer_param.relu_param.negative_slope
         if slope == 0:
             xp.multiply(dy, top[0].data > 0, out=bottom[0].diff)
@@ -112,7 +109,7 @@ class TanHLayer(NeuronLayer):
     type = "TanH"
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        xp = array_module(bottom[0].data)
+        xp = self.xp
         top[0].data[...] = xp.tanh(bottom[0].data)
 
     def backward(
@@ -145,7 +142,7 @@ class DropoutLayer(NeuronLayer):
         x = bottom[0].data
         if self.phase == caffe_pb2.TRAIN:
             draw = self.rng.random(x.shape, dtype=np.float32)
-            keep = array_module(x).asarray(draw < np.float32(1.0 - self.threshold))
+            keep = self.xp.asarray(draw < np.float32(1.0 - self.threshold))
             self.mask = keep * x.dtype.type(self.scale)
             top[0].data[...] = x * self.mask
         elif top[0] is not bottom[0]:
@@ -173,14 +170,14 @@ class AbsValLayer(NeuronLayer):
     allow_in_place = False
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        xp = array_module(bottom[0].data)
+        xp = self.xp
         top[0].data[...] = xp.abs(bottom[0].data)
 
     def backward(
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
     ) -> None:
         if propagate_down[0]:
-            xp = array_module(bottom[0].data)
+            xp = self.xp
             bottom[0].diff[...] = xp.sign(bottom[0].data) * top[0].diff
 
 
@@ -231,7 +228,7 @@ class ELULayer(NeuronLayer):
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         x = bottom[0].data
-        xp = array_module(x)
+        xp = self.xp
         alpha = x.dtype.type(self.layer_param.elu_param.alpha)
         self.positive = x > 0
         top[0].data[...] = xp.maximum(x, 0) + alpha * (xp.exp(xp.minimum(x, 0)) - 1)
@@ -240,7 +237,7 @@ class ELULayer(NeuronLayer):
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
     ) -> None:
         if propagate_down[0]:
-            xp = array_module(top[0].data)
+            xp = self.xp
             alpha = top[0].data.dtype.type(self.layer_param.elu_param.alpha)
             slope = xp.where(self.positive, 1, alpha + top[0].data)
             bottom[0].diff[...] = top[0].diff * slope
@@ -258,7 +255,7 @@ class BNLLLayer(NeuronLayer):
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         x = bottom[0].data
-        xp = array_module(x)
+        xp = self.xp
         e = xp.exp(xp.minimum(x, x.dtype.type(BNLL_THRESHOLD)))
         self.slope = e / (e + 1)
         top[0].data[...] = xp.maximum(x, 0) + xp.log(1 + xp.exp(-xp.abs(x)))
@@ -294,7 +291,7 @@ class ExpLayer(NeuronLayer):
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         x = bottom[0].data
-        xp = array_module(x)
+        xp = self.xp
         t = x.dtype.type
         top[0].data[...] = t(self.outer_scale) * xp.exp(t(self.inner_scale) * x)
 
@@ -324,7 +321,7 @@ class LogLayer(NeuronLayer):
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         x = bottom[0].data
-        xp = array_module(x)
+        xp = self.xp
         t = x.dtype.type
         self.input = t(self.scale) * x + t(self.shift)
         top[0].data[...] = xp.log(self.input) * t(self.base_scale)
@@ -375,7 +372,7 @@ class ClipLayer(NeuronLayer):
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         x = bottom[0].data
-        xp = array_module(x)
+        xp = self.xp
         p = self.layer_param.clip_param
         lo, hi = x.dtype.type(p.min), x.dtype.type(p.max)
         self.inside = (x >= lo) & (x <= hi)

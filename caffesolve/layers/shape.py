@@ -1,6 +1,8 @@
-"""Shape and routing layers: Split, Flatten, Reshape, Concat (Caffe's
-split, flatten, reshape and concat layers). Flatten and Reshape make their top a
-view of the bottom; Split shares the bottom's data and sums the tops' diffs.
+"""Shape and routing layers: Split, Flatten, Reshape, Concat, Slice, Crop,
+Tile and Silence (Caffe's split, flatten, reshape, concat, slice, crop, tile and
+silence layers). Flatten and Reshape make their top a view of the bottom; Split
+shares the bottom's data and sums the tops' diffs; the others copy with one
+vectorised NumPy assignment per top.
 """
 
 from __future__ import annotations
@@ -8,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from caffesolve.backend import array_module
 from caffesolve.blob import Blob
 from caffesolve.errors import ShapeError
 from caffesolve.layers import register
@@ -60,7 +61,7 @@ def share_view(bottom: Blob, top: Blob) -> None:
 def copy_back_diff(top: Blob, bottom: Blob) -> None:
     """Caffe's bottom->ShareDiff(*top): if a later layer replaced top's diff
     array, copy it into the bottom's (keeping the bottom's own sharing)."""
-    if not array_module(top.diff).shares_memory(top.diff, bottom.diff):
+    if not np.shares_memory(top.diff, bottom.diff):
         bottom.diff[...] = top.diff.reshape(bottom.shape)
 
 
@@ -75,13 +76,9 @@ class FlattenLayer(Layer):
     exact_num_top_blobs = 1
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
-        p = self.layer_param.flatten_param
         b = bottom[0]
-        try:
-            start = b.canonical_axis_index(p.axis)
-            end = b.canonical_axis_index(p.end_axis)
-        except ShapeError as e:
-            raise self.config_error(f"flatten_param.axis/end_axis: {e}") from None
+        start = self.axis_index(b, "flatten_param.axis")
+        end = self.axis_index(b, "flatten_param.end_axis")
         shape = b.shape[:start] + (b.count_range(start, end + 1),) + b.shape[end + 1 :]
         top[0].reshape(shape)
         share_view(b, top[0])
@@ -184,6 +181,27 @@ class ReshapeLayer(Layer):
 # -- Concat ----------------------------------------------------------------------------
 
 
+def axis_or_legacy_dim(layer: Layer, blob: Blob, param: str, legacy: str) -> int:
+    """Concat's and Slice's axis (concat_layer.cpp, slice_layer.cpp): the
+    legacy uint32 field `legacy` (concat_dim, slice_dim) when set, which must
+    be < the blob's axes, else `axis` (negative counts from the end); setting
+    both is an error."""
+    p = getattr(layer.layer_param, param)
+    if not p.HasField(legacy):
+        return layer.axis_index(blob, f"{param}.axis")
+    if p.HasField("axis"):
+        raise layer.config_error(
+            f"{param}: Either axis or {legacy} should be specified; not both."
+        )
+    axis = int(getattr(p, legacy))
+    if axis >= blob.num_axes:
+        raise layer.config_error(
+            f"{param}.{legacy} out of range ({axis} for bottom '{blob.name}' "
+            f"{blob.shape_string()})"
+        )
+    return axis
+
+
 @register
 class ConcatLayer(Layer):
     """Caffe's Concat (concat_layer.cpp): bottoms joined along `axis` (or the
@@ -193,28 +211,9 @@ class ConcatLayer(Layer):
     min_bottom_blobs = 1
     exact_num_top_blobs = 1
 
-    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
-        p = self.layer_param.concat_param
-        if p.HasField("axis") and p.HasField("concat_dim"):
-            raise self.config_error(
-                "Either axis or concat_dim should be specified; not both."
-            )
-
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
-        p = self.layer_param.concat_param
         b0 = bottom[0]
-        if p.HasField("concat_dim"):
-            self.axis = int(p.concat_dim)
-            if self.axis >= b0.num_axes:
-                raise self.config_error(
-                    f"concat_param.concat_dim out of range ({self.axis} for "
-                    f"bottom '{b0.name}' {b0.shape_string()})"
-                )
-        else:
-            try:
-                self.axis = b0.canonical_axis_index(p.axis)
-            except ShapeError as e:
-                raise self.config_error(f"concat_param.axis: {e}") from None
+        self.axis = axis_or_legacy_dim(self, b0, "concat_param", "concat_dim")
         shape = list(b0.shape)
         for i, b in enumerate(bottom[1:], 1):
             same = b.num_axes == b0.num_axes and all(
@@ -235,7 +234,7 @@ class ConcatLayer(Layer):
         if len(bottom) == 1:
             top[0].data = bottom[0].data.reshape(top[0].shape)
             return
-        xp = array_module(bottom[0].data)
+        xp = self.xp
         xp.concatenate([b.data for b in bottom], axis=self.axis, out=top[0].data)
 
     def backward(
@@ -252,3 +251,246 @@ class ConcatLayer(Layer):
                 index[self.axis] = slice(offset, offset + size)
                 b.diff[...] = top[0].diff[tuple(index)]
             offset += size
+
+
+# -- Slice -----------------------------------------------------------------------------
+
+
+def slice_sizes(size: int, num_tops: int, points: list[int]) -> list[int]:
+    """Caffe's Slice rule (slice_layer.cpp): the sizes of the pieces that
+    `points` (strictly increasing, each > 0) cut an axis of `size` into, or
+    `num_tops` equal pieces when there are no points.
+
+    Raises ValueError with Caffe's message when the rule cannot be met.
+    """
+    if not points:
+        if size % num_tops:
+            raise ValueError(
+                f"Number of top blobs ({num_tops}) should evenly divide input "
+                f"slice axis ({size})"
+            )
+        return [size // num_tops] * num_tops
+    if len(points) != num_tops - 1:
+        raise ValueError(
+            f"slice_point: {len(points)} points for {num_tops} tops; give one "
+            "point fewer than there are tops"
+        )
+    if num_tops > size:
+        raise ValueError(f"{num_tops} tops cannot slice an axis of size {size}")
+    sizes, prev = [], 0
+    for p in points:
+        if p <= prev:
+            raise ValueError(
+                f"slice_point must increase and be > 0: {p} after {prev} "
+                f"(points {points})"
+            )
+        sizes.append(p - prev)
+        prev = p
+    if prev > size:
+        raise ValueError(f"slice_point {prev} beyond the slice axis of size {size}")
+    return sizes + [size - prev]
+
+
+@register
+class SliceLayer(Layer):
+    """Caffe's Slice (slice_layer.cpp): the bottom cut along `axis` (or the
+    legacy slice_dim) at `slice_point`s, or into equal pieces, one per top;
+    backward copies each top's diff back into its piece. One top shares the
+    bottom's data and diff."""
+
+    type = "Slice"
+    exact_num_bottom_blobs = 1
+    min_top_blobs = 1
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.layer_param.slice_param
+        b = bottom[0]
+        self.axis = axis_or_legacy_dim(self, b, "slice_param", "slice_dim")
+        try:
+            sizes = slice_sizes(b.shape[self.axis], len(top), list(p.slice_point))
+        except ValueError as e:
+            raise self.config_error(
+                f"slice_param: {e} (slice axis {self.axis} of bottom '{b.name}' "
+                f"{b.shape_string()})"
+            ) from None
+        self.ranges: list[tuple[int, int]] = []
+        start = 0
+        for t, size in zip(top, sizes):
+            shape = list(b.shape)
+            shape[self.axis] = size
+            t.reshape(shape)
+            self.ranges.append((start, start + size))
+            start += size
+        if len(top) == 1:
+            share_view(b, top[0])
+
+    def _piece(self, num_axes: int, i: int) -> tuple[slice, ...]:
+        """The index of top i's piece in the bottom."""
+        index = [slice(None)] * num_axes
+        index[self.axis] = slice(*self.ranges[i])
+        return tuple(index)
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        b = bottom[0].data
+        if len(top) == 1:
+            top[0].data = b.reshape(top[0].shape)
+            return
+        for i, t in enumerate(top):
+            t.data[...] = b[self._piece(b.ndim, i)]
+
+    def backward(
+        self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
+    ) -> None:
+        if len(top) == 1:
+            copy_back_diff(top[0], bottom[0])
+            return
+        if not propagate_down[0]:
+            return
+        diff = bottom[0].diff
+        for i, t in enumerate(top):
+            diff[self._piece(diff.ndim, i)] = t.diff
+
+
+# -- Crop ------------------------------------------------------------------------------
+
+
+@register
+class CropLayer(Layer):
+    """Caffe's Crop (crop_layer.cpp): bottom[0] cut to bottom[1]'s size in
+    every axis from `axis` on, starting at `offset` (none: 0 everywhere; one:
+    the same for every cropped axis; else one per cropped axis). Backward
+    zeroes bottom[0]'s diff and copies the top's diff into the window;
+    bottom[1] only gives the size and gets no diff."""
+
+    type = "Crop"
+    exact_num_bottom_blobs = 2
+    exact_num_top_blobs = 1
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.layer_param.crop_param
+        start = self.axis_index(bottom[0], "crop_param.axis")
+        n = bottom[0].num_axes
+        if len(p.offset) > 1 and start + len(p.offset) != n:
+            raise self.config_error(
+                "crop_param.offset: number of offset values specified must be "
+                f"equal to the number of dimensions following axis ({len(p.offset)} "
+                f"offsets for the {n - start} axes from axis {start} of bottom "
+                f"'{bottom[0].name}' {bottom[0].shape_string()})"
+            )
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.layer_param.crop_param
+        data, ref = bottom
+        start = self.axis_index(data, "crop_param.axis")
+        if ref.num_axes < data.num_axes:
+            raise self.shape_error(
+                f"bottom[1] '{ref.name}' {ref.shape_string()} has fewer axes than "
+                f"bottom[0] '{data.name}' {data.shape_string()}; the size blob "
+                "needs every axis that is cropped"
+            )
+        shape, index = [], []
+        for i, size in enumerate(data.shape):
+            offset, new_size = 0, size
+            if i >= start:
+                new_size = ref.shape[i]
+                if len(p.offset) == 1:
+                    offset = int(p.offset[0])
+                elif len(p.offset) > 1:
+                    offset = int(p.offset[i - start])
+                if size - offset < new_size:
+                    raise self.config_error(
+                        f"crop_param: the crop for dimension {i} is out-of-bounds "
+                        f"with size {new_size} and offset {offset} (bottom[0] "
+                        f"'{data.name}' {data.shape_string()}, bottom[1] "
+                        f"'{ref.name}' {ref.shape_string()}); the crop must fit "
+                        "inside bottom[0]"
+                    )
+            shape.append(new_size)
+            index.append(slice(offset, offset + new_size))
+        self.window = tuple(index)
+        top[0].reshape(shape)
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        top[0].data[...] = bottom[0].data[self.window]
+
+    def backward(
+        self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
+    ) -> None:
+        if propagate_down[0]:
+            diff = bottom[0].diff
+            diff[...] = 0
+            diff[self.window] = top[0].diff
+
+
+# -- Tile ------------------------------------------------------------------------------
+
+
+@register
+class TileLayer(Layer):
+    """Caffe's Tile (tile_layer.cpp): top repeats the bottom `tiles` times
+    along `axis` (each block of axes [axis, end) copied whole, as np.tile on
+    that axis); backward sums the copies' diffs, first to last."""
+
+    type = "Tile"
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        p = self.layer_param.tile_param
+        b = bottom[0]
+        axis = self.axis_index(b, "tile_param.axis")
+        if not p.HasField("tiles"):
+            raise self.config_error(
+                "tile_param.tiles: Number of tiles must be specified"
+            )
+        if p.tiles <= 0:
+            raise self.config_error(
+                f"tile_param.tiles: Number of tiles must be positive (got {p.tiles})"
+            )
+        self.tiles = int(p.tiles)
+        self.outer = b.count_range(0, axis)
+        self.inner = b.count_range(axis)
+        shape = list(b.shape)
+        shape[axis] *= self.tiles
+        top[0].reshape(shape)
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        y = top[0].data.reshape(self.outer, self.tiles, self.inner)
+        y[...] = bottom[0].data.reshape(self.outer, 1, self.inner)
+
+    def backward(
+        self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
+    ) -> None:
+        if not propagate_down[0]:
+            return
+        dy = top[0].diff.reshape(self.outer, self.tiles, self.inner)
+        # A sum over a middle axis adds the tiles one after another, as
+        # Caffe's copy-then-axpy loop does.
+        bottom[0].diff[...] = dy.sum(axis=1).reshape(bottom[0].shape)
+
+
+# -- Silence ---------------------------------------------------------------------------
+
+
+@register
+class SilenceLayer(Layer):
+    """Caffe's Silence (silence_layer.cpp): takes any bottoms and produces
+    nothing, so unused tops are not printed or kept; backward zeroes the
+    bottoms' diffs."""
+
+    type = "Silence"
+    min_bottom_blobs = 1
+    exact_num_top_blobs = 0
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        pass
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        pass
+
+    def backward(
+        self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
+    ) -> None:
+        for b, down in zip(bottom, propagate_down):
+            if down:
+                b.diff[...] = 0

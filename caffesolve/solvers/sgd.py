@@ -109,7 +109,7 @@ class SGDSolver(Solver):
         """Caffe's PreSolve: zero history, one blob per learnable param (x blocks)."""
         params = self.net.learnable_params
         self.history = [
-            Blob(p.shape, name=f"history{b}_{i}")
+            Blob(p.shape, name=f"history{b}_{i}", xp=self.net.backend.xp)
             for b in range(self.history_blocks)
             for i, p in enumerate(params)
         ]
