@@ -222,7 +222,7 @@ class PoolingLayer(Layer):
                 # Caffe's caffe_gpu_rng_uniform: one draw in (0, 1] per output.
                 uniform = self.buffer("uniform", out.shape, x.dtype)
                 self.rng.random(out=uniform, dtype=x.dtype)
-                np.subtract(1, uniform, out=uniform)
+                self.xp.subtract(1, uniform, out=uniform)
                 ops.stochastic_pool_train(x, g, uniform, out, self._argmax(), work)
                 self._argmax_valid = True
             else:

@@ -19,7 +19,7 @@ positions no output reads (the last (kernel-1)/stride rows and columns of
 each plane): where those are most of the work (global pooling, kernels
 nearly as large as the image), Caffe's own loop, window by window, is
 faster and runs instead. 2x2 windows with stride 2 (LeNet's) have loops of
-their own, about 3x faster than the general one there.
+their own, 2x (with the argmax) to 3.5x faster than the general one there.
 """
 
 from __future__ import annotations
