@@ -19,6 +19,7 @@ Caffe's GPU code does (its CPU code would write before the plane).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -67,13 +68,13 @@ class PoolGeometry:
     pad_w: int = 0
     ceil_mode: bool = True
 
-    @property
+    @cached_property  # asked on every pass: computed once
     def out_h(self) -> int:
         return pool_out_size(
             self.height, self.kernel_h, self.stride_h, self.pad_h, self.ceil_mode
         )
 
-    @property
+    @cached_property
     def out_w(self) -> int:
         return pool_out_size(
             self.width, self.kernel_w, self.stride_w, self.pad_w, self.ceil_mode
