@@ -2,6 +2,9 @@
 
 A blob's shape is its `data`'s shape. Layers that only change the view of a
 blob (Flatten, Reshape) make their top's arrays views of their bottom's.
+
+The same object is pycaffe's `caffe.Blob` (net.blobs['x']): `reshape(*dims)`,
+`num` / `channels` / `height` / `width` and `count` as _caffe.cpp exposes them.
 """
 
 from __future__ import annotations
@@ -49,6 +52,36 @@ class Blob:
     def num_axes(self) -> int:
         return self.data.ndim
 
+    def legacy_shape(self, index: int) -> int:
+        """Caffe's Blob::LegacyShape: dimension `index` of a blob of at most 4
+        axes, 1 past the last axis (a 2-D blob's height and width are 1)."""
+        n = self.num_axes
+        if n > 4:
+            raise ShapeError(
+                f"blob '{self.name}' {self.shape_string()} has {n} axes; "
+                "num/channels/height/width only exist for blobs of up to 4 axes "
+                "(read .shape instead)"
+            )
+        if index >= n or index < -n:
+            return 1
+        return self.shape[index]
+
+    @property
+    def num(self) -> int:
+        return self.legacy_shape(0)
+
+    @property
+    def channels(self) -> int:
+        return self.legacy_shape(1)
+
+    @property
+    def height(self) -> int:
+        return self.legacy_shape(2)
+
+    @property
+    def width(self) -> int:
+        return self.legacy_shape(3)
+
     def shape_string(self) -> str:
         """Caffe's `Blob::shape_string`: '64 1 28 28 (50176)'."""
         return shape_string(self.shape)
@@ -67,9 +100,13 @@ class Blob:
         """Product of the dimensions in [start, end) (Caffe's `count(a, b)`)."""
         return int(np.prod(self.shape[start:end], dtype=np.int64))
 
-    def reshape(self, shape: Sequence[int]) -> None:
-        """Give the blob `shape`; arrays are reallocated only when it changes."""
-        shape = tuple(int(d) for d in shape)
+    def reshape(self, *dims: int | Sequence[int]) -> None:
+        """Give the blob a shape, as one sequence (`reshape((2, 3))`) or as
+        pycaffe's dimensions (`reshape(2, 3)`; `reshape()` makes it 0-d);
+        arrays are reallocated only when the shape changes."""
+        if len(dims) == 1 and not isinstance(dims[0], (int, np.integer)):
+            dims = tuple(dims[0])  # type: ignore[arg-type]
+        shape = tuple(int(d) for d in dims)  # type: ignore[arg-type]
         if any(d < 0 for d in shape):
             raise ShapeError(f"blob '{self.name}': negative dimension in {shape}")
         if shape != self.data.shape:
@@ -128,12 +165,16 @@ class Blob:
 
 
 def proto_shape(proto: caffe_pb2.BlobProto) -> tuple[int, ...]:
-    """The shape a BlobProto describes, `shape` or legacy num/channels/h/w."""
+    """The shape a BlobProto describes, `shape` or legacy num/channels/h/w.
+
+    With neither, Caffe reads a 0-axis blob (one value: PReLU's shared
+    slope, a scalar Scale); caffesolve reads other such blobs as 1-D."""
     if proto.HasField("shape"):
         return tuple(int(d) for d in proto.shape.dim)
     if any(proto.HasField(f) for f in ("num", "channels", "height", "width")):
         return (proto.num, proto.channels, proto.height, proto.width)
-    return (len(proto.data) or len(proto.double_data),)
+    count = len(proto.data) or len(proto.double_data)
+    return () if count == 1 else (count,)
 
 
 def shape_string(shape: Sequence[int]) -> str:

@@ -73,14 +73,38 @@ def _spatial(layer: caffe_pb2.LayerParameter) -> list[str]:
     return [f"kernel size: {show(k)}", f"stride: {show(s)}", f"pad: {show(d)}"]
 
 
-def layer_label(layer: caffe_pb2.LayerParameter, rankdir: str) -> str:
-    """The box text: name, (Type[ method]), spatial parameters; one line
-    each when the graph runs left to right, spaces when top to bottom."""
+LR_MULT_TYPES = ("Convolution", "Deconvolution", "InnerProduct")
+
+
+def layer_lr_mult(layer: caffe_pb2.LayerParameter) -> tuple[float, float]:
+    """The lr_mult of a layer's weights and bias (1 where no ParamSpec says),
+    draw.py's get_layer_lr_mult."""
+    if len(layer.param) > 2:
+        raise ConfigError(
+            f"layer '{layer.name}' ({layer.type}): {len(layer.param)} param specs; "
+            "a weight and a bias lr_mult are drawn, so give at most two"
+        )
+    mults = [float(spec.lr_mult) for spec in layer.param]
+    mults += [1.0] * (2 - len(mults))
+    return mults[0], mults[1]
+
+
+def layer_label(
+    layer: caffe_pb2.LayerParameter, rankdir: str, display_lrm: bool = False
+) -> str:
+    """The box text: name, (Type[ method]), spatial parameters, and with
+    `display_lrm` the lr_mults of a learning layer ('lr mult: 1.0, 2.0',
+    unless both are 0); one line each when the graph runs left to right,
+    spaces when top to bottom."""
     kind = layer.type
     if kind == "Pooling":
         method = caffe_pb2.PoolingParameter.PoolMethod.Name(layer.pooling_param.pool)
         kind = f"{kind} {method}"
     parts = [layer.name, f"({kind})", *_spatial(layer)]
+    if display_lrm and layer.type in LR_MULT_TYPES:
+        weights, bias = layer_lr_mult(layer)
+        if weights or bias:
+            parts.append(f"lr mult: {weights:.1f}, {bias:.1f}")
     separator = " " if rankdir in ("TB", "BT") else "\n"
     return _record_text(separator.join(parts))
 
@@ -103,10 +127,16 @@ def layer_colour(layer: caffe_pb2.LayerParameter) -> str:
 
 
 def net_graph(
-    param: caffe_pb2.NetParameter, rankdir: str = "LR", phase: int | None = None
+    param: caffe_pb2.NetParameter,
+    rankdir: str = "LR",
+    phase: int | None = None,
+    label_edges: bool = True,
+    display_lrm: bool = False,
 ) -> Any:
     """The pydot graph of `param`; `phase` (TRAIN/TEST) keeps the layers a
-    net of that phase has, None keeps them all (draw_net.py's ALL)."""
+    net of that phase has, None keeps them all (draw_net.py's ALL).
+    `label_edges` writes edge_label on the edges to a layer's tops;
+    `display_lrm` adds the lr_mults to the learning layers' boxes."""
     require_extra("pydot", "draw", "caffesolve draw needs pydot")
     import pydot
 
@@ -133,14 +163,14 @@ def net_graph(
         graph.add_node(
             pydot.Node(
                 node,
-                label=layer_label(layer, rankdir),
+                label=layer_label(layer, rankdir, display_lrm),
                 fillcolor=layer_colour(layer),
                 **LAYER_STYLE,
             )
         )
         for bottom in layer.bottom:
             graph.add_edge(pydot.Edge(blob_node(bottom), node))
-        label = edge_label(layer)
+        label = edge_label(layer) if label_edges else ""
         for top in layer.top:
             attrs = {"label": label} if label else {}
             graph.add_edge(pydot.Edge(node, blob_node(top), **attrs))
@@ -159,26 +189,31 @@ def draw_net_file(
     if not fmt:
         raise ConfigError(f"{out}: give the picture an extension (.png, .svg, .dot)")
     param = read_net_params_from_text_file(net_path)
-    graph = net_graph(param, rankdir, phase)
+    write_picture(out, render(net_graph(param, rankdir, phase), fmt, str(out)))
+
+
+def render(graph: Any, fmt: str, where: str) -> bytes:
+    """`graph` as the bytes of a .`fmt` file: DOT text for .dot / .raw,
+    otherwise what Graphviz's `dot` draws; errors start with `where`."""
+    fmt = fmt.lower()
     if fmt in TEXT_FORMATS:
-        _write(out, graph.to_string().encode())
-        return
+        return graph.to_string().encode()
     if fmt not in graph.formats:
         raise ConfigError(
-            f"{out}: Graphviz does not write .{fmt} files (use .png, .svg, .pdf, "
+            f"{where}: Graphviz does not write .{fmt} files (use .png, .svg, .pdf, "
             ".jpg, or .dot for the DOT text)"
         )
     try:
-        data = graph.create(format=fmt)
+        return graph.create(format=fmt)
     except FileNotFoundError:
         raise MissingExtraError(
             "caffesolve draw needs Graphviz's `dot` program (not found): install "
             "Graphviz (Debian/Ubuntu: apt-get install graphviz), or write a .dot file"
         ) from None
-    _write(out, data)
 
 
-def _write(out: str | os.PathLike[str], data: bytes) -> None:
+def write_picture(out: str | os.PathLike[str], data: bytes) -> None:
+    """Write the picture atomically; an unwritable path is a ConfigError."""
     try:
         atomic_write_bytes(out, data)
     except OSError as e:

@@ -53,23 +53,61 @@ class _Stderr:
         sys.stderr.flush()
 
 
+# glog's severities in order; a line below `Log.min_level` is not written.
+SEVERITIES = "IWEF"
+
+
+def env_min_level() -> int:
+    """glog's GLOG_minloglevel (0 INFO, 1 WARNING, 2 ERROR, 3 FATAL), which
+    Caffe's tools and pycaffe scripts set to quieten the log; 0 if unset."""
+    value = os.environ.get("GLOG_minloglevel", "")
+    return int(value) if value.strip().lstrip("-").isdigit() else 0
+
+
 class Log:
     """Where caffesolve's glog-style lines go: stderr, plus optional files."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.streams: list[TextIO] = [stream if stream is not None else _Stderr()]
         self.quiet = False
+        self.min_level = env_min_level()
 
     def add_file(self, stream: TextIO) -> None:
         self.streams.append(stream)
 
     def write(self, severity: str, source: str, message: str) -> None:
-        if self.quiet:
+        """One glog line to every stream. A log file that cannot be written
+        (a full disk) is dropped with one warning, and the run goes on
+        logging to stderr; stderr itself failing (a closed pipe) is ignored,
+        as glog ignores it."""
+        if self.quiet or max(SEVERITIES.find(severity), 0) < self.min_level:
             return
         line = glog_prefix(severity, source) + message + "\n"
-        for s in self.streams:
-            s.write(line)
-            s.flush()
+        for s in list(self.streams):
+            try:
+                s.write(line)
+                s.flush()
+            except OSError as e:
+                if s is self.streams[0]:
+                    continue
+                self.drop(s)
+                self.write(
+                    "W",
+                    "log.py:0",
+                    f"cannot write the log file {getattr(s, 'name', s)} "
+                    f"({os.strerror(e.errno) if e.errno else e}); the log goes "
+                    "on on stderr only",
+                )
+
+    def drop(self, stream: TextIO) -> None:
+        """Stop writing to `stream` (a file added by add_file) and close it;
+        what it could not write is lost."""
+        if stream in self.streams:
+            self.streams.remove(stream)
+        try:
+            stream.close()
+        except OSError:
+            pass
 
     def info(self, source: str, message: str) -> None:
         self.write("I", source, message)

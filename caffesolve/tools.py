@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
+from typing import TextIO
 
 import numpy as np
 
@@ -140,7 +141,7 @@ def score(
     return float(loss), results
 
 
-def open_log_file(path: str | os.PathLike[str], log: Log = LOG) -> object:
+def open_log_file(path: str | os.PathLike[str], log: Log = LOG) -> TextIO:
     """`--log FILE`: append the glog lines to FILE too; returns the stream."""
     p = Path(path)
     try:
@@ -207,7 +208,10 @@ def time_net(net: Net, iterations: int = 50, log: bool = True) -> NetTiming:
         backward_start = clock()
         for i in range(n - 1, -1, -1):
             t = clock()
-            layers[i].backward(tops[i], net.bottom_need_backward[i], bottoms[i])
+            try:
+                layers[i].backward(tops[i], net.bottom_need_backward[i], bottoms[i])
+            except Exception as e:
+                net.raise_layer_failure(i, e)
             backward_s[i] += clock() - t
         backward_total += clock() - backward_start
         info(

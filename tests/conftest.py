@@ -3,7 +3,8 @@ paths of ../shared (Caffe's example prototxts, the MNIST test digits), and
 C++ reference programs compiled as Caffe is.
 
 Plain functions and constants are imported by the test modules
-(`from conftest import layer_from`); fixtures are found by pytest.
+(`from conftest import layer_from`); fixtures are found by pytest. `disk`
+(a small filesystem of its own) is for the fault tests (fault_helpers.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from caffesolve.blob import Blob
 from caffesolve.cli import cli
 from caffesolve.layers import Layer, create_layer
 from caffesolve.log import LOG
@@ -38,6 +40,24 @@ def layer_from(text: str, phase: int = caffe_pb2.TRAIN, seed: int = SEED) -> Lay
     """A layer built from its LayerParameter text, with its own seeded rng."""
     param = parse_prototxt_text(text, caffe_pb2.LayerParameter(), "<test>")
     return create_layer(param, phase, rng(seed))
+
+
+def forward_backward(
+    text: str, x: np.ndarray, dy: np.ndarray, in_place: bool = False, **kw: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The layer `text` on a bottom holding x (its top the bottom itself when
+    in_place): forward, then backward from top diff dy, once; (top data,
+    bottom diff). `kw` goes to layer_from (phase, seed)."""
+    layer = layer_from(text, **kw)
+    bottom = Blob(x.shape, dtype=x.dtype)
+    bottom.data[...] = x
+    top = bottom if in_place else Blob(dtype=x.dtype)
+    layer.setup([bottom], [top])
+    layer.forward([bottom], [top])
+    y = top.data.copy()
+    top.diff[...] = dy
+    layer.backward([top], [True], [bottom])
+    return y, bottom.diff.copy()
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
@@ -62,6 +82,24 @@ def quiet_log() -> Iterator[None]:
     LOG.quiet = True
     yield
     LOG.quiet = False
+
+
+@pytest.fixture
+def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """`disk(size)`: a folder on a filesystem of `size` bytes of its own
+    (fault_helpers.Disk: a tmpfs where mounting is allowed), unmounted after."""
+    from fault_helpers import Disk
+
+    made: list[Disk] = []
+
+    def make(size: int, name: str = "disk") -> Disk:
+        d = Disk(tmp_path / name, size, monkeypatch)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.unmount()
 
 
 def compile_cpp(

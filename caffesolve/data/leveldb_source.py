@@ -86,6 +86,7 @@ class LevelDBCursor:
         self.it.seek_to_first()
         if not self.it.valid():
             raise DataError(f"{prefix}{self.path}: the LevelDB holds no records")
+        self.batch_start = self.key()
         LOG.info("db_leveldb.cpp:18", f"Opened leveldb {self.path}")
 
     def key(self) -> bytes:
@@ -110,11 +111,22 @@ class LevelDBCursor:
 
     def read(self, n: int) -> list[bytes]:
         """The next n values in key order, wrapping; the cursor ends past them."""
+        self.batch_start = self.key()
         out = []
         for _ in range(n):
             out.append(self.value())
             self.next()
         return out
+
+    def key_of(self, i: int) -> str:
+        """The key of record i of the last `read` (for error messages)."""
+        it = self.shared.db.raw_iterator()
+        it.seek(self.batch_start)
+        for _ in range(i):
+            it.next()
+            if not it.valid():
+                it.seek_to_first()
+        return bytes(it.key()).decode(errors="replace") if it.valid() else "?"
 
     def seek(self, key: bytes) -> None:
         """Position on `key`, or the first key after it, or the first."""

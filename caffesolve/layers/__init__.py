@@ -61,7 +61,10 @@ for _module in (
     "loss",
     "logistic_loss",
     "margin_loss",
+    "normalization",
+    "scale",
     "recurrent",
+    "python",
 ):
     importlib.import_module(f"caffesolve.layers.{_module}")
 

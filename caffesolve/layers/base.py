@@ -41,6 +41,9 @@ class Layer:
     is_loss: ClassVar[bool] = False
     # False for layers whose top must not be their bottom (Split, Flatten...).
     allow_in_place: ClassVar[bool] = True
+    # True for layers that run the user's code (Python): their exceptions
+    # reach the caller unchanged instead of becoming a layer error.
+    runs_user_code: ClassVar[bool] = False
     # The array module of the layer's blobs and buffers (caffesolve.backend).
     xp: Any = np
 
@@ -56,6 +59,12 @@ class Layer:
         self.blobs: list[Blob] = []
         self.param_propagate_down: list[bool] = []
         self.loss: list[float] = []
+        self.configure()
+
+    def configure(self) -> None:
+        """Construction-time work that reads `layer_param`, before any setup
+        (Caffe's layer constructors): e.g. blob-count rules that depend on a
+        parameter. Nothing by default."""
 
     # -- identity and errors -------------------------------------------------
 
@@ -142,6 +151,11 @@ class Layer:
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
     ) -> None:
         """Write bottom diffs (where propagate_down) and add to param diffs."""
+
+    def blob_roles(self) -> list[str]:
+        """What each of `blobs` holds ("mean", "variance", ...), for the
+        message when a weights file has the wrong number; [] if not named."""
+        return []
 
     def allow_force_backward(self, bottom_index: int) -> bool:
         """Caffe's AllowForceBackward: False for inputs like labels."""

@@ -59,16 +59,10 @@ class InputLayer(Layer):
 
 def missing_source_hint(source: str) -> str:
     """The command that creates `source`, for the databases caffesolve can make."""
-    from caffesolve.data.cifar10 import OUTPUTS as CIFAR10
-    from caffesolve.data.datasets import DATASETS
+    from caffesolve.data.datasets import dataset_command
 
-    p = Path(source)
-    made = {n: ds.name for ds in DATASETS.values() for n in ds.lmdb_names()}
-    made.update({n: "cifar10" for n in CIFAR10})
-    if p.name in made:
-        parent = str(p.parent) if str(p.parent) else "."
-        return f"; create it with: caffesolve data {made[p.name]} --out {parent}"
-    return ""
+    command = dataset_command(source)
+    return f"; create it with: {command}" if command else ""
 
 
 def effective_transform_param(
@@ -195,7 +189,7 @@ class _DatumBatchLoader:
         values = self.cursor.read(self.batch_size)
         tp = self.transformer.param
         data, label = decode_datums(
-            values, self.cursor.path, tp.force_color, tp.force_gray
+            values, self.cursor.path, tp.force_color, tp.force_gray, self.cursor.key_of
         )
         return Batch(self.transformer.transform(data), label, self.state())
 

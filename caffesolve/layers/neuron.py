@@ -14,6 +14,7 @@ import numpy.typing as npt
 from caffesolve.blob import Blob
 from caffesolve.layers import register
 from caffesolve.layers.base import Layer
+from caffesolve.ops import libm
 from caffesolve.proto import caffe_pb2
 
 Array = npt.NDArray[np.float32]
@@ -42,9 +43,9 @@ def relu(x: Array, negative_slope: float) -> Array:
 
 
 def sigmoid(x: Array) -> Array:
-    """Sigmoid: 0.5 * tanh(0.5 * x) + 0.5 (sigmoid_layer.cpp)."""
-    half = x.dtype.type(0.5)
-    return half * np.tanh(half * x) + half
+    """Sigmoid: 0.5 * tanh(0.5 * x) + 0.5, in double as Caffe's literals make
+    it (sigmoid_layer.cpp; ops/libm.py)."""
+    return libm.sigmoid(np.ascontiguousarray(x))
 
 
 # -- layers --------------------------------------------------------------------
@@ -87,7 +88,8 @@ class ReLULayer(NeuronLayer):
 
 @register
 class SigmoidLayer(NeuronLayer):
-    """Caffe's Sigmoid: y = 1 / (1 + exp(-x)); dx = dy * y * (1 - y)."""
+    """Caffe's Sigmoid: y = 0.5 * tanh(0.5 * x) + 0.5 (= 1 / (1 + exp(-x)));
+    dx = dy * y * (1 - y), with Caffe's double steps (ops/libm.py)."""
 
     type = "Sigmoid"
 
@@ -98,19 +100,22 @@ class SigmoidLayer(NeuronLayer):
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
     ) -> None:
         if propagate_down[0]:
+            # top_diff * sigmoid_x * (1. - sigmoid_x): the first product in
+            # Dtype, the second with a double literal, rounded once.
             y = top[0].data
-            bottom[0].diff[...] = top[0].diff * y * (1 - y)
+            part = (top[0].diff * y).astype(np.float64, copy=False)
+            grad = part * (1.0 - y.astype(np.float64, copy=False))
+            np.copyto(bottom[0].diff, grad, casting="same_kind")
 
 
 @register
 class TanHLayer(NeuronLayer):
-    """Caffe's TanH: y = tanh(x); dx = dy * (1 - y^2)."""
+    """Caffe's TanH: y = tanh(x) (libm's tanhf for float32); dx = dy * (1 - y^2)."""
 
     type = "TanH"
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        xp = self.xp
-        top[0].data[...] = xp.tanh(bottom[0].data)
+        top[0].data[...] = libm.tanh(np.ascontiguousarray(bottom[0].data))
 
     def backward(
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
@@ -403,3 +408,93 @@ class ThresholdLayer(NeuronLayer):
             raise self.config_error(
                 "Threshold Layer cannot backpropagate (Caffe: Not Implemented Yet)"
             )
+
+
+@register
+class PReLULayer(NeuronLayer):
+    """Caffe's PReLU (prelu_layer.cpp): y = max(x, 0) + a_c * min(x, 0), one
+    learned slope a_c per channel (axis 1), or one for all with
+    channel_shared (a 0-axis blob); prelu_param.filler, constant 0.25 by
+    default. Backward: a_c's diff += sum of dy * x over x <= 0; dx = dy * ((x
+    > 0) + a_c * (x <= 0)). In place, forward keeps a copy of x (Caffe's
+    bottom_memory_) and the slope diff is taken before the bottom diff
+    overwrites the top diff."""
+
+    type = "PReLU"
+
+    def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
+        b = bottom[0]
+        if b.num_axes < 2:
+            raise self.shape_error(
+                "Number of axes of bottom blob must be >=2 (bottom "
+                f"'{b.name}' is {b.shape_string()})"
+            )
+        p = self.layer_param.prelu_param
+        self.channel_shared = bool(p.channel_shared)
+        channels = b.shape[1]
+        if not self.blobs:
+            shape = () if self.channel_shared else (channels,)
+            slope = Blob(shape, dtype=b.data.dtype, xp=self.xp)
+            filler = p.filler
+            if not p.HasField("filler"):
+                filler = caffe_pb2.FillerParameter(type="constant", value=0.25)
+            self.fill(slope, filler, "prelu_param.filler")
+            self.blobs = [slope]
+        expected = 1 if self.channel_shared else channels
+        if len(self.blobs) != 1 or self.blobs[0].count != expected:
+            raise self.config_error(
+                "prelu_param.channel_shared: Negative slope size is inconsistent "
+                f"with prototxt config (the layer wants 1 blob of {expected} "
+                f"values for {channels} channels)"
+            )
+
+    def blob_roles(self) -> list[str]:
+        return ["slope"]
+
+    def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
+        if bottom[0].num_axes < 2:
+            raise self.shape_error(
+                "Number of axes of bottom blob must be >=2 (bottom "
+                f"'{bottom[0].name}' is {bottom[0].shape_string()})"
+            )
+        super().reshape(bottom, top)
+        b = bottom[0]
+        # (N, C, rest): with channel_shared all channels read the one slope.
+        self.dims = (b.shape[0], b.shape[1], b.count_range(2))
+
+    def _slope(self) -> Array:
+        """The slopes, shaped to broadcast over (N, C, rest)."""
+        a = self.blobs[0].data
+        return a.reshape(1, 1, 1) if self.channel_shared else a.reshape(1, -1, 1)
+
+    def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
+        x = bottom[0].data
+        xp = self.xp
+        if top[0] is bottom[0]:
+            saved = self.buffer("bottom_memory", x.shape, x.dtype)
+            xp.copyto(saved, x)
+        x3 = x.reshape(self.dims)
+        negative = xp.minimum(x3, 0) * self._slope()
+        xp.add(xp.maximum(x3, 0), negative, out=top[0].data.reshape(self.dims))
+
+    def backward(
+        self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
+    ) -> None:
+        x = bottom[0].data
+        if top[0] is bottom[0]:
+            x = self.buffer("bottom_memory", x.shape, x.dtype)
+        x3 = x.reshape(self.dims)
+        dy = top[0].diff.reshape(self.dims)
+        xp = self.xp
+        non_positive = x3 <= 0
+        if self.param_propagate_down[0]:
+            # Before the bottom diff: in place it is the top diff.
+            terms = dy * x3 * non_positive
+            slope_diff = self.blobs[0].diff
+            if self.channel_shared:
+                slope_diff += terms.sum()
+            else:
+                slope_diff += terms.sum(axis=2).sum(axis=0)
+        if propagate_down[0]:
+            factor = (x3 > 0) + self._slope() * non_positive
+            xp.multiply(dy, factor, out=bottom[0].diff.reshape(self.dims))

@@ -47,15 +47,9 @@ class PoolingLayer(Layer):
     min_top_blobs = 1
     max_top_blobs = 2
 
-    def __init__(
-        self,
-        param: caffe_pb2.LayerParameter,
-        phase: int = caffe_pb2.TRAIN,
-        rng: np.random.Generator | None = None,
-    ) -> None:
-        super().__init__(param, phase, rng)
+    def configure(self) -> None:
         # Caffe's MaxTopBlobs: MAX may also output its mask.
-        self.max_top_blobs = 2 if param.pooling_param.pool == MAX else 1
+        self.max_top_blobs = 2 if self.layer_param.pooling_param.pool == MAX else 1
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.layer_param.pooling_param

@@ -1,21 +1,28 @@
-"""C's float functions expf and powf, elementwise, as the platform's libm
-rounds them (Caffe's float expressions call them: lr_policy's inv, poly and
-sigmoid, lstm_unit_layer.cpp's sigmoid).
+"""C's float functions expf, powf and tanhf, elementwise, as the platform's
+libm rounds them (Caffe's float expressions call them: lr_policy's inv, poly
+and sigmoid, lstm_unit_layer.cpp's sigmoid, tanh_layer.cpp), and Caffe's
+sigmoid (sigmoid_layer.cpp: 0.5 * tanh(0.5 * x) + 0.5, in double).
 
-NumPy's own float32 exp and power are SIMD code that differs from glibc's
-expf and powf in the last bit for a large share of elements; these compute
-in double and hand the few elements whose rounding is in doubt to libm
-itself (through ctypes).
+NumPy's own float32 exp, power and tanh are SIMD code that differs from
+glibc's expf, powf and tanhf in the last bit for a large share of elements
+(a third of them for tanh). expf and powf compute in double and hand the few
+elements whose rounding is in doubt to libm itself (through ctypes); tanhf
+and the sigmoid run compiled loops whose math.tanh is libm's own tanhf
+(float32) or tanh (double), with NumPy twins for when the kernels are off
+(NumPy's float32 tanh: within 2 ulps of libm's tanhf).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
+
+from caffesolve import kernels
 
 
 def _load_libm(name: str, nargs: int) -> Callable[..., float] | None:
@@ -81,3 +88,38 @@ def expf(t: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     with np.errstate(over="ignore"):
         e64 = np.exp(t.astype(np.float64))
     return _as_libm_rounds(e64, _LIBM_EXPF, t)
+
+
+def tanhf_kernel(x, out):  # type: ignore[no-untyped-def]
+    """out = tanh(x) elementwise: libm's tanhf for float32, tanh for double."""
+    for i in range(x.size):
+        out[i] = math.tanh(x[i])
+
+
+def sigmoid_kernel(x, out):  # type: ignore[no-untyped-def]
+    """out = 0.5 * tanh(0.5 * x) + 0.5 in double, rounded once to out's type."""
+    for i in range(x.size):
+        out[i] = 0.5 * math.tanh(0.5 * np.float64(x[i])) + 0.5
+
+
+def tanh(x: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
+    """tanh_layer.cpp's tanh(Dtype): tanhf for float32 (libm's), tanh for
+    double."""
+    out = np.empty_like(x)
+    if x.size and kernels.takes(x, out):
+        kernels.compiled(tanhf_kernel)(x.reshape(-1), out.reshape(-1))
+    else:
+        np.tanh(x, out=out)
+    return out
+
+
+def sigmoid(x: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
+    """sigmoid_layer.cpp's sigmoid: 0.5 * tanh(0.5 * x) + 0.5, whose 0.5
+    literals make it double arithmetic, rounded to x's type on return."""
+    out = np.empty_like(x)
+    if x.size and kernels.takes(x, out):
+        kernels.compiled(sigmoid_kernel)(x.reshape(-1), out.reshape(-1))
+    else:
+        x64 = x.astype(np.float64)
+        np.copyto(out, 0.5 * np.tanh(0.5 * x64) + 0.5, casting="unsafe")
+    return out
