@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from caffesolve import files
 from caffesolve.blob import Blob
 from caffesolve.errors import DataError, ShapeError
 from caffesolve.layers import register
@@ -248,6 +249,8 @@ class HDF5DataLayer(Layer):
 
 # HDF5_DATA_DATASET_NAME and HDF5_DATA_LABEL_NAME (hdf5_output_layer.hpp)
 DATA_DATASET, LABEL_DATASET = "data", "label"
+# Room HDF5Output keeps free beyond twice a batch: chunk and metadata growth.
+ROOM_MARGIN = 2 << 20  # two chunks of up to 1 MiB (h5py's largest guess)
 
 
 def legacy_shape(blob: Blob, where: str) -> tuple[int, int, int, int]:
@@ -277,7 +280,10 @@ class HDF5OutputLayer(Layer):
     Caffe's first forward makes the two datasets and a second forward fails
     (the datasets exist); here each further forward appends its rows, so a
     TEST net run for many iterations keeps every batch. The file is flushed
-    after each forward and closed with the layer (`close()`).
+    after each forward and closed with the layer (`close()`). A batch that
+    might not fit on the disk is refused with an error before anything is
+    written (the HDF5 library crashes the process when a write fails on a
+    full disk), so the rows already saved stay readable.
     """
 
     type = "HDF5Output"
@@ -310,6 +316,7 @@ class HDF5OutputLayer(Layer):
                 f"({data_shape[0]} and {label_shape[0]})"
             )
         LOG.info("hdf5_output_layer.cpp:40", f"Saving HDF5 file {self.file_name}")
+        self._check_room(bottom)
         for name, blob, shape in (
             (DATA_DATASET, bottom[0], data_shape),
             (LABEL_DATASET, bottom[1], label_shape),
@@ -332,6 +339,20 @@ class HDF5OutputLayer(Layer):
             ds[start:] = rows
         self.file.flush()
         LOG.info("hdf5_output_layer.cpp:46", f"Successfully saved {data_shape[0]} rows")
+
+    def _check_room(self, bottom: list[Blob]) -> None:
+        """Refuse a batch unless the disk holds twice its bytes and a margin
+        for HDF5's chunks and metadata (ROOM_MARGIN)."""
+        need = 2 * sum(b.count * 4 for b in bottom) + ROOM_MARGIN
+        folder = Path(self.file_name).resolve().parent
+        free = files.free_bytes(folder)
+        if free < need:
+            raise DataError(
+                f"{self.where()}: {self.file_name}: not enough disk space for the "
+                f"next batch ({need} bytes wanted, {free} free); the rows saved so "
+                "far are in the file. Free some space or write to another disk "
+                "(hdf5_output_param.file_name)."
+            )
 
     def close(self) -> None:
         """Close the file (also done when the layer is dropped)."""
