@@ -282,7 +282,7 @@ def shard_data_layers(w: World, layers: list[Layer], log: Log = LOG) -> None:
                 "parallel.py:0",
                 f"layer '{param.name}' ({param.type}) does not share its records "
                 f"out among the {w.size} ranks: every rank reads the same ones "
-                "(Data and HDF5Data do)",
+                "(Data, HDF5Data and ImageData do)",
             )
 
 
