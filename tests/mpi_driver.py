@@ -5,9 +5,9 @@
                                                history to OUT/<name>_rank<r>.npz
     python mpi_driver.py cli ARGS...           `caffesolve ARGS` (the CLI)
 
-Both register TestFault, an in-place layer that at one forward pass of one
-rank raises, kills its process or signals it, as CAFFESOLVE_TEST_FAULT =
-"RANK:FORWARD:ACTION" says (ACTION: raise, kill, sigint, sighup).
+Both register TestFault, an in-place layer that at given forward passes of
+given ranks raises, kills its process or signals it, as CAFFESOLVE_TEST_FAULT
+= "RANK:FORWARD:ACTION[:TEST],..." says (ACTION: raise, kill, sigint, sighup).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from caffesolve.proto import caffe_pb2
 
 
 class TestFaultLayer(Layer):
-    """In place, does nothing to the data; counts its forward passes and
-        acts at the one CAFFESOLVE_TEST_FAULT names ("RANK:FORWARD:ACTION", or
-    with ":TEST" added, in the test net)."""
+    """In place, does nothing to the data; counts its forward passes and acts
+    at those CAFFESOLVE_TEST_FAULT names: comma-separated "RANK:FORWARD:ACTION",
+    each with ":TEST" added to act in the test net instead of the train net."""
 
     type = "TestFault"
     exact_num_bottom_blobs = 1
@@ -38,24 +38,30 @@ class TestFaultLayer(Layer):
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         self.forwards = 0
-        spec = os.environ.get("CAFFESOLVE_TEST_FAULT", "")
-        self.rank, self.at, self.action, *phase = (spec or "::").split(":")
-        if self.phase != caffe_pb2.Phase.Value(phase[0] if phase else "TRAIN"):
-            self.action = ""
+        self.events: dict[int, str] = {}
+        rank = parallel.world().rank
+        for event in filter(
+            None, os.environ.get("CAFFESOLVE_TEST_FAULT", "").split(",")
+        ):
+            on, at, action, *phase = event.split(":")
+            in_phase = caffe_pb2.Phase.Value(phase[0] if phase else "TRAIN")
+            if int(on) == rank and in_phase == self.phase:
+                self.events[int(at)] = action
 
     def reshape(self, bottom: list[Blob], top: list[Blob]) -> None:
         pass
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
         self.forwards += 1
-        if not self.action or self.forwards != int(self.at):
+        action = self.events.get(self.forwards)
+        if action is None:
             return
-        if parallel.world().rank != int(self.rank):
-            return
-        if self.action == "raise":
-            raise DataError(f"{self.where()}: injected fault at forward {self.at}")
+        if action == "raise":
+            raise DataError(
+                f"{self.where()}: injected fault at forward {self.forwards}"
+            )
         signum = {"kill": signal.SIGKILL, "sigint": signal.SIGINT}.get(
-            self.action, signal.SIGHUP
+            action, signal.SIGHUP
         )
         os.kill(os.getpid(), signum)
 

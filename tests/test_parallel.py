@@ -479,20 +479,24 @@ def test_a_raising_rank_ends_the_job_with_one_line(
         assert caffe_pb2.SolverState.FromString(state.read_bytes()).iter == 6
 
 
-def test_sigint_to_rank_0_stops_every_rank_after_a_snapshot(
+def test_rank_0s_signals_act_on_every_rank(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Only rank 0 reads SIGINT; the others learn it at the iteration boundary
-    # and all leave the loop after iteration 6, rank 0 snapshotting it.
+    # Only rank 0 reads SIGHUP and SIGINT; the others learn of them at the
+    # iteration boundary: rank 0 alone snapshots after iteration 2 (SIGHUP:
+    # rank 1 ignores its own), and all leave the loop after iteration 6,
+    # rank 0 snapshotting it.
     require_mpi()
     solver = cli_solver(tmp_path, data)
-    monkeypatch.setenv("CAFFESOLVE_TEST_FAULT", "0:7:sigint")
+    monkeypatch.setenv("CAFFESOLVE_TEST_FAULT", "0:3:sighup,1:5:sighup,0:7:sigint")
     done = run_mpi(2, ["cli", "train", str(solver)], timeout=90)
     assert done.returncode == 0, done.stderr[-3000:]
     log = done.stderr
+    assert log.count("Received SIGHUP: snapshot requested") == 1
     assert "Received SIGINT: stop requested" in log
     assert "Optimization stopped early." in log
-    assert (tmp_path / "snap_iter_7.caffemodel").exists()
+    snapshots = sorted(p.name for p in tmp_path.glob("snap_iter_*.solverstate"))
+    assert snapshots == ["snap_iter_3.solverstate", "snap_iter_7.solverstate"]
     assert re.search(r"\] Using MPI ranks 0, 1\n", log)
     assert len(re.findall(r"\] Rank [01]: ", log)) == 2
     assert "Solving TinyConv" in log and log.count("Solving TinyConv") == 1
