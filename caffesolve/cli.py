@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -644,6 +646,38 @@ def time_command(
 
 # -- train / test --------------------------------------------------------------
 
+
+@contextlib.contextmanager
+def _one_rank_fails_all() -> Iterator[None]:
+    """Under `mpirun -n N`: an error on one rank ends the whole job, with one
+    line from that rank. Rank 0 reports an error every rank raised alike
+    (parallel.WorldError) and all exit 1; any other error is printed by its
+    rank, which then aborts the job (the others wait in a collective and
+    would hang). One process: errors pass through unchanged."""
+    try:
+        yield
+    except BaseException as e:
+        from caffesolve import parallel
+
+        world = parallel.running_world()
+        if world is None or isinstance(e, click.exceptions.Exit):
+            raise
+        if isinstance(e, SystemExit) and not e.code:
+            raise
+        if isinstance(e, parallel.WorldError):
+            if world.is_root:
+                raise
+            raise SystemExit(1) from None
+        debug = (click.get_current_context().obj or {}).get("debug")
+        if debug or not isinstance(e, CaffesolveError):
+            traceback.print_exc()
+        what = str(e) if isinstance(e, CaffesolveError) else f"{type(e).__name__}: {e}"
+        click.echo(f"Error: {world.where()}: {what}", err=True)
+        sys.stderr.flush()
+        world.abort(1)
+        raise
+
+
 _SIGNAL_EFFECTS = click.Choice(["stop", "snapshot", "none"])
 
 
@@ -699,10 +733,15 @@ def train(
     caffesolve train configs/lenet_solver.prototxt
     caffesolve train SOLVER --snapshot lenet_iter_5000.solverstate
     caffesolve train SOLVER --weights pretrained.caffemodel --log train.log
+    mpirun -n 4 caffesolve train SOLVER      # data-parallel, 4 ranks
+
+    Under mpirun (pip install 'caffesolve[mpi]') the ranks train one model:
+    each reads every N-th record, gradients are averaged, rank 0 logs,
+    tests and snapshots (the effective batch is N x batch_size).
     """
     from caffesolve import tools
 
-    with _logging_to(log_file):
+    with _logging_to(log_file), _one_rank_fails_all():
         tools.train(
             solver,
             snapshot=snapshot,

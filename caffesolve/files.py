@@ -60,6 +60,11 @@ def create_temp(target: str | os.PathLike[str]) -> Path:
     )
 
 
+def free_bytes(folder: str | os.PathLike[str]) -> int:
+    """Bytes an unprivileged writer may still put on `folder`'s filesystem."""
+    return shutil.disk_usage(folder).free
+
+
 def fsync_file(path: str | os.PathLike[str]) -> None:
     """Flush a file's data to the disk."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

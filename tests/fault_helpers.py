@@ -322,6 +322,13 @@ class Disk:
                 )
             real_batches(lmdb, path, batches)
 
+        def free_bytes(folder: str | os.PathLike[str]) -> int:
+            if self.inside(folder):
+                return max(0, size - self.used())
+            return real_free(folder)
+
+        real_free = files.free_bytes
+        monkeypatch.setattr(files, "free_bytes", free_bytes)
         monkeypatch.setattr(files, "create_temp", create_temp)
         monkeypatch.setattr(files, "write_bytes_to", write_bytes_to)
         monkeypatch.setattr(lmdb_source, "_write_batches", write_batches)

@@ -36,6 +36,8 @@ from fault_helpers import (
 )
 from test_datasets import TEST, TRAIN, check_dbs, idx_bytes, tiny_files
 
+from caffesolve.proto import caffe_pb2
+
 
 def truncate(db: Path, keep: int) -> None:
     with open(db / "data.mdb", "r+b") as f:
@@ -389,3 +391,43 @@ def test_mirror_may_be_a_local_folder(tmp_path: Path) -> None:
     assert code == 1
     assert "--mirror nowhere/at/all: not a URL (http://, https://, ftp://) nor a " \
         "folder" in error_line(stderr)  # fmt: skip
+
+
+# -- HDF5Output on a full disk ---------------------------------------------------------
+
+OUTPUT_NET = """
+name: "Dump"
+layer { name: "data" type: "Data" top: "data" top: "label"
+  data_param { source: "%(db)s" batch_size: 100 backend: LMDB } }
+layer { name: "out" type: "HDF5Output" bottom: "data" bottom: "label"
+  hdf5_output_param { file_name: "%(out)s" } }
+"""
+
+
+def test_hdf5_output_refuses_a_batch_the_disk_cannot_hold(tmp_path: Path, disk) -> None:
+    """HDF5 crashes the process (SIGSEGV) when a write fails on a full disk:
+    HDF5Output refuses the batch first, with one line, and the rows saved so
+    far stay readable."""
+    side = 16
+    make_lmdb(tmp_path / "db", n=300, side=side)
+    d = disk(4 << 20)
+    out = d.path / "features.h5"
+    net = tmp_path / "dump.prototxt"
+    net.write_text(OUTPUT_NET % {"db": tmp_path / "db", "out": out})
+    weights = tmp_path / "none.caffemodel"
+    weights.write_bytes(caffe_pb2.NetParameter().SerializeToString())
+    code, _, stderr = run(
+        "test", "--model", str(net), "--weights", str(weights), "--iterations", "60"
+    )
+    assert code == 1
+    line = error_line(stderr)
+    assert f"layer 'out' (HDF5Output): {out}: not enough disk space" in line
+    assert "the rows saved so far are in the file" in line
+    pixels, labels = images(300, 0, side)
+    with h5py.File(out, "r") as f:
+        rows = f["data"].shape[0]
+        assert rows >= 100 and rows % 100 == 0
+        saved = np.concatenate([pixels] * (rows // 300 + 1))[:rows]
+        np.testing.assert_array_equal(f["data"][()].reshape(rows, side, side), saved)
+        want = np.concatenate([labels] * (rows // 300 + 1))[:rows]
+        np.testing.assert_array_equal(f["label"][()].reshape(rows), want)

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from caffesolve import kernels
-from caffesolve.ops import conv, im2col, pooling, row_shift
+from caffesolve.ops import conv, im2col, row_shift
 from caffesolve.ops.im2col import ConvGeometry
-from caffesolve.ops.pooling import PoolGeometry
 
 GEOMETRIES = [
     ConvGeometry(2, 3, 5, 6, 3, 3),
@@ -168,49 +167,11 @@ def test_conv_out_size(
     assert im2col.conv_out_size(size, kernel, stride, pad, dilation) == expect
 
 
-@pytest.mark.parametrize(
-    "size,kernel,stride,pad,ceil_mode,expect",
-    [
-        (24, 2, 2, 0, True, 12),  # LeNet pool1
-        (5, 2, 2, 0, True, 3),  # ceil keeps a partial window
-        (5, 2, 2, 0, False, 2),
-        (6, 3, 2, 0, True, 3),  # Caffe TestSetup
-        (6, 3, 2, 1, True, 4),  # TestSetupPadded
-        (5, 3, 2, 1, True, 3),
-        (5, 2, 2, 1, True, 3),  # 4 by ceil, last would start in the padding
-        (55, 3, 2, 0, True, 27),  # AlexNet pool1
-        (13, 3, 2, 0, True, 6),
-    ],
-)
-def test_pool_out_size(
-    size: int, kernel: int, stride: int, pad: int, ceil_mode: bool, expect: int
-) -> None:
-    assert pooling.pool_out_size(size, kernel, stride, pad, ceil_mode) == expect
-
-
 def test_prefer_batch_inner_for_lenet() -> None:
     conv1 = ConvGeometry(64, 1, 28, 28, 5, 5)
     conv2 = ConvGeometry(64, 20, 12, 12, 5, 5)
     assert not conv.prefer_batch_inner(conv1, 20)
     assert conv.prefer_batch_inner(conv2, 50)
-
-
-def test_ave_pool_divisor_hand_values() -> None:
-    # 4 wide, kernel 3, stride 2, pad 1: windows start at -1, 1, 3 and end
-    # at min(start + 3, 5): sizes 3, 3, 2.
-    g = PoolGeometry(1, 1, 4, 4, 3, 3, 2, 2, 1, 1)
-    np.testing.assert_array_equal(
-        pooling.ave_pool_divisor(g, np.float64), np.outer([3, 3, 2], [3, 3, 2])
-    )
-
-
-def test_argmax_to_caffe_mask() -> None:
-    g = PoolGeometry(1, 1, 4, 5, 2, 3, 2, 2, 1, 1)
-    argmax = np.zeros((1, 1, g.out_h, g.out_w), np.uint8)
-    argmax[0, 0, 1, 1] = 1 * 3 + 2  # kernel row 1, column 2
-    mask = pooling.argmax_to_caffe_mask(argmax, g, np.float32)
-    # output (1, 1) starts at (1*2 - 1, 1*2 - 1) = (1, 1): element (2, 3)
-    assert mask[0, 0, 1, 1] == 2 * 5 + 3
 
 
 # -- per-image columns and the row-shift lowering -------------------------------------
@@ -324,75 +285,6 @@ def test_row_shift_only_for_vertical_stride_and_dilation_one() -> None:
     assert row_shift.row_shift_ok(ConvGeometry(1, 1, 5, 5, 3, 3, 1, 2))
     assert not row_shift.row_shift_ok(ConvGeometry(1, 1, 5, 5, 3, 3, 2, 1))
     assert not row_shift.row_shift_ok(ConvGeometry(1, 1, 9, 9, 3, 3, 1, 1, 0, 0, 2, 1))
-
-
-# -- pooling over tiling windows ------------------------------------------------------
-
-
-TILE_CASES = [
-    PoolGeometry(2, 3, 6, 8, 2, 2, 2, 2),  # LeNet's 2x2 stride 2
-    PoolGeometry(2, 2, 6, 6, 3, 2, 3, 2),  # non-square
-    PoolGeometry(1, 2, 4, 6, 1, 3, 1, 3),  # one kernel row
-    PoolGeometry(1, 2, 6, 4, 3, 1, 3, 1),  # one kernel column
-    PoolGeometry(1, 1, 17, 17, 17, 17, 17, 17),  # 289 offsets: uint16 argmax
-]
-
-
-def test_pool_tiles_detects_tilings() -> None:
-    for g in TILE_CASES:
-        assert pooling.pool_tiles(g)
-    assert not pooling.pool_tiles(PoolGeometry(1, 1, 5, 5, 2, 2, 2, 2))  # ceil window
-    assert not pooling.pool_tiles(PoolGeometry(1, 1, 6, 6, 3, 3, 2, 2))  # overlap
-    assert not pooling.pool_tiles(PoolGeometry(1, 1, 6, 6, 2, 2, 2, 2, 1, 1))  # pad
-
-
-def tricky_values(shape: tuple[int, ...], dtype: type, seed: int) -> np.ndarray:
-    """Few distinct values (many ties), with NaN, -inf and -FLT_MAX."""
-    rng = np.random.default_rng(seed)
-    flt_max = float(np.finfo(np.float32).max)
-    pool = np.array([np.nan, -np.inf, -flt_max, -1.0, 0.0, 0.5, 2.0, np.inf])
-    return rng.choice(
-        pool, size=shape, p=[0.1, 0.1, 0.1, 0.2, 0.2, 0.1, 0.15, 0.05]
-    ).astype(dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("g", TILE_CASES)
-def test_tiled_max_pool_matches_general_path(g: PoolGeometry, dtype: type) -> None:
-    # Same values (bitwise, NaN where NaN), same first-maximum offsets and
-    # same bottom diff as the general strided path, on data full of ties.
-    area = g.kernel_h * g.kernel_w
-    index_dtype = np.uint8 if area <= 256 else np.uint16
-    out_shape = (g.num, g.channels, g.out_h, g.out_w)
-    buf = pooling.tile_buffers(g, dtype, index_dtype)
-    for seed in range(3):
-        x = tricky_values((g.num, g.channels, g.height, g.width), dtype, seed)
-        top, index = np.empty(out_shape, dtype), np.empty(out_shape, index_dtype)
-        pooling.max_pool_tiles_forward(x, g, top, index, buf)
-        ref_top, ref_index = np.empty_like(top), np.empty_like(index)
-        pooling.max_pool_forward(x, g, ref_top, ref_index)
-        np.testing.assert_array_equal(top, ref_top)
-        np.testing.assert_array_equal(index, ref_index)
-        no_index = np.empty_like(top)
-        pooling.max_pool_tiles_forward(x, g, no_index, None, buf)
-        np.testing.assert_array_equal(no_index, ref_top)
-
-        dy = np.random.default_rng(seed).normal(size=out_shape).astype(dtype)
-        dx = np.full_like(x, np.nan)
-        pooling.max_pool_tiles_backward(dy, index, g, dx, buf)
-        ref_dx = np.empty_like(x)
-        pooling.max_pool_backward(dy, ref_index, g, ref_dx)
-        np.testing.assert_array_equal(dx, ref_dx)
-
-
-def test_tile_planes_definition() -> None:
-    g = PoolGeometry(2, 2, 6, 6, 3, 2, 3, 2)
-    x = np.arange(2 * 2 * 6 * 6, dtype=np.float64).reshape(2, 2, 6, 6)
-    planes = pooling.tile_planes(x, g, pooling.tile_buffers(g, np.float64, np.uint8))
-    for i in range(3):
-        for j in range(2):
-            expect = x[:, :, i::3, j::2].reshape(-1)
-            np.testing.assert_array_equal(planes[i * 2 + j], expect)
 
 
 @pytest.mark.parametrize("g", ROW_SHIFT_GEOMETRIES)

@@ -147,6 +147,7 @@ class LMDBCursor:
                 raise DataError(f"{self.prefix}{self.path}: the LMDB holds no records")
             self.entries = int(self.env.stat()["entries"])
             self.batch_start = bytes(self.cursor.key())
+            self.batch_stride, self.batch_offset = 1, 0
         LOG.info("db_lmdb.cpp:35", f"Opened lmdb {self.path}")
 
     @contextlib.contextmanager
@@ -182,14 +183,21 @@ class LMDBCursor:
         for _ in range(n % self.entries):
             self.next()
 
-    def read(self, n: int) -> list[bytes]:
-        """The next n values in key order, wrapping; the cursor ends past them."""
+    def read(self, n: int, stride: int = 1, offset: int = 0) -> list[bytes]:
+        """The next n values in key order, wrapping; the cursor ends past them.
+
+        With a stride, of the next n * stride records only those at offset,
+        offset + stride, ... (a rank's share, Caffe's DataLayer::Skip); the
+        others are stepped over without reading their values.
+        """
         value, advance = self.cursor.value, self.cursor.next
         out = []
         with self.reading():
             self.batch_start = self.cursor.key()
-            for _ in range(n):
-                out.append(value())
+            self.batch_stride, self.batch_offset = stride, offset
+            for i in range(n * stride):
+                if i % stride == offset:
+                    out.append(value())
                 if not advance():
                     self.wrap()
         return out
@@ -200,7 +208,7 @@ class LMDBCursor:
         with self.reading():
             if not cursor.set_key(self.batch_start):
                 return "?"
-            for _ in range(i % self.entries):
+            for _ in range((self.batch_offset + i * self.batch_stride) % self.entries):
                 if not cursor.next():
                     cursor.first()
             return bytes(cursor.key()).decode(errors="replace")

@@ -170,6 +170,14 @@ class Layer:
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore what get_state returned."""
 
+    # -- data-parallel training (caffesolve.parallel) --------------------------------
+
+    def shard(self, solver_rank: int, solver_count: int) -> None:
+        """Read only this rank's share of the records: every solver_count-th
+        one, starting at solver_rank, of the sequence one process would read
+        (Caffe's DataLayer::Skip). Layers that read records override it, and
+        keep get_state() the same on every rank; the others ignore it."""
+
     # -- helpers -------------------------------------------------------------------
 
     def set_loss_weights(self, top: list[Blob]) -> None:

@@ -10,11 +10,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from caffesolve import files
 from caffesolve.blob import Blob
 from caffesolve.errors import DataError, ShapeError
 from caffesolve.layers import register
 from caffesolve.layers.base import Layer
 from caffesolve.log import LOG
+from caffesolve.proto import caffe_pb2
 from caffesolve.weights import is_hdf5
 
 
@@ -144,6 +146,7 @@ class HDF5DataLayer(Layer):
             self.shuffle_rng.permutation(n) if self.shuffle else np.arange(n)
         )
         self.current_file = 0
+        self.solver_rank, self.solver_count = 0, 1  # Layer.shard
         self._load(self.file_permutation[0], reshuffle=True)
         for t, a in zip(top, self.hdf_blobs):
             t.reshape([p.batch_size, *a.shape[1:]])
@@ -195,19 +198,33 @@ class HDF5DataLayer(Layer):
         """Tops keep the shape set at setup."""
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        """Copy the next batch_size rows (whole slices of the permutation)."""
+        """Copy the next batch_size rows (whole slices of the permutation).
+
+        Sharded (Layer.shard), rank r of N walks the next N x batch_size rows
+        and copies those at positions r, r+N, ... (Caffe's Skip and Next).
+        """
         batch_size = self.layer_param.hdf5_data_param.batch_size
-        filled = 0
-        while filled < batch_size:
+        rank, count = self.solver_rank, self.solver_count
+        walked = 0
+        while walked < batch_size * count:
             rows = self.data_permutation.size
-            take = min(batch_size - filled, rows - self.current_row)
+            take = min(batch_size * count - walked, rows - self.current_row)
             index = self.data_permutation[self.current_row : self.current_row + take]
+            first = (rank - walked) % count  # this rank's first row in the slice
+            mine = index[first::count]
+            slot = (walked + first - rank) // count
             for t, a in zip(top, self.hdf_blobs):
-                t.data[filled : filled + take] = a[index]
-            filled += take
+                t.data[slot : slot + mine.size] = a[mine]
+            walked += take
             self.current_row += take
             if self.current_row == rows:
                 self._next_file()
+
+    def shard(self, solver_rank: int, solver_count: int) -> None:
+        """Caffe's HDF5DataLayer::Skip: rank r of N keeps rows r, r+N, ...
+        (TEST nets run on rank 0 only and read every row)."""
+        if self.phase != caffe_pb2.TEST:
+            self.solver_rank, self.solver_count = solver_rank, solver_count
 
     def get_state(self) -> dict[str, Any] | None:
         """File order, current file and row, row order, shuffle Generator."""
@@ -232,6 +249,8 @@ class HDF5DataLayer(Layer):
 
 # HDF5_DATA_DATASET_NAME and HDF5_DATA_LABEL_NAME (hdf5_output_layer.hpp)
 DATA_DATASET, LABEL_DATASET = "data", "label"
+# Room HDF5Output keeps free beyond twice a batch: chunk and metadata growth.
+ROOM_MARGIN = 2 << 20  # two chunks of up to 1 MiB (h5py's largest guess)
 
 
 def legacy_shape(blob: Blob, where: str) -> tuple[int, int, int, int]:
@@ -261,7 +280,10 @@ class HDF5OutputLayer(Layer):
     Caffe's first forward makes the two datasets and a second forward fails
     (the datasets exist); here each further forward appends its rows, so a
     TEST net run for many iterations keeps every batch. The file is flushed
-    after each forward and closed with the layer (`close()`).
+    after each forward and closed with the layer (`close()`). A batch that
+    might not fit on the disk is refused with an error before anything is
+    written (the HDF5 library crashes the process when a write fails on a
+    full disk), so the rows already saved stay readable.
     """
 
     type = "HDF5Output"
@@ -294,6 +316,7 @@ class HDF5OutputLayer(Layer):
                 f"({data_shape[0]} and {label_shape[0]})"
             )
         LOG.info("hdf5_output_layer.cpp:40", f"Saving HDF5 file {self.file_name}")
+        self._check_room(bottom)
         for name, blob, shape in (
             (DATA_DATASET, bottom[0], data_shape),
             (LABEL_DATASET, bottom[1], label_shape),
@@ -316,6 +339,20 @@ class HDF5OutputLayer(Layer):
             ds[start:] = rows
         self.file.flush()
         LOG.info("hdf5_output_layer.cpp:46", f"Successfully saved {data_shape[0]} rows")
+
+    def _check_room(self, bottom: list[Blob]) -> None:
+        """Refuse a batch unless the disk holds twice its bytes and a margin
+        for HDF5's chunks and metadata (ROOM_MARGIN)."""
+        need = 2 * sum(b.count * 4 for b in bottom) + ROOM_MARGIN
+        folder = Path(self.file_name).resolve().parent
+        free = files.free_bytes(folder)
+        if free < need:
+            raise DataError(
+                f"{self.where()}: {self.file_name}: not enough disk space for the "
+                f"next batch ({need} bytes wanted, {free} free); the rows saved so "
+                "far are in the file. Free some space or write to another disk "
+                "(hdf5_output_param.file_name)."
+            )
 
     def close(self) -> None:
         """Close the file (also done when the layer is dropped)."""

@@ -68,8 +68,9 @@ ActionFunction = Callable[[], str]
 class SolverCallback:
     """Caffe's Solver::Callback: hooks into every iteration of `step`.
 
-    `on_start` runs after the param diffs are cleared and any test pass, before
-    the forward/backward passes; `on_gradients_ready` runs after them (the
+    `on_start` runs after the param diffs are cleared and any test pass (also
+    when that test was stopped: the loop ends after it), before the
+    forward/backward passes; `on_gradients_ready` runs after them (the
     diffs are complete, the loss smoothed and displayed), before
     `apply_update`. Both do nothing here; data-parallel training overrides
     them (broadcast, gradient reduction), as Caffe's P2PSync and NCCL do.
@@ -294,10 +295,12 @@ class Solver:
             ):
                 if self.is_root:
                     self.test_all()
-                if self.requested_early_exit:
-                    break
+            # Before the stop check (Caffe: after): data-parallel ranks share
+            # a stop that only the root, which tests, was asked for.
             for callback in self.callbacks:
                 callback.on_start()
+            if self.requested_early_exit:
+                break
             display = bool(p.display) and self.iter % p.display == 0
             self.net.debug_info = display and p.debug_info
             loss = F32(0)
