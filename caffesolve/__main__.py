@@ -1,4 +1,4 @@
-"""`caffesolve` and `python -m caffesolve`: the command line (cli.py).
+"""`caffesolve` and `python -m caffesolve`: the command line (caffesolve.cli).
 
 The entry point imports the command line inside `main`, so a Ctrl-C while
 Python loads NumPy, numba and the rest ends the process quietly with exit

@@ -26,7 +26,7 @@ copies stay identical bit for bit (MPI's sum gives every rank the same bits).
 
 A rank that fails at set-up (a missing file, mismatched files) is reported
 once, by rank 0, and every rank exits; one that fails mid-run cannot reach
-the others, which wait in a collective, so the command line (cli.py) prints
+the others, which wait in a collective, so the command line (caffesolve.cli) prints
 its one line and aborts the job (World.abort, MPI_Abort).
 
 The world is read from the launcher's environment: without `mpirun` (or with

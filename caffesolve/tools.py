@@ -1,7 +1,7 @@
 """Caffe's tools/caffe.cpp as library functions: `train`, `test` (score) and
 `time`, and the `--log FILE` stream.
 
-cli.py parses the options and calls these; they raise CaffesolveError for bad
+caffesolve.cli parses the options and calls these; they raise CaffesolveError for bad
 input and log with Caffe's messages.
 """
 
