@@ -1,8 +1,8 @@
 """The errors caffesolve raises for bad user input.
 
-Library code raises these; only the command line (caffesolve.cli) turns them into one-line messages and a
-non-zero exit. Messages start with the place at fault (file[:line[:col]], then
-layer and field) and say what would fix it.
+Library code raises these; only the command line (caffesolve.cli) turns them
+into one-line messages and a non-zero exit. Messages start with the place at
+fault (file[:line[:col]], then layer and field) and say what would fix it.
 """
 
 from __future__ import annotations
