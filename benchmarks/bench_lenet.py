@@ -72,6 +72,18 @@ SWEEP = (16, 32, 64, 128, 256, 512)
 # -- building the solver ------------------------------------------------------------
 
 
+def data_to_input(lp: caffe_pb2.LayerParameter, shape: tuple[int, ...]) -> None:
+    """Turn a Data layer into an Input layer with the same name, tops and
+    include rules: images of `shape` and shape[0] labels."""
+    tops, include, name = list(lp.top), list(lp.include), lp.name
+    lp.Clear()
+    lp.name, lp.type = name, "Input"
+    lp.top.extend(tops)
+    lp.include.extend(include)
+    lp.input_param.shape.add().dim.extend(shape)
+    lp.input_param.shape.add().dim.append(shape[0])
+
+
 def lenet_net_param(
     data_dir: Path | None, batch: int, test_batch: int
 ) -> tuple[caffe_pb2.NetParameter, str]:
@@ -92,13 +104,7 @@ def lenet_net_param(
             lp.data_param.source = str(src)
             lp.data_param.batch_size = n
             continue
-        tops, include, name = list(lp.top), list(lp.include), lp.name
-        lp.Clear()
-        lp.name, lp.type = name, "Input"
-        lp.top.extend(tops)
-        lp.include.extend(include)
-        lp.input_param.shape.add().dim.extend((n, 1, 28, 28))
-        lp.input_param.shape.add().dim.append(n)
+        data_to_input(lp, (n, 1, 28, 28))
     if use_lmdb:
         where = f"LMDB records from {data_dir} (Data layers, as in training)"
     else:

@@ -178,14 +178,7 @@ def main() -> None:
         "ms (min: the cost without interference on a shared machine)"
     )
     for name in ("conv1", "conv2"):
-        layer = built[name][0]
-        if not layer.batch_inner:
-            layout = "per-image columns"
-        elif layer.row_shift:
-            layout = "batch inner, row shift"
-        else:
-            layout = "batch inner"
-        print(f"  {name} lowering: {layout}")
+        print(f"  {name} lowering: {built[name][0].lowerings[0].name}")
     for threads in (int(t) for t in args.threads.split(",")):
         with blas_threads(threads) as limited:
             if not limited:

@@ -8,14 +8,13 @@ compiled,numpy): MAX pooling 2x2/2 forward about 2.5x (4x without the
 argmax, in TEST nets) and backward about 2x, conv2's row-shift matrix about
 1.3x and its bottom-diff fold about 3.5x, SGD's decay and momentum steps
 about 2x, LSTMUnit's step 2.7x to 21x (benchmarks/bench_recurrent.py;
-its NumPy twin asks libm for expf values, see ops/lstm_unit.py). Each kernel
-is Caffe's loop written out, with the comparisons and
-the float32 operations in the NumPy path's order, so both paths give the
-same bits (the tests check it). The one exception is the sign of a zero in
-pooling: the kernels keep Caffe's (the first of +0 and -0 in a window wins;
-a diff lands on Caffe's zero fill, so 0 + -0 is +0), where NumPy's fmax and
-products may give the other zero. Each kernel lives beside its NumPy twin
-(ops/pooling.py, ops/row_shift.py, ops/lstm_unit.py, solvers/sgd.py). numba compiles a
+its NumPy twin asks libm for expf values, see ops/lstm_unit.py), and MAX/AVE
+pooling of any other shape (benchmarks/bench_pooling.py). Each kernel is
+Caffe's loop written out, with the comparisons and the float32 operations
+in the NumPy path's order, so both paths give the same bits (the tests check
+it), signs of zeros included. Each kernel lives beside its NumPy twin
+(ops/pooling_kernels.py beside ops/pooling.py, ops/row_shift.py,
+ops/lstm_unit.py, solvers/sgd.py). numba compiles a
 kernel on its first use for each dtype and caches it on disk (about 3 s
 once, then about 1 s to load numba); kernels run without the GIL.
 
@@ -41,6 +40,13 @@ _env_numpy: bool | None = None
 _have_numba: bool | None = None
 _compiled: dict[str, Callable[..., Any]] = {}
 _compile_lock = threading.Lock()
+# No GIL, no bounds checks, and NumPy's float rules: x / 0 gives inf or NaN
+# (as in C, and in the NumPy twins) instead of raising ZeroDivisionError.
+_OPTIONS: dict[str, Any] = {
+    "nogil": True,
+    "boundscheck": False,
+    "error_model": "numpy",
+}
 
 
 def enabled() -> bool:
@@ -87,7 +93,7 @@ def takes(*arrays: Any) -> bool:
 
 
 def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` compiled by numba (without the GIL, cached on disk), made on
+    """`fn` compiled by numba (_OPTIONS, cached on disk), made on
     first use: importing numba costs about half a second, so commands that
     run no kernel never pay it. Call only when enabled() is True."""
     kernel = _compiled.get(fn.__name__)
@@ -99,8 +105,8 @@ def compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
             from numba import njit
 
             try:
-                kernel = njit(nogil=True, cache=True, boundscheck=False)(fn)
+                kernel = njit(**_OPTIONS, cache=True)(fn)
             except RuntimeError:  # no writable cache folder: compile each run
-                kernel = njit(nogil=True, boundscheck=False)(fn)
+                kernel = njit(**_OPTIONS)(fn)
             _compiled[fn.__name__] = kernel
     return kernel

@@ -76,12 +76,38 @@ class Log:
         self.streams.append(stream)
 
     def write(self, severity: str, source: str, message: str) -> None:
+        """One glog line to every stream. A log file that cannot be written
+        (a full disk) is dropped with one warning, and the run goes on
+        logging to stderr; stderr itself failing (a closed pipe) is ignored,
+        as glog ignores it."""
         if self.quiet or max(SEVERITIES.find(severity), 0) < self.min_level:
             return
         line = glog_prefix(severity, source) + message + "\n"
-        for s in self.streams:
-            s.write(line)
-            s.flush()
+        for s in list(self.streams):
+            try:
+                s.write(line)
+                s.flush()
+            except OSError as e:
+                if s is self.streams[0]:
+                    continue
+                self.drop(s)
+                self.write(
+                    "W",
+                    "log.py:0",
+                    f"cannot write the log file {getattr(s, 'name', s)} "
+                    f"({os.strerror(e.errno) if e.errno else e}); the log goes "
+                    "on on stderr only",
+                )
+
+    def drop(self, stream: TextIO) -> None:
+        """Stop writing to `stream` (a file added by add_file) and close it;
+        what it could not write is lost."""
+        if stream in self.streams:
+            self.streams.remove(stream)
+        try:
+            stream.close()
+        except OSError:
+            pass
 
     def info(self, source: str, message: str) -> None:
         self.write("I", source, message)

@@ -67,7 +67,8 @@ def _scaled_power(p: SolverParameter, exponent: npt.ArrayLike) -> Rates:
         else:
             power = np.power(np.full(flat.shape, gamma), flat.astype(np.float64))
     rate = np.float64(_f32(p.base_lr)) * power.reshape(n.shape)
-    return np.asarray(rate).astype(np.float32)
+    with np.errstate(over="ignore"):  # past float32's range: inf, as float(x) in C
+        return np.asarray(rate).astype(np.float32)
 
 
 def fixed(p: SolverParameter, it: IterLike) -> Rates:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 from google.protobuf import text_format
@@ -29,7 +29,14 @@ from google.protobuf import text_format
 from caffesolve import weights
 from caffesolve.backend import CPU, Backend
 from caffesolve.blob import Blob
-from caffesolve.errors import CaffesolveError, ConfigError, ShapeError
+from caffesolve.errors import (
+    CaffesolveError,
+    ConfigError,
+    RunError,
+    ShapeError,
+    describe,
+    one_line,
+)
 from caffesolve.layers import Layer, create_layer
 from caffesolve.log import LOG, fmt32
 from caffesolve.net_param import filter_net, insert_splits
@@ -45,6 +52,22 @@ from caffesolve.proto.upgrade import (
 def _loss_weight(layer: Layer, top_id: int) -> float:
     """Layer::loss(top_id): the top's loss weight, 0 if the layer set none."""
     return layer.loss[top_id] if top_id < len(layer.loss) else 0.0
+
+
+def batch_size_fields(lp: caffe_pb2.LayerParameter) -> list[str]:
+    """The `x_param.batch_size` fields set in a layer (Data, HDF5Data, ...),
+    and an Input layer's first dim: where a net's memory is set."""
+    fields = [
+        f"{field.name}.batch_size"
+        for field, value in lp.ListFields()
+        if field.message_type is not None
+        and not field.is_repeated
+        and "batch_size" in value.DESCRIPTOR.fields_by_name
+        and value.batch_size
+    ]
+    if lp.type == "Input" and any(s.dim for s in lp.input_param.shape):
+        fields.append("input_param.shape dim 0")
+    return fields
 
 
 def _abs_mean(values: np.ndarray) -> float:
@@ -140,7 +163,16 @@ class Net:
         self._blob_name_to_idx: dict[str, int] = {}
         self._available: set[str] = set()
         for layer_id, lp in enumerate(net_param.layer):
-            self._init_layer(layer_id, lp)
+            try:
+                self._init_layer(layer_id, lp)
+            except MemoryError as e:
+                raise self._error(self._memory_error(e), lp) from e
+        if not net_param.layer and not quiet:
+            LOG.warning(
+                "net.cpp:68",
+                f"{source}: the {caffe_pb2.Phase.Name(self.phase)} net "
+                f"'{self.name}' has no layers (check the include/exclude rules)",
+            )
         self._mark_backward()
         if self.force_backward:
             self._force_backward()
@@ -207,7 +239,36 @@ class Net:
         if not message.startswith(self.source + ":"):
             message = f"{self.source}: {message}"
         cls = type(e) if isinstance(e, CaffesolveError) else ShapeError
-        return cls(message)
+        return cls(one_line(message))
+
+    def _memory_error(self, e: MemoryError) -> RunError:
+        """Out of memory: what was asked, what the blobs hold, what to lower."""
+        held = self.memory_used * 4 * 2 / 2**30  # float32 data and diff
+        sizes = [
+            f"{field} in layer '{lp.name}'"
+            for lp in (layer.layer_param for layer in self.layers)
+            for field in batch_size_fields(lp)
+        ]
+        lower = f"lower {' or '.join(sizes)}" if sizes else "use smaller blobs"
+        return RunError(
+            f"{describe(e)}; the blobs made so far hold {held:.3g} GiB; {lower}"
+        )
+
+    def raise_layer_failure(self, i: int, e: Exception) -> NoReturn:
+        """Raise the exception `e` of layer i's forward or backward as one
+        line naming the net's file and the layer: our own errors keep their
+        class, a memory error says what to lower, anything else becomes a
+        RunError whose cause is the original. A layer that runs user code
+        (Python) passes the user's own exceptions on unchanged."""
+        layer = self.layers[i]
+        if layer.runs_user_code and not isinstance(e, CaffesolveError):
+            raise e
+        lp = layer.layer_param
+        if isinstance(e, CaffesolveError):
+            raise self._error(e, lp) from e
+        if isinstance(e, MemoryError):
+            raise self._error(self._memory_error(e), lp) from e
+        raise self._error(RunError(describe(e)), lp) from e
 
     def _init_layer(self, layer_id: int, lp: caffe_pb2.LayerParameter) -> None:
         """One iteration of Caffe's Net::Init loop: create, wire, set up."""
@@ -575,8 +636,11 @@ class Net:
         """
         bottom, top = self.bottom_vecs[i], self.top_vecs[i]
         layer = self.layers[i]
-        layer.reshape(bottom, top)
-        layer.forward(bottom, top)
+        try:
+            layer.reshape(bottom, top)
+            layer.forward(bottom, top)
+        except Exception as e:
+            self.raise_layer_failure(i, e)
         if self.debug_info:
             self._forward_debug_info(i)
         loss_tops = self._loss_tops[i]
@@ -597,9 +661,14 @@ class Net:
             return float(loss)
         # forward_layer without its per-call lookups: the training hot loop.
         loss = np.float32(0)
-        for layer, bottom, top, loss_tops in self._forward_plan[start : end + 1]:
-            layer.reshape(bottom, top)
-            layer.forward(bottom, top)
+        for i, (layer, bottom, top, loss_tops) in enumerate(
+            self._forward_plan[start : end + 1], start
+        ):
+            try:
+                layer.reshape(bottom, top)
+                layer.forward(bottom, top)
+            except Exception as e:
+                self.raise_layer_failure(i, e)
             if loss_tops:  # as forward_layer: the layer's loss, then the sum
                 layer_loss = np.float32(0)
                 for blob, weight in loss_tops:
@@ -615,18 +684,26 @@ class Net:
     def backward_layer(self, i: int) -> None:
         """Layer i's backward, if it needs one."""
         if self.layer_need_backward[i]:
-            self.layers[i].backward(
-                self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i]
-            )
+            try:
+                self.layers[i].backward(
+                    self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i]
+                )
+            except Exception as e:
+                self.raise_layer_failure(i, e)
 
     def backward_from_to(self, start: int, end: int) -> None:
         """Layers start down to end inclusive (Caffe's BackwardFromTo); the
         after_backward callbacks run after each layer, needed or not."""
         for i in range(start, end - 1, -1):
             if self.layer_need_backward[i]:
-                self.layers[i].backward(
-                    self.top_vecs[i], self.bottom_need_backward[i], self.bottom_vecs[i]
-                )
+                try:
+                    self.layers[i].backward(
+                        self.top_vecs[i],
+                        self.bottom_need_backward[i],
+                        self.bottom_vecs[i],
+                    )
+                except Exception as e:
+                    self.raise_layer_failure(i, e)
                 if self.debug_info:
                     self._backward_debug_info(i)
             for callback in self.after_backward:
@@ -731,11 +808,28 @@ class Net:
         """The net with every layer's blobs (weights.net_to_proto)."""
         return weights.net_to_proto(self, write_diff)
 
-    def to_hdf5(self, path: str | os.PathLike[str], write_diff: bool = False) -> None:
+    def to_hdf5(
+        self, path: str | os.PathLike[str] | BinaryIO, write_diff: bool = False
+    ) -> None:
         """Caffe's HDF5 weights layout (weights.net_to_hdf5)."""
         weights.net_to_hdf5(self, path, write_diff)
 
     # -- state for resume -----------------------------------------------------
+
+    def data_sources(self) -> dict[str, str]:
+        """{layer name: source} for layers that read one (data_param.source,
+        hdf5_data_param.source, ...): what a snapshot's data cursors refer to."""
+        sources = {}
+        for name, layer in zip(self.layer_names, self.layers):
+            for field, value in layer.layer_param.ListFields():
+                if (
+                    field.message_type is not None
+                    and not field.is_repeated
+                    and "source" in value.DESCRIPTOR.fields_by_name
+                    and value.source
+                ):
+                    sources[name] = value.source
+        return sources
 
     def get_state(self) -> dict[str, Any]:
         """{layer name: layer.get_state()} for layers with state (data cursors)."""

@@ -153,8 +153,36 @@ def plot_logs(
 ) -> None:
     """Draw the curves of the logs at `paths` into `out` (.png, .svg, .pdf)."""
     logs = [(Path(p).name, parse_log(p)) for p in paths]
-    fig = make_figure(logs, x, y)
+    _save(make_figure(logs, x, y), out)
+
+
+def _save(fig: Any, path: str | os.PathLike[str]) -> None:
+    """Write the figure; the format follows the suffix (.png, .svg, .pdf)."""
     try:
-        fig.savefig(out)
+        fig.savefig(path)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{out}: cannot write the plot ({e})") from None
+        raise ConfigError(f"{path}: cannot write the plot ({e})") from None
+
+
+def plot_schedule(
+    path: str | os.PathLike[str], title: str, iters: Any, columns: dict[str, Any]
+) -> None:
+    """Draw learning rates (one line per policy in `columns`) against the
+    iteration into the picture `path` (`caffesolve lr-schedule --plot`)."""
+    require_extra("matplotlib", "plot", "--plot needs matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, rates in columns.items():
+        ax.plot(iters, rates, label=name)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("lr")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if len(columns) > 1:
+        ax.legend()
+    fig.tight_layout()
+    _save(fig, path)

@@ -2,9 +2,16 @@
 
 Names (Caffe's Solver::SnapshotFilename): `{snapshot_prefix}_iter_{N}` plus
 `.caffemodel` / `.solverstate`, or `.caffemodel.h5` / `.solverstate.h5` with
-`snapshot_format: HDF5`. Every write goes to a temporary file in the target
-folder and is renamed over the target (proto.io.atomic_write_bytes), so a
-crash never leaves a half-written snapshot.
+`snapshot_format: HDF5`. A snapshot is written as a pair (files.py): the
+model and the solver state both go to temporaries in the target folder
+first, then both are renamed into place, model first, and the folder is
+synced; so a crash, a kill or a full disk never leaves a half-written file,
+nor a model without its solver state. HDF5 files are built in memory and
+written the same way (h5py writing straight to a full disk fails inside the
+HDF5 library, and can crash the process when it then closes the file).
+Temporaries of a killed run (`.NAME.PID.X.tmp`) are cleaned up by the next
+run that snapshots to the same prefix (`recover_leftovers`), which also
+completes a pair that was killed between its two renames.
 
 HDF5 layouts are Caffe's (net.cpp ToHDF5, sgd_solver.cpp
 SnapshotSolverStateToHDF5): a model has groups `data/<layer>/<i>` (and
@@ -19,15 +26,15 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from caffesolve.errors import ConfigError, SnapshotError
+from caffesolve import files
+from caffesolve.errors import ConfigError, SnapshotError, describe
 from caffesolve.proto import caffe_pb2
-from caffesolve.proto.io import atomic_write, atomic_write_bytes, read_binaryproto
+from caffesolve.proto.io import read_binaryproto
 from caffesolve.weights import is_hdf5
 
 if TYPE_CHECKING:
@@ -65,14 +72,8 @@ def check_snapshot_write_permissions(
         )
     if not (param.snapshot or param.snapshot_after_train):
         return
-    folder = Path(param.snapshot_prefix).parent
     try:
-        fd, probe = tempfile.mkstemp(
-            prefix=f".{Path(param.snapshot_prefix).name}_iter_",
-            suffix=".tempfile",
-            dir=folder,
-        )
-        os.close(fd)
+        probe = files.create_temp(param.snapshot_prefix + "_iter_0")
         os.unlink(probe)
     except OSError:
         raise ConfigError(
@@ -104,15 +105,92 @@ def _h5_bytes(fill: Any) -> bytes:
     return buffer.getvalue()
 
 
-def write_model(
-    path: str | os.PathLike[str], net: Net, write_diff: bool, snapshot_format: int
-) -> None:
-    """The learned blobs of `net`: binary NetParameter (Net.to_proto), or with
-    snapshot_format HDF5 Caffe's HDF5 layout (Net.to_hdf5); atomic either way."""
+def model_bytes(net: Net, write_diff: bool, snapshot_format: int) -> bytes:
+    """The learned blobs of `net`: a binary NetParameter (Net.to_proto), or
+    with snapshot_format HDF5 Caffe's HDF5 layout (Net.to_hdf5, in memory)."""
     if snapshot_format == HDF5:
-        atomic_write(path, lambda tmp: net.to_hdf5(tmp, write_diff))
-    else:
-        atomic_write_bytes(path, net.to_proto(write_diff).SerializeToString())
+        _h5py()
+        buffer = io.BytesIO()
+        net.to_hdf5(buffer, write_diff)
+        return buffer.getvalue()
+    return net.to_proto(write_diff).SerializeToString()
+
+
+def write_snapshot(
+    model_path: str,
+    state_path: str,
+    net: Net,
+    state: caffe_pb2.SolverState,
+    write_diff: bool,
+    snapshot_format: int,
+) -> None:
+    """A model and its solver state as one pair (files.atomic_write_all):
+    both complete, or neither changed. Failures are SnapshotErrors naming
+    the pair and the reason (a full disk, a read-only folder...)."""
+    try:
+        model = model_bytes(net, write_diff, snapshot_format)
+        solver_state = solver_state_bytes(state, snapshot_format)
+        files.atomic_write_all(
+            [
+                (model_path, lambda tmp: files.write_bytes_to(tmp, model)),
+                (state_path, lambda tmp: files.write_bytes_to(tmp, solver_state)),
+            ]
+        )
+    except (OSError, MemoryError) as e:
+        reason = describe(e) if isinstance(e, MemoryError) else _reason(e)
+        raise SnapshotError(
+            f"{model_path} + {Path(state_path).name}: cannot write the snapshot "
+            f"({reason})"
+        ) from e
+
+
+def _reason(e: OSError) -> str:
+    """An OS error's reason without the file name (the message names it)."""
+    return os.strerror(e.errno) if e.errno else str(e)
+
+
+def recover_leftovers(prefix: str) -> list[str]:
+    """Clean up after a run killed while snapshotting to `prefix`: remove its
+    temporaries, except a solver state killed between the pair's two renames
+    (its model already renamed into place, the state complete): that one is
+    renamed into place too, so the pair is whole. Returns a note per file."""
+    folder = Path(prefix).parent
+    stem = Path(prefix).name
+    notes = []
+    leftovers = files.dead_leftovers(folder, f"{stem}_iter_*")
+    pending = {
+        (p.name.rsplit(".", 3)[0][1:], files.writer_pid(p.name)) for p in leftovers
+    }
+    for tmp in leftovers:
+        name = tmp.name.rsplit(".", 3)[0][1:]
+        pid = files.writer_pid(tmp.name)
+        model = _model_of_state(name)
+        try:
+            if (
+                model is not None
+                and (folder / model).is_file()
+                and (model, pid) not in pending
+            ):
+                os.replace(tmp, folder / name)
+                files.fsync_folder(folder)
+                notes.append(
+                    f"completed {folder / name} (its run was killed "
+                    "between the snapshot's two renames)"
+                )
+            else:
+                files.remove_path(tmp)
+                notes.append(f"removed {tmp} (left by a run that was killed)")
+        except OSError:
+            continue  # read-only, or another process got there first
+    return notes
+
+
+def _model_of_state(name: str) -> str | None:
+    """`x_iter_N.caffemodel[.h5]` for a solver state name, else None."""
+    for fmt, ext in STATE_EXTENSION.items():
+        if name.endswith(ext):
+            return name[: -len(ext)] + MODEL_EXTENSION[fmt]
+    return None
 
 
 # -- solver states ------------------------------------------------------------------
@@ -133,15 +211,12 @@ def decode_resume(blob: bytes, path: str | os.PathLike[str]) -> dict[str, Any]:
     return resume
 
 
-def write_solver_state(
-    path: str | os.PathLike[str], state: caffe_pb2.SolverState, snapshot_format: int
-) -> None:
+def solver_state_bytes(state: caffe_pb2.SolverState, snapshot_format: int) -> bytes:
     """A SolverState: binary proto, or Caffe's HDF5 layout with snapshot_format
     HDF5."""
     if snapshot_format == HDF5:
-        atomic_write_bytes(path, solverstate_h5_bytes(state))
-    else:
-        atomic_write_bytes(path, state.SerializeToString())
+        return solverstate_h5_bytes(state)
+    return state.SerializeToString()
 
 
 def _write_h5_string(f: Any, name: str, text: str) -> None:
@@ -183,13 +258,20 @@ def read_solver_state(path: str | os.PathLike[str]) -> caffe_pb2.SolverState:
         raise SnapshotError(f"{path}: solver state file not found")
     if not is_hdf5(path):
         try:
-            return read_binaryproto(path, caffe_pb2.SolverState())
+            state = read_binaryproto(path, caffe_pb2.SolverState())
         except ConfigError as e:
+            if _is_model(path):
+                raise _model_given(path) from None
             raise SnapshotError(str(e)) from None
+        if not state.history and not state.learned_net and _is_model(path):
+            raise _model_given(path)
+        return state
     h5py = _h5py()
     state = caffe_pb2.SolverState()
     try:
         with h5py.File(path, "r") as f:
+            if "iter" not in f and "data" in f:
+                raise _model_given(path)
             for field in ("iter", "current_step", "history"):
                 if field not in f:
                     raise SnapshotError(
@@ -215,6 +297,24 @@ def read_solver_state(path: str | os.PathLike[str]) -> caffe_pb2.SolverState:
     except OSError as e:
         raise SnapshotError(f"{path}: cannot read HDF5 solver state ({e})") from None
     return state
+
+
+def _is_model(path: str | os.PathLike[str]) -> bool:
+    """True if `path` reads as a binary NetParameter with layers (a
+    .caffemodel; a SolverState parse of one finds no history)."""
+    try:
+        param = read_binaryproto(path, caffe_pb2.NetParameter())
+    except ConfigError:
+        return False
+    return bool(param.layer or param.layers)
+
+
+def _model_given(path: str | os.PathLike[str]) -> SnapshotError:
+    return SnapshotError(
+        f"{path}: this is a model (the net's weights), not a solver state: "
+        f"to start training from these weights use --weights {path}; to "
+        "resume a run, give its .solverstate"
+    )
 
 
 def resolve_learned_net(learned_net: str, state_path: str | os.PathLike[str]) -> Path:

@@ -215,8 +215,9 @@ def validate_solver(param: SolverParameter, source: str = "<solver>") -> None:
     net_param, train_net, train_net_param. InitTestNets: with a generic net,
     at least one test_iter per test_net/test_net_param (each extra test_iter is
     one more instance of the generic net), otherwise exactly one each;
-    test_state unset or one per test net; test_interval > 0 when there are test
-    nets. Added: test_interval without test_iter, iter_size >= 1,
+    test_state unset or one per test net; test_interval not negative when
+    there are test nets (0 is accepted, unlike Caffe: warn_never_tested).
+    Added: test_interval without test_iter, iter_size >= 1,
     regularization_type L1/L2, and the lr_policy checks (check_lr_policy).
     """
     if param.average_loss < 1:
@@ -276,11 +277,27 @@ def check_test_nets(param: SolverParameter, source: str = "<solver>") -> None:
             f"{source}: test_interval is {param.test_interval} but test_iter is "
             f"not set; add test_iter (iterations per test) or remove test_interval"
         )
-    if instances > 0 and param.test_interval <= 0:
+    if instances > 0 and param.test_interval < 0:
         raise ConfigError(
             f"{source}: test_interval must be > 0 when there are test nets "
             f"({instances} from test_iter; got {param.test_interval})"
         )
+
+
+def warn_never_tested(param: SolverParameter, source: str = "<solver>") -> list[str]:
+    """test_iter without test_interval (0, the default): the test nets are
+    built and never run. Caffe's InitTestNets refuses this (CHECK_GT
+    test_interval 0); caffesolve runs it, with a warning naming the fix."""
+    _, instances = _count_test_nets(param)
+    if not instances or param.test_interval:
+        return []
+    message = (
+        f"{source}: test_iter is set but test_interval is not: the {instances} "
+        "test net(s) are built and never run (set test_interval to test every "
+        "N iterations; Caffe itself refuses a solver without it)"
+    )
+    LOG.warning("solver_param.py:0", message)
+    return [message]
 
 
 # Fields that change Caffe's behaviour but caffesolve does not implement:

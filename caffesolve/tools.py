@@ -1,7 +1,7 @@
 """Caffe's tools/caffe.cpp as library functions: `train`, `test` (score) and
 `time`, and the `--log FILE` stream.
 
-cli.py parses the options and calls these; they raise CaffesolveError for bad
+caffesolve.cli parses the options and calls these; they raise CaffesolveError for bad
 input and log with Caffe's messages.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
+from typing import TextIO
 
 import numpy as np
 
@@ -45,46 +46,58 @@ def train(
     from `snapshot`, solve; SIGINT/SIGHUP act at iteration boundaries.
 
     `iterations` overrides max_iter. Returns the solver after training.
+    Started by `mpirun -n N`, the N processes train one model data-parallel
+    (parallel.py): rank 0 restores, logs, tests and snapshots.
     """
+    from caffesolve import parallel
     from caffesolve.solver_param import load_solver
 
     if snapshot and weights:
         raise ConfigError(
             "Give a snapshot to resume training or weights to finetune but not both."
         )
-    source = str(solver_path)
-    param = load_solver(solver_path, overrides)
-    if iterations is not None:
-        param.max_iter = iterations
-    if (
-        param.HasField("solver_mode")
-        and param.solver_mode == caffe_pb2.SolverParameter.GPU
-    ):
-        log.warning(*msg.gpu_mode_on_cpu())
-    log.info(*msg.use_cpu())
-    if snapshot:
-        param.ClearField("weights")
-    elif weights:
-        param.ClearField("weights")
-        param.weights.append(weights)
-
-    handler = SignalHandler(sigint_effect, sighup_effect, log)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    if in_main_thread:
-        handler.hook_up()
-    try:
-        solver = create_solver(
-            param, source, log=log, action_function=handler.check_for_signals
-        )
+    world = parallel.world()
+    with world.quiet_unless_root(log, LOG):
+        source = str(solver_path)
+        with world.together():
+            param = load_solver(solver_path, overrides)
+        if iterations is not None:
+            param.max_iter = iterations
+        parallel.check_same_files(world, param, source)
+        if (
+            param.HasField("solver_mode")
+            and param.solver_mode == caffe_pb2.SolverParameter.GPU
+        ):
+            log.warning(*msg.gpu_mode_on_cpu())
+        log.info(*msg.use_cpu())
         if snapshot:
-            log.info(*msg.resuming_from(snapshot))
-            solver.restore(snapshot)
-        log.info(*msg.starting_optimization())
-        solver.solve()
-    finally:
+            param.ClearField("weights")
+        elif weights:
+            param.ClearField("weights")
+            param.weights.append(weights)
+
+        handler = SignalHandler(sigint_effect, sighup_effect, log)
+        in_main_thread = threading.current_thread() is threading.main_thread()
         if in_main_thread:
-            handler.unhook()
-    log.info(*msg.optimization_done("caffe.cpp:250"))
+            handler.hook_up()
+        try:
+            with world.together():
+                solver = create_solver(
+                    parallel.rank_param(world, param),
+                    source,
+                    log=log,
+                    action_function=handler.check_for_signals,
+                )
+                if snapshot and world.is_root:
+                    log.info(*msg.resuming_from(snapshot))
+                    solver.restore(snapshot)
+            parallel.attach(solver, world, log)
+            log.info(*msg.starting_optimization())
+            solver.solve()
+        finally:
+            if in_main_thread:
+                handler.unhook()
+        log.info(*msg.optimization_done("caffe.cpp:250"))
     return solver
 
 
@@ -140,7 +153,7 @@ def score(
     return float(loss), results
 
 
-def open_log_file(path: str | os.PathLike[str], log: Log = LOG) -> object:
+def open_log_file(path: str | os.PathLike[str], log: Log = LOG) -> TextIO:
     """`--log FILE`: append the glog lines to FILE too; returns the stream."""
     p = Path(path)
     try:
@@ -207,7 +220,10 @@ def time_net(net: Net, iterations: int = 50, log: bool = True) -> NetTiming:
         backward_start = clock()
         for i in range(n - 1, -1, -1):
             t = clock()
-            layers[i].backward(tops[i], net.bottom_need_backward[i], bottoms[i])
+            try:
+                layers[i].backward(tops[i], net.bottom_need_backward[i], bottoms[i])
+            except Exception as e:
+                net.raise_layer_failure(i, e)
             backward_s[i] += clock() - t
         backward_total += clock() - backward_start
         info(

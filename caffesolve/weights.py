@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from caffesolve.blob import proto_shape, shape_equals, shape_string
-from caffesolve.errors import ConfigError, ShapeError, SnapshotError
+from caffesolve.errors import ConfigError, ShapeError, SnapshotError, one_line
+from caffesolve.log import LOG
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.upgrade import (
     net_needs_upgrade,
@@ -148,6 +149,22 @@ def copy_trained_layers_from(
                 blob.from_proto(proto, reshape=False)
             except ShapeError as e:
                 raise ShapeError(f"{where}: param {j}: {e}") from None
+    warn_if_nothing_copied(net, origin, [lp.name for lp in param.layer])
+
+
+def warn_if_nothing_copied(net: Net, origin: str, names: list[str]) -> None:
+    """Caffe copies by layer name and says nothing when no name matches; a
+    user who meant to finetune would want to know that no weight came over."""
+    learnable = [n for n, layer in zip(net.layer_names, net.layers) if layer.blobs]
+    if not learnable or set(names) & set(learnable) or net.quiet:
+        return
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    LOG.warning(
+        "net.cpp:0",
+        f"{origin}: no layer of this file has the name of a layer of the net "
+        f"with weights, so no weight was copied (the file's layers: "
+        f"{shown or 'none'}; the net's: {', '.join(learnable)})",
+    )
 
 
 def copy_trained_layers_from_hdf5(net: Net, path: str | os.PathLike[str]) -> None:
@@ -158,10 +175,21 @@ def copy_trained_layers_from_hdf5(net: Net, path: str | os.PathLike[str]) -> Non
         raise ConfigError(
             f"{path}: reading HDF5 weights needs h5py (pip install h5py)"
         ) from None
+    try:
+        _copy_from_hdf5(net, path, h5py)
+    except OSError as e:
+        raise SnapshotError(
+            f"{path}: cannot read this HDF5 file: {one_line(str(e))}; copy it "
+            "again, or use another snapshot"
+        ) from None
+
+
+def _copy_from_hdf5(net: Net, path: str | os.PathLike[str], h5py: Any) -> None:
     with h5py.File(path, "r") as f:
         if "data" not in f:
             raise ConfigError(f"{path}: Error reading weights (no /data group)")
         data = f["data"]
+        warn_if_nothing_copied(net, str(path), list(data))
         sources = ((name, data[name]) for name in data)
         for name, target, group in _matching_layers(net, sources, 801):
             layer_id = net.layer_names_index[name]
@@ -206,13 +234,15 @@ def net_to_proto(net: Net, write_diff: bool = False) -> caffe_pb2.NetParameter:
 
 
 def net_to_hdf5(
-    net: Net, path: str | os.PathLike[str], write_diff: bool = False
+    net: Net, path: str | os.PathLike[str] | BinaryIO, write_diff: bool = False
 ) -> None:
     """Caffe's ToHDF5: /data/<layer>/<i> for params each layer owns, and
-    /diff/<layer>/<i> for every param if write_diff."""
+    /diff/<layer>/<i> for every param if write_diff. `path` may be a file
+    object (io.BytesIO: snapshots are built in memory, then written)."""
     import h5py
 
-    with h5py.File(Path(path), "w") as f:
+    target = path if hasattr(path, "write") else Path(path)  # type: ignore[arg-type]
+    with h5py.File(target, "w") as f:
         data = f.create_group("data")
         diff = f.create_group("diff") if write_diff else None
         for layer_id, (layer, name) in enumerate(zip(net.layers, net.layer_names)):

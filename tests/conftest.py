@@ -3,7 +3,8 @@ paths of ../shared (Caffe's example prototxts, the MNIST test digits), and
 C++ reference programs compiled as Caffe is.
 
 Plain functions and constants are imported by the test modules
-(`from conftest import layer_from`); fixtures are found by pytest.
+(`from conftest import layer_from`); fixtures are found by pytest. `disk`
+(a small filesystem of its own) is for the fault tests (fault_helpers.py).
 """
 
 from __future__ import annotations
@@ -81,6 +82,24 @@ def quiet_log() -> Iterator[None]:
     LOG.quiet = True
     yield
     LOG.quiet = False
+
+
+@pytest.fixture
+def disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """`disk(size)`: a folder on a filesystem of `size` bytes of its own
+    (fault_helpers.Disk: a tmpfs where mounting is allowed), unmounted after."""
+    from fault_helpers import Disk
+
+    made: list[Disk] = []
+
+    def make(size: int, name: str = "disk") -> Disk:
+        d = Disk(tmp_path / name, size, monkeypatch)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.unmount()
 
 
 def compile_cpp(

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import run_cli
-from test_datasets import TRAIN, Server, check_dbs, tiny_files
+from test_datasets import TEST, TRAIN, Server, check_dbs, idx_bytes, tiny_files
 
 
-def test_from_dir_then_refuse_then_force(tmp_path: Path) -> None:
+def test_from_dir_then_up_to_date_then_refuse_then_force(tmp_path: Path) -> None:
     tiny_files(tmp_path / "src", gz=False)
     out = tmp_path / "data" / "mnist"
     args = ["data", "mnist", "--from", str(tmp_path / "src"), "--out", str(out)]
@@ -20,12 +20,31 @@ def test_from_dir_then_refuse_then_force(tmp_path: Path) -> None:
     ]
     assert f"A total of {len(TRAIN[1])} items. Rows: 28 Cols: 28" in stderr
     check_dbs({"train": out / "mnist_train_lmdb", "test": out / "mnist_test_lmdb"})
+    inode = (out / "mnist_train_lmdb" / "data.mdb").stat().st_ino
+    code, stdout, stderr = run_cli(*args, "--skip-checksum")  # the same files
+    assert code == 0, stderr
+    assert "are up to date (built from the same files); nothing to do" in stderr
+    assert stdout.split() == [
+        str(out / "mnist_train_lmdb"),
+        str(out / "mnist_test_lmdb"),
+    ]
+    assert (out / "mnist_train_lmdb" / "data.mdb").stat().st_ino == inode
+    (tmp_path / "src" / "t10k-images-idx3-ubyte").write_bytes(  # other files
+        idx_bytes(255 - TEST[0])
+    )
     code, _, stderr = run_cli(*args, "--skip-checksum")
     assert code == 1
-    assert "already exist; pass --force" in stderr
+    assert (
+        f"Error: {out / 'mnist_test_lmdb'}: already there, and not built by "
+        "caffesolve from the files this command uses; pass --force" in stderr
+    )
     assert len(stderr.strip().splitlines()) == 1  # one line, no traceback
     code, _, stderr = run_cli(*args, "--skip-checksum", "--force")
     assert code == 0, stderr
+    check_dbs(
+        {"train": out / "mnist_train_lmdb", "test": out / "mnist_test_lmdb"},
+        test=(255 - TEST[0], TEST[1]),
+    )
 
 
 def test_checksums_are_checked_by_default(tmp_path: Path) -> None:

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conv_reference import reference_conv_nd
 from gradient_check import check_gradient, make_blob
 
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
-from caffesolve.layers import Layer, conv, create_layer
+from caffesolve.layers import Layer, create_layer
 from caffesolve.layers.conv import ConvolutionLayer
+from caffesolve.ops import batch_inner, im2col
 from caffesolve.ops import conv as lowering
-from caffesolve.ops import row_shift
 from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import parse_prototxt_text
 
@@ -65,6 +66,42 @@ def reference_conv(
                                     s += w[mi, ci, i, j] * x[ni, gi * cg + ci, hh, ww]
                     y[ni, mi, yi, xi] = s + (b[mi] if b is not None else 0.0)
     return y
+
+
+# The strategies of ops/conv.py: "row_shift" stands for the row-shift matrix
+# where it applies (vertical stride and dilation 1, one group) and batch-inner
+# columns elsewhere, as choose_lowering picks between them; N-D geometries
+# always take per-image columns.
+STRATEGIES = ["per_image", "batch_inner", "row_shift"]
+
+
+def forced_name(
+    name: str, g: lowering.ConvGeometry, num_output: int, group: int
+) -> str:
+    """`name` where it applies, else batch-inner columns (2-D), else
+    per-image columns (N-D)."""
+    for candidate in (name, "batch_inner", "per_image"):
+        if lowering.LOWERINGS[candidate].applies(g, num_output, group):
+            return candidate
+    raise AssertionError("per-image columns apply to every geometry")
+
+
+def force_lowering(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make choose_lowering pick `name` for every geometry."""
+    monkeypatch.setattr(
+        lowering, "choose_lowering", lambda g, m, group: forced_name(name, g, m, group)
+    )
+
+
+def strategy(layer: ConvolutionLayer) -> str:
+    return layer.lowerings[0].name
+
+
+def uses(layer: ConvolutionLayer, name: str) -> bool:
+    """Whether the layer runs the strategy that force_lowering(name) forced."""
+    return strategy(layer) == forced_name(
+        name, layer.geometry, layer.num_output, layer.group
+    )
 
 
 def run_forward(layer: Layer, shape: tuple[int, ...], seed: int = 0) -> tuple:
@@ -139,18 +176,18 @@ FORWARD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("batch_inner", [False, True])
+@pytest.mark.parametrize("name", STRATEGIES)
 @pytest.mark.parametrize("params,shape", FORWARD_CASES)
 def test_forward_matches_direct_reference(
     params: str,
     shape: tuple[int, ...],
-    batch_inner: bool,
+    name: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: batch_inner)
+    force_lowering(monkeypatch, name)
     layer = conv_layer(params + " " + GAUSS)
     bottom, top = run_forward(layer, shape)
-    assert layer.batch_inner is batch_inner
+    assert uses(layer, name)
     p = layer.layer_param.convolution_param
     bias = layer.blobs[1].data if p.bias_term else None
     ref = reference_conv(
@@ -178,13 +215,13 @@ def test_simple_convolution_constant_values() -> None:
     np.testing.assert_allclose(top.data[0, :, 0, 1], 18.1)
 
 
-@pytest.mark.parametrize("batch_inner", [False, True])
+@pytest.mark.parametrize("name", STRATEGIES)
 def test_kernel_larger_than_input_gives_one_output_like_caffe(
-    batch_inner: bool, monkeypatch: pytest.MonkeyPatch
+    name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 4x4 input, kernel 5, stride 2: Caffe's (4 - 5) / 2 + 1 truncates to 1,
     # and im2col reads the row and column past the image as zero.
-    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: batch_inner)
+    force_lowering(monkeypatch, name)
     layer = conv_layer("num_output: 2 kernel_size: 5 stride: 2 " + GAUSS)
     bottom, top = run_forward(layer, (2, 3, 4, 4))
     assert top.shape == (2, 2, 1, 1)
@@ -237,20 +274,20 @@ GRADIENT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("batch_inner", [False, True])
+@pytest.mark.parametrize("name", STRATEGIES)
 @pytest.mark.parametrize("params,shape", GRADIENT_CASES)
 def test_gradient(
     params: str,
     shape: tuple[int, ...],
-    batch_inner: bool,
+    name: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: batch_inner)
+    force_lowering(monkeypatch, name)
     layer = conv_layer(params + " " + GAUSS)
     rng = np.random.default_rng(5)
     bottom, top = make_blob(shape, rng, name="x"), Blob(dtype=np.float64)
     assert check_gradient(layer, [bottom], [top]) > 0
-    assert layer.batch_inner is batch_inner
+    assert uses(layer, name)
 
 
 @pytest.mark.parametrize("piece_bytes", [1, 1100])
@@ -259,73 +296,38 @@ def test_gradient_bottom_diff_in_row_pieces(
 ) -> None:
     # Backward folds the column matrix back a few output rows at a time
     # (one row per piece, or 2 rows with a shorter last piece of 1 row).
-    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: True)
-    monkeypatch.setattr(row_shift, "row_shift_ok", lambda g: False)
-    monkeypatch.setattr(conv, "COL_PIECE_BYTES", piece_bytes)
+    force_lowering(monkeypatch, "batch_inner")
+    monkeypatch.setattr(batch_inner, "COL_PIECE_BYTES", piece_bytes)
     layer = conv_layer("num_output: 2 kernel_size: 2 pad: 1 stride: 1 " + GAUSS)
     rng = np.random.default_rng(8)
     bottom, top = make_blob((2, 2, 4, 3), rng), Blob(dtype=np.float64)
     check_gradient(layer, [bottom], [top], check_params=False)
     g = layer.geometry
-    block = lowering.col2im_row_block(g, 8, piece_bytes)
+    block = im2col.col2im_row_block(g, 8, piece_bytes)
     assert block == (1 if piece_bytes == 1 else 2) and g.out_h == 5
-
-
-@pytest.mark.parametrize("params,shape", FORWARD_CASES)
-def test_forward_batch_inner_without_row_shift(
-    params: str, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The full batch-inner column matrix (used when stride_h > 1 or
-    # group > 1) on every case, against the direct reference.
-    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: True)
-    monkeypatch.setattr(row_shift, "row_shift_ok", lambda g: False)
-    layer = conv_layer(params + " " + GAUSS)
-    bottom, top = run_forward(layer, shape)
-    assert layer.batch_inner and not layer.row_shift
-    p = layer.layer_param.convolution_param
-    bias = layer.blobs[1].data if p.bias_term else None
-    ref = reference_conv(
-        bottom.data, layer.blobs[0].data, bias,
-        layer.stride, layer.pad, layer.dilation, layer.group,
-    )  # fmt: skip
-    np.testing.assert_allclose(top.data, ref, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("params,shape", GRADIENT_CASES)
-def test_gradient_batch_inner_without_row_shift(
-    params: str, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: True)
-    monkeypatch.setattr(row_shift, "row_shift_ok", lambda g: False)
-    layer = conv_layer(params + " " + GAUSS)
-    rng = np.random.default_rng(5)
-    bottom, top = make_blob(shape, rng, name="x"), Blob(dtype=np.float64)
-    assert check_gradient(layer, [bottom], [top]) > 0
-    assert layer.batch_inner and not layer.row_shift
 
 
 def test_lenet_lowerings() -> None:
     # LeNet's conv1 (one channel, large planes): per-image columns; conv2:
     # batch-inner with the row-shift matrix.
-    for params, shape, inner in (
-        ("num_output: 20 kernel_size: 5", (4, 1, 28, 28), False),
-        ("num_output: 50 kernel_size: 5", (64, 20, 12, 12), True),
+    for params, shape, name in (
+        ("num_output: 20 kernel_size: 5", (4, 1, 28, 28), "per_image"),
+        ("num_output: 50 kernel_size: 5", (64, 20, 12, 12), "row_shift"),
     ):
         layer = conv_layer(params + " " + GAUSS)
         bottom = Blob(shape, dtype=np.float32)
         layer.setup([bottom], [Blob(dtype=np.float32)])
-        assert layer.batch_inner is inner
-        assert layer.row_shift is inner
+        assert strategy(layer) == name
 
 
-@pytest.mark.parametrize("batch_inner", [False, True])
+@pytest.mark.parametrize("name", ["per_image", "row_shift"])
 def test_float32_lenet_conv_matches_float64_reference(
-    batch_inner: bool, monkeypatch: pytest.MonkeyPatch
+    name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # float32 end to end (the run-copy im2col, per-image or row-shift
     # GEMMs): forward, bias/weight diffs and bottom diff close to a float64
     # computation of the same layer.
-    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: batch_inner)
+    force_lowering(monkeypatch, name)
     shape = (3, 2, 9, 8)
     grads = {}
     for dtype in (np.float32, np.float64):
@@ -342,7 +344,7 @@ def test_float32_lenet_conv_matches_float64_reference(
         top.diff[...] = np.random.default_rng(4).normal(size=top.shape)
         layer.backward([top], [True], [bottom])
         grads[dtype] = (top.data, bottom.diff, *(b.diff for b in layer.blobs))
-        assert layer.row_shift is batch_inner
+        assert strategy(layer) == name
     for got, ref in zip(grads[np.float32], grads[np.float64]):
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
@@ -403,13 +405,13 @@ def test_propagate_down_flags() -> None:
     assert not np.any(bottom.diff == 7.0)
 
 
-@pytest.mark.parametrize("batch_inner", [False, True])
+@pytest.mark.parametrize("name", STRATEGIES)
 def test_backward_twice_without_forward(
-    batch_inner: bool, monkeypatch: pytest.MonkeyPatch
+    name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Backward twice without a new forward: the weight gradient must not use
     # a column buffer that the bottom gradient overwrote.
-    monkeypatch.setattr(lowering, "prefer_batch_inner", lambda g, m: batch_inner)
+    force_lowering(monkeypatch, name)
     layer = conv_layer("num_output: 2 kernel_size: 3 pad: 1 " + GAUSS)
     bottom, top = run_forward(layer, (2, 2, 4, 4))
     top.diff[...] = np.random.default_rng(4).normal(size=top.shape)
@@ -463,7 +465,16 @@ def test_same_seed_same_weights() -> None:
             (1, 1, 5, 5),
             "kernel_size specified 3 times; 2 spatial dims",
         ),
-        ("num_output: 2 kernel_size: 3", (1, 2, 5, 5, 5), "only 2-D convolution"),
+        (
+            "num_output: 2 kernel_h: 3 kernel_w: 3",
+            (1, 2, 5, 5, 5),
+            "kernel_h & kernel_w can only be used for 2D convolution",
+        ),
+        (
+            "num_output: 2 kernel_size: 3 stride: 1 stride: 2",
+            (1, 2, 5, 5, 5),
+            "stride specified 2 times; 3 spatial dims",
+        ),
         (
             "num_output: 2 kernel_size: 3 axis: 4",
             (1, 2, 5, 5),
@@ -501,3 +512,235 @@ def test_preset_blobs_checked() -> None:
         ShapeError, match=r"Incorrect weight shape: expected shape 2 3 3 3"
     ):
         layer.setup([Blob((1, 3, 5, 5))], [Blob()])
+
+
+# -- N-D, 0-D, depthwise and Sobel (Caffe's TestSimple3DConvolution,
+# Test0DConvolution, TestNDAgainst2D, TestSobelConvolution) ------------------------
+
+ND_CASES = [
+    # (params, bottom shape): 3-D, 3-D dilated, 1-D, 3-D grouped non-cubic
+    ("num_output: 3 kernel_size: 3 stride: 2", (2, 3, 5, 6, 4)),
+    ("num_output: 2 kernel_size: 2 dilation: 2 pad: 1", (1, 2, 5, 4, 5)),
+    ("num_output: 4 kernel_size: 3 pad: 1 stride: 2", (2, 3, 7)),
+    (
+        "num_output: 4 kernel_size: 2 kernel_size: 1 kernel_size: 3 "
+        "stride: 1 stride: 2 stride: 1 pad: 0 pad: 1 pad: 1 group: 2",
+        (1, 4, 3, 4, 4),
+    ),
+]
+
+
+@pytest.mark.parametrize("params,shape", ND_CASES)
+def test_nd_forward_matches_direct_reference(
+    params: str, shape: tuple[int, ...]
+) -> None:
+    layer = conv_layer(params + " " + GAUSS)
+    bottom, top = run_forward(layer, shape)
+    assert strategy(layer) == "per_image"
+    ref = reference_conv_nd(
+        bottom.data, layer.blobs[0].data, layer.blobs[1].data,
+        layer.stride, layer.pad, layer.dilation, layer.group,
+    )  # fmt: skip
+    assert top.shape == ref.shape
+    np.testing.assert_allclose(top.data, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_3d_setup_shapes() -> None:
+    # Caffe TestSimple3DConvolution: 2x3x5x6x4, kernel 3 stride 2, 4 outputs.
+    layer = conv_layer("num_output: 4 kernel_size: 3 stride: 2")
+    top = Blob()
+    layer.setup([Blob((2, 3, 5, 6, 4))], [top])
+    assert top.shape == (2, 4, 2, 2, 1)
+    assert layer.blobs[0].shape == (4, 3, 3, 3, 3)
+
+
+@pytest.mark.parametrize("params,shape", ND_CASES)
+def test_nd_gradient(params: str, shape: tuple[int, ...]) -> None:
+    layer = conv_layer(params + " " + GAUSS)
+    rng = np.random.default_rng(5)
+    bottom, top = make_blob(shape, rng, name="x"), Blob(dtype=np.float64)
+    assert check_gradient(layer, [bottom], [top]) > 0
+
+
+def test_0d_convolution_is_a_product_over_the_channel_axis() -> None:
+    # Caffe Test0DConvolution: axis 3 of a 2x3x6x4 bottom leaves no spatial
+    # axes: top[n, h, w, o] = sum_c W[o, c] x[n, h, w, c] + b[o].
+    layer = conv_layer("num_output: 3 axis: 3 " + GAUSS)
+    bottom, top = run_forward(layer, (2, 3, 6, 4))
+    assert top.shape == (2, 3, 6, 3)
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    assert w.shape == (3, 4)
+    np.testing.assert_allclose(top.data, bottom.data @ w.T + b, rtol=1e-12)
+    check_gradient(layer, [bottom], [top])
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize(
+    "params,shape",
+    [
+        ("num_output: 3 kernel_size: 3 stride: 2", (2, 3, 6, 4)),
+        ("num_output: 2 kernel_h: 3 kernel_w: 2 pad: 1 dilation: 2", (2, 2, 7, 6)),
+        ("num_output: 4 kernel_size: 3 group: 2 pad: 1", (2, 4, 5, 5)),
+    ],
+)
+def test_force_nd_im2col_matches_2d(
+    params: str, shape: tuple[int, ...], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Caffe TestNDAgainst2D: force_nd_im2col runs the N-D path on a 2-D
+    # bottom; forward, bottom diff and weight/bias diffs agree with every
+    # 2-D strategy (bit for bit with per-image columns: the same GEMMs).
+    force_lowering(monkeypatch, name)
+    results = []
+    for extra in ("", " force_nd_im2col: true"):
+        layer = conv_layer(params + extra + " " + GAUSS)
+        bottom, top = run_forward(layer, shape)
+        top.diff[...] = np.random.default_rng(2).normal(size=top.shape)
+        layer.backward([top], [True], [bottom])
+        results.append([top.data, bottom.diff] + [p.diff for p in layer.blobs])
+    assert strategy(layer) == "per_image"
+    for nd, two_d in zip(results[1], results[0]):
+        if name == "per_image":
+            np.testing.assert_array_equal(nd, two_d)
+        np.testing.assert_allclose(nd, two_d, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_convolution(
+    name: str, multiplier: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # group = channels (MobileNet's depthwise layers), one or two outputs per
+    # channel: each output sees its own input channel only.
+    force_lowering(monkeypatch, name)
+    channels = 4
+    layer = conv_layer(
+        f"num_output: {channels * multiplier} group: {channels} kernel_size: 3 "
+        "pad: 1 stride: 2 " + GAUSS
+    )
+    bottom, top = run_forward(layer, (2, channels, 7, 6))
+    w, b = layer.blobs[0].data, layer.blobs[1].data
+    assert w.shape == (channels * multiplier, 1, 3, 3)
+    ref = reference_conv_nd(bottom.data, w, b, (2, 2), (1, 1), (1, 1), channels)
+    np.testing.assert_allclose(top.data, ref, rtol=1e-12, atol=1e-12)
+    check_gradient(layer, [bottom], [top])
+
+
+def test_sobel_convolution_equals_two_separable_passes() -> None:
+    # Caffe TestSobelConvolution: the 3x3 Sobel filter [[-1, 0, 1], [-2, 0, 2],
+    # [-1, 0, 1]] summed over 3 channels equals a 3x1 pass with [1, 2, 1]
+    # over the channels followed by a 1x3 pass with [-1, 0, 1] (non-square
+    # kernels and strides).
+    rng = np.random.default_rng(0)
+    bottom = make_blob((2, 3, 6, 4), rng)
+    sobel = conv_layer("num_output: 1 kernel_size: 3 stride: 2 bias_term: false")
+    top = Blob(dtype=np.float64)
+    sobel.setup([bottom], [top])
+    sobel.blobs[0].data[...] = np.outer([1, 2, 1], [-1, 0, 1])
+    sobel.forward([bottom], [top])
+    first = conv_layer(
+        "num_output: 1 kernel_h: 3 kernel_w: 1 stride_h: 2 stride_w: 1 bias_term: false"
+    )
+    mid = Blob(dtype=np.float64)
+    first.setup([bottom], [mid])
+    first.blobs[0].data[...] = np.array([1, 2, 1]).reshape(1, 1, 3, 1)
+    first.forward([bottom], [mid])
+    second = conv_layer(
+        "num_output: 1 kernel_h: 1 kernel_w: 3 stride_h: 1 stride_w: 2 bias_term: false"
+    )
+    out = Blob(dtype=np.float64)
+    second.setup([mid], [out])
+    second.blobs[0].data[...] = np.array([-1, 0, 1]).reshape(1, 1, 1, 3)
+    second.forward([mid], [out])
+    assert out.shape == top.shape == (2, 1, 2, 1)
+    np.testing.assert_allclose(out.data, top.data, rtol=1e-12, atol=1e-12)
+    # And by hand for image 0, output (0, 0): rows 0..2, columns 0..2.
+    x = bottom.data[0].sum(axis=0)
+    expect = sum(
+        np.outer([1, 2, 1], [-1, 0, 1])[i, j] * x[i, j]
+        for i in range(3)
+        for j in range(3)
+    )
+    assert top.data[0, 0, 0, 0] == pytest.approx(expect, rel=1e-12)
+
+
+# -- chunks (ops/conv.py ChunkedLowering) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,chunk_bytes,chunk",
+    [
+        ("per_image", 1, 1),
+        ("per_image", 3000, 2),  # an image's columns: 4 * 18 * 20 bytes
+        ("row_shift", 1, 1),
+        ("row_shift", 600, 2),  # an image's row block: 4 * 3*2*3 * 4 bytes
+    ],
+)
+def test_chunks_with_a_shorter_last_chunk(
+    name: str, chunk_bytes: int, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks of one image, or of two with a last chunk of one (5 images in
+    # segments of 3 and 2): forward against the direct reference, and
+    # gradients by finite differences.
+    force_lowering(monkeypatch, name)
+    monkeypatch.setattr(lowering, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(lowering, "KEEP_COLUMNS_BYTES", 0)
+    params = "num_output: 3 kernel_size: 3 pad: 1 " + GAUSS
+    layer = conv_layer(params)
+    bottom, top = run_forward(layer, (5, 2, 5, 4))
+    assert strategy(layer) == name and layer.lowerings[0].chunk == chunk
+    ref = reference_conv(
+        bottom.data, layer.blobs[0].data, layer.blobs[1].data,
+        (1, 1), (1, 1), (1, 1), 1,
+    )  # fmt: skip
+    np.testing.assert_allclose(top.data, ref, rtol=1e-12, atol=1e-12)
+    layer = conv_layer(params)
+    bottom = make_blob((5, 2, 5, 4), np.random.default_rng(7))
+    check_gradient(layer, [bottom], [Blob(dtype=np.float64)])
+
+
+@pytest.mark.parametrize("name", ["per_image", "row_shift", "batch_inner"])
+def test_weight_gradient_sums_over_images_within_float32_rounding(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The weight gradient sums the images' products in chunks and segments,
+    # not image by image as Caffe's weight_cpu_gemm accumulates (issue 18
+    # allows it): in float32 it agrees with the per-image sum of float64
+    # products to float32 rounding, rtol 1e-5 of the largest entry.
+    force_lowering(monkeypatch, name)
+    monkeypatch.setattr(lowering, "CHUNK_BYTES", 2000)
+    monkeypatch.setattr(lowering, "KEEP_COLUMNS_BYTES", 0)
+    layer = conv_layer("num_output: 4 kernel_size: 3 pad: 1 " + GAUSS)
+    bottom, top = Blob((9, 3, 8, 8)), Blob()
+    bottom.data[...] = np.random.default_rng(1).normal(size=bottom.shape)
+    layer.setup([bottom], [top])
+    layer.forward([bottom], [top])
+    top.diff[...] = np.random.default_rng(2).normal(size=top.shape)
+    layer.backward([top], [False], [bottom])
+    x = bottom.data.astype(np.float64)
+    dy = top.diff.astype(np.float64)
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    expect = np.zeros(layer.blobs[0].shape)
+    for n in range(9):  # Caffe's order: image by image
+        for i in range(3):
+            for j in range(3):
+                window = padded[n, :, i : i + 8, j : j + 8]
+                expect[:, :, i, j] += np.einsum("myx,cyx->mc", dy[n], window)
+    got = layer.blobs[0].diff
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expect, rtol=0, atol=1e-5 * np.abs(expect).max())
+
+
+def test_small_batches_keep_their_columns_large_ones_are_chunked() -> None:
+    # LeNet's conv1 at batch 64 (3.7 MB of columns): one chunk per segment,
+    # the columns kept for the weight gradient; CIFAR-10's conv1 at batch
+    # 100 (31 MB): chunks of one image's 307 KB, remade in backward.
+    for shape, m, keeps, chunk in (
+        ((64, 1, 28, 28), 20, True, 32),
+        ((100, 3, 32, 32), 32, False, 1),
+    ):
+        pad = 0 if shape[1] == 1 else 2
+        layer = conv_layer(f"num_output: {m} kernel_size: 5 pad: {pad} " + GAUSS)
+        layer.setup([Blob(shape)], [Blob()])
+        lowering_ = layer.lowerings[0]
+        assert strategy(layer) == "per_image"
+        assert lowering_.keeps_columns is keeps and lowering_.chunk == chunk

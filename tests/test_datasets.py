@@ -290,9 +290,13 @@ def caffe_datum_bytes(image: np.ndarray, label: int) -> bytes:
     )
 
 
-def check_dbs(dbs: dict[str, Path]) -> None:
+def check_dbs(
+    dbs: dict[str, Path],
+    train: tuple[np.ndarray, np.ndarray] = TRAIN,
+    test: tuple[np.ndarray, np.ndarray] = TEST,
+) -> None:
     """Each database against its IDX source, Datum by Datum."""
-    for split, (images, labels) in (("train", TRAIN), ("test", TEST)):
+    for split, (images, labels) in (("train", train), ("test", test)):
         items = read_lmdb(dbs[split])
         assert [k for k, _ in items] == [
             f"{i:08d}".encode() for i in range(len(labels))
@@ -418,14 +422,25 @@ def test_truncated_idx_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "mnist_test_lmdb").exists()
 
 
-def test_never_overwrites_without_force(tmp_path: Path) -> None:
+def test_never_overwrites_other_sources_without_force(tmp_path: Path) -> None:
+    """Same files again: kept as they are. Other files: --force, which
+    replaces both."""
     tiny_files(tmp_path / "src")
     kw = dict(from_dir=tmp_path / "src", verify=False)
     dbs = prepare_dataset(dsm.MNIST, tmp_path / "out", **kw)  # type: ignore[arg-type]
-    stamp = (dbs["train"] / "data.mdb").stat().st_ino
-    with pytest.raises(DataError, match="already exist; pass --force"):
-        prepare_dataset(dsm.MNIST, tmp_path / "out", **kw)  # type: ignore[arg-type]
-    assert (dbs["train"] / "data.mdb").stat().st_ino == stamp
+    inode = (dbs["train"] / "data.mdb").stat().st_ino
+    assert prepare_dataset(dsm.MNIST, tmp_path / "out", **kw) == dbs  # type: ignore[arg-type]
+    assert (dbs["train"] / "data.mdb").stat().st_ino == inode
+    other = tmp_path / "other"
+    tiny_files(other)
+    (other / "t10k-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes((TEST[1] + 1) % 10), mtime=0)
+    )
+    with pytest.raises(
+        DataError, match=r"mnist_test_lmdb: already there, and not built by caffesolve"
+    ):
+        prepare_dataset(dsm.MNIST, tmp_path / "out", from_dir=other, verify=False)
+    assert (dbs["train"] / "data.mdb").stat().st_ino == inode
     dbs = prepare_dataset(dsm.MNIST, tmp_path / "out", force=True, **kw)  # type: ignore[arg-type]
     check_dbs(dbs)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [

@@ -129,6 +129,27 @@ def test_pooling_matches_caffe_sizes_and_values(
             assert attrs["count_include_pad"] == 1
 
 
+@pytest.mark.parametrize(
+    "pool, shape",
+    [
+        ("kernel_size: 3 stride: 2", (2, 3, 8, 7)),  # ceil: partial windows
+        ("global_pooling: true", (2, 3, 5, 4)),
+    ],
+)
+def test_stochastic_pooling_exports_its_test_formula(
+    pool: str, shape: tuple[int, ...]
+) -> None:
+    # A deploy net runs STOCHASTIC's TEST pass, sum(x^2) / sum(x) per window:
+    # two AveragePools whose divisors cancel (Caffe's FLT_MIN aside).
+    x = np.random.default_rng(5).uniform(0.1, 1.0, size=shape).astype(np.float32)
+    model = check_layer(
+        f'type: "Pooling" pooling_param {{ pool: STOCHASTIC {pool} }}',
+        [shape],
+        inputs=[x],
+    )
+    assert ops(model).count("AveragePool") == 2
+
+
 def test_pooling_that_onnx_sizes_differently_is_refused() -> None:
     """Kernel 1, stride 3, no pad on 5 pixels: Caffe keeps a third window
     starting past the input (pad 0 turns its drop rule off), ONNX drops it."""

@@ -1,7 +1,7 @@
-"""Tests of the lowering functions (caffesolve/im2col.py), after Caffe's
-test_im2col_layer.cpp / test_im2col_kernel: every column element against its
-definition, col2im as the exact adjoint of im2col, both column layouts, the
-output-size formulas, and buffer reuse."""
+"""Tests of the lowering functions (caffesolve/ops/im2col.py, row_shift.py,
+pooling.py), after Caffe's test_im2col_layer.cpp / test_im2col_kernel: every
+column element against its definition, col2im as the exact adjoint of
+im2col, both column layouts, the output-size formulas, and buffer reuse."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from caffesolve import kernels
-from caffesolve.ops import conv, pooling, row_shift
-from caffesolve.ops.conv import ConvGeometry
-from caffesolve.ops.pooling import PoolGeometry
+from caffesolve.ops import conv, im2col, row_shift
+from caffesolve.ops.im2col import ConvGeometry
 
 GEOMETRIES = [
     ConvGeometry(2, 3, 5, 6, 3, 3),
@@ -26,10 +25,32 @@ GEOMETRIES = [
 ]
 
 
-def column_index(g: ConvGeometry, n: int, y: int, x: int, batch_inner: bool) -> int:
-    if batch_inner:
-        return (y * g.out_w + x) * g.num + n
-    return (n * g.out_h + y) * g.out_w + x
+def column_index(g: ConvGeometry, n: int, y: int, x: int) -> int:
+    """Column of image n's output (y, x) in the batch-inner matrix."""
+    return (y * g.out_w + x) * g.num + n
+
+
+def col2im(
+    col: np.ndarray,
+    g: ConvGeometry,
+    out: np.ndarray | None = None,
+    work: np.ndarray | None = None,
+) -> np.ndarray:
+    """Caffe's col2im_cpu for batch-inner columns, from the lowering's two
+    steps (add back into the padded image, crop)."""
+    if out is None:
+        out = np.empty((g.num, g.channels, g.height, g.width), col.dtype)
+    if work is None:
+        work = np.empty(im2col.padded_shape(g, True), col.dtype)
+    work[...] = 0
+    im2col.col2im_add(col, g, work)
+    im2col.col2im_finish(work, g, out)
+    return out
+
+
+def per_image_from_batch_inner(col: np.ndarray, g: ConvGeometry) -> np.ndarray:
+    """Batch-inner columns (K, oh*ow*N) rearranged as per-image (N, K, oh*ow)."""
+    return col.reshape(g.kernel_dim, -1, g.num).transpose(2, 0, 1)
 
 
 def caffe_im2col_values(
@@ -48,67 +69,82 @@ def caffe_im2col_values(
         yield n, row, y, xx, x[n, c, h, w] if inside else 0.0
 
 
-@pytest.mark.parametrize("batch_inner", [False, True])
 @pytest.mark.parametrize("g", GEOMETRIES)
-def test_im2col_elements(g: ConvGeometry, batch_inner: bool) -> None:
+def test_im2col_elements(g: ConvGeometry) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(g.num, g.channels, g.height, g.width))
-    col = conv.im2col(x, g, batch_inner)
+    col = im2col.im2col(x, g)
     assert col.shape == (g.channels * g.kernel_h * g.kernel_w, g.col_cols)
     for n, row, y, xx, expect in caffe_im2col_values(x, g):
-        assert col[row, column_index(g, n, y, xx, batch_inner)] == expect
+        assert col[row, column_index(g, n, y, xx)] == expect
 
 
-@pytest.mark.parametrize("batch_inner", [False, True])
 @pytest.mark.parametrize("g", GEOMETRIES)
-def test_col2im_is_adjoint_of_im2col(g: ConvGeometry, batch_inner: bool) -> None:
+def test_col2im_is_adjoint_of_im2col(g: ConvGeometry) -> None:
     # <im2col(x), c> == <x, col2im(c)> for all x, c: col2im adds every column
     # value back where im2col read it (and drops what came from padding).
     rng = np.random.default_rng(1)
     x = rng.normal(size=(g.num, g.channels, g.height, g.width))
     c = rng.normal(size=(g.kernel_dim, g.col_cols))
-    lhs = np.sum(conv.im2col(x, g, batch_inner) * c)
-    rhs = np.sum(x * conv.col2im(c, g, batch_inner))
+    lhs = np.sum(im2col.im2col(x, g) * c)
+    rhs = np.sum(x * col2im(c, g))
     assert lhs == pytest.approx(rhs, rel=1e-12)
+
+
+def col2im_per_image(
+    col: np.ndarray,
+    g: ConvGeometry,
+    out: np.ndarray | None = None,
+    work: np.ndarray | None = None,
+) -> np.ndarray:
+    if out is None:
+        out = np.empty((g.num, g.channels, g.height, g.width), col.dtype)
+    return im2col.col2im_per_image(col, g, out, work)
 
 
 @pytest.mark.parametrize("batch_inner", [False, True])
 def test_buffers_reused_and_padding_stays_zero(batch_inner: bool) -> None:
     g = ConvGeometry(2, 2, 4, 4, 3, 3, 1, 1, 1, 1)
     rng = np.random.default_rng(2)
-    work = np.zeros(conv.padded_shape(g, batch_inner))
-    out = np.empty((g.kernel_dim, g.col_cols))
-    diff_work = np.full(conv.padded_shape(g, batch_inner), 99.0)  # dirty on purpose
+    work = np.zeros(im2col.padded_shape(g, batch_inner))
+    diff_work = np.full(im2col.padded_shape(g, batch_inner), 99.0)  # dirty
     dx = np.empty((g.num, g.channels, g.height, g.width))
+    if batch_inner:
+        lower, lift = im2col.im2col, col2im
+        out = np.empty((g.kernel_dim, g.col_cols))
+    else:
+        lower, lift = im2col.im2col_per_image, col2im_per_image
+        out = np.empty(im2col.per_image_shape(g))
     for _ in range(2):
         x = rng.normal(size=dx.shape)
-        conv.im2col(x, g, batch_inner, out=out, work=work)
-        np.testing.assert_array_equal(out, conv.im2col(x, g, batch_inner))
+        lower(x, g, out=out, work=work)
+        np.testing.assert_array_equal(out, lower(x, g))
         c = rng.normal(size=out.shape)
-        conv.col2im(c, g, batch_inner, out=dx, work=diff_work)
-        np.testing.assert_array_equal(dx, conv.col2im(c, g, batch_inner))
+        lift(c, g, out=dx, work=diff_work)
+        np.testing.assert_array_equal(dx, lift(c, g))
 
 
 def test_float32_stays_float32() -> None:
     g = GEOMETRIES[1]
     x = np.ones((g.num, g.channels, g.height, g.width), np.float32)
-    for batch_inner in (False, True):
-        col = conv.im2col(x, g, batch_inner)
-        assert col.dtype == np.float32
-        assert conv.col2im(col, g, batch_inner).dtype == np.float32
+    col = im2col.im2col(x, g)
+    assert col.dtype == np.float32
+    assert col2im(col, g).dtype == np.float32
+    col = im2col.im2col_per_image(x, g)
+    assert col.dtype == np.float32
+    assert col2im_per_image(col, g).dtype == np.float32
 
 
 def test_layout_round_trips() -> None:
     rng = np.random.default_rng(3)
     x = rng.normal(size=(3, 2, 4, 5))
-    np.testing.assert_array_equal(conv.chwn_to_nchw(conv.nchw_to_chwn(x)), x)
+    np.testing.assert_array_equal(im2col.chwn_to_nchw(im2col.nchw_to_chwn(x)), x)
     y = rng.normal(size=(3, 4, 2, 2))
-    for batch_inner in (False, True):
-        cols = np.empty((4, 3 * 2 * 2))
-        conv.nchw_to_columns(y, batch_inner, cols)
-        back = np.empty_like(y)
-        conv.columns_to_nchw(cols, 3, batch_inner, back)
-        np.testing.assert_array_equal(back, y)
+    cols = np.empty((4, 3 * 2 * 2))
+    im2col.nchw_to_columns(y, cols)
+    back = np.empty_like(y)
+    im2col.columns_to_nchw(cols, 3, back)
+    np.testing.assert_array_equal(back, y)
 
 
 # -- sizes ---------------------------------------------------------------------------
@@ -128,27 +164,7 @@ def test_layout_round_trips() -> None:
 def test_conv_out_size(
     size: int, kernel: int, stride: int, pad: int, dilation: int, expect: int
 ) -> None:
-    assert conv.conv_out_size(size, kernel, stride, pad, dilation) == expect
-
-
-@pytest.mark.parametrize(
-    "size,kernel,stride,pad,ceil_mode,expect",
-    [
-        (24, 2, 2, 0, True, 12),  # LeNet pool1
-        (5, 2, 2, 0, True, 3),  # ceil keeps a partial window
-        (5, 2, 2, 0, False, 2),
-        (6, 3, 2, 0, True, 3),  # Caffe TestSetup
-        (6, 3, 2, 1, True, 4),  # TestSetupPadded
-        (5, 3, 2, 1, True, 3),
-        (5, 2, 2, 1, True, 3),  # 4 by ceil, last would start in the padding
-        (55, 3, 2, 0, True, 27),  # AlexNet pool1
-        (13, 3, 2, 0, True, 6),
-    ],
-)
-def test_pool_out_size(
-    size: int, kernel: int, stride: int, pad: int, ceil_mode: bool, expect: int
-) -> None:
-    assert pooling.pool_out_size(size, kernel, stride, pad, ceil_mode) == expect
+    assert im2col.conv_out_size(size, kernel, stride, pad, dilation) == expect
 
 
 def test_prefer_batch_inner_for_lenet() -> None:
@@ -156,24 +172,6 @@ def test_prefer_batch_inner_for_lenet() -> None:
     conv2 = ConvGeometry(64, 20, 12, 12, 5, 5)
     assert not conv.prefer_batch_inner(conv1, 20)
     assert conv.prefer_batch_inner(conv2, 50)
-
-
-def test_ave_pool_divisor_hand_values() -> None:
-    # 4 wide, kernel 3, stride 2, pad 1: windows start at -1, 1, 3 and end
-    # at min(start + 3, 5): sizes 3, 3, 2.
-    g = PoolGeometry(1, 1, 4, 4, 3, 3, 2, 2, 1, 1)
-    np.testing.assert_array_equal(
-        pooling.ave_pool_divisor(g, np.float64), np.outer([3, 3, 2], [3, 3, 2])
-    )
-
-
-def test_argmax_to_caffe_mask() -> None:
-    g = PoolGeometry(1, 1, 4, 5, 2, 3, 2, 2, 1, 1)
-    argmax = np.zeros((1, 1, g.out_h, g.out_w), np.uint8)
-    argmax[0, 0, 1, 1] = 1 * 3 + 2  # kernel row 1, column 2
-    mask = pooling.argmax_to_caffe_mask(argmax, g, np.float32)
-    # output (1, 1) starts at (1*2 - 1, 1*2 - 1) = (1, 1): element (2, 3)
-    assert mask[0, 0, 1, 1] == 2 * 5 + 3
 
 
 # -- per-image columns and the row-shift lowering -------------------------------------
@@ -184,25 +182,25 @@ def test_im2col_per_image_elements(g: ConvGeometry) -> None:
     # col[n] is Caffe's im2col of image n: row (c, i, j), column (y, x).
     rng = np.random.default_rng(4)
     x = rng.normal(size=(g.num, g.channels, g.height, g.width))
-    work = np.zeros(conv.padded_shape(g, False)) if g.has_pad else None
-    col = conv.im2col_per_image(x, g, work=work)
+    work = np.zeros(im2col.padded_shape(g, False)) if g.has_pad else None
+    col = im2col.im2col_per_image(x, g, work=work)
     assert col.shape == (g.num, g.kernel_dim, g.out_h * g.out_w)
     for n, row, y, xx, expect in caffe_im2col_values(x, g):
         assert col[n, row, y * g.out_w + xx] == expect
-    # the same numbers as the (K, N*P) batch-outer matrix, image by image
-    flat = conv.im2col(x, g, False).reshape(g.kernel_dim, g.num, -1)
-    np.testing.assert_array_equal(col, flat.transpose(1, 0, 2))
+    # the same numbers as the batch-inner matrix, image by image
+    batch_inner = im2col.im2col(x, g)
+    np.testing.assert_array_equal(col, per_image_from_batch_inner(batch_inner, g))
 
 
 @pytest.mark.parametrize("g", GEOMETRIES)
 def test_col2im_per_image_is_adjoint(g: ConvGeometry) -> None:
     rng = np.random.default_rng(5)
     x = rng.normal(size=(g.num, g.channels, g.height, g.width))
-    c = rng.normal(size=conv.per_image_shape(g))
-    work = np.full(conv.padded_shape(g, False), 7.0) if g.has_pad else None
+    c = rng.normal(size=im2col.per_image_shape(g))
+    work = np.full(im2col.padded_shape(g, False), 7.0) if g.has_pad else None
     dx = np.full_like(x, np.nan)  # must be overwritten everywhere
-    conv.col2im_per_image(c, g, dx, work)
-    lhs = np.sum(conv.im2col_per_image(x, g) * c)
+    im2col.col2im_per_image(c, g, dx, work)
+    lhs = np.sum(im2col.im2col_per_image(x, g) * c)
     assert lhs == pytest.approx(np.sum(x * dx), rel=1e-12)
 
 
@@ -215,11 +213,12 @@ def test_im2col_per_image_float32_runs_copy() -> None:
         ConvGeometry(2, 1, 7, 7, 5, 5),
     ):
         x = rng.normal(size=(g.num, g.channels, g.height, g.width)).astype(np.float32)
-        work = np.zeros(conv.padded_shape(g, False), np.float32) if g.has_pad else None
-        col = conv.im2col_per_image(x, g, work=work)
+        shape = im2col.padded_shape(g, False)
+        work = np.zeros(shape, np.float32) if g.has_pad else None
+        col = im2col.im2col_per_image(x, g, work=work)
         assert col.dtype == np.float32
-        flat = conv.im2col(x.astype(np.float64), g, False)
-        expect = flat.reshape(g.kernel_dim, g.num, -1).transpose(1, 0, 2)
+        flat = im2col.im2col(x.astype(np.float64), g)
+        expect = per_image_from_batch_inner(flat, g)
         np.testing.assert_array_equal(col, expect.astype(np.float32))
 
 
@@ -247,10 +246,10 @@ def test_row_shift_matches_im2col(g: ConvGeometry, paths: str) -> None:
     x = rng.normal(size=(g.num, g.channels, g.height, g.width))
     w = rng.normal(size=(m, g.channels, g.kernel_h, g.kernel_w))
     dy = rng.normal(size=(m, g.col_cols))
-    col = conv.im2col(x, g, True)
+    col = im2col.im2col(x, g)
 
     shifted = np.empty(row_shift.shifted_shape(g))
-    work = np.zeros(conv.padded_shape(g, True))
+    work = np.zeros(im2col.padded_shape(g, True))
     row_shift.row_shift_columns(x, g, shifted, work)
     rows = shifted.reshape(g.padded_h, g.channels, g.kernel_w, g.out_w, g.num)
     for h, j, xx in itertools.product(
@@ -266,17 +265,19 @@ def test_row_shift_matches_im2col(g: ConvGeometry, paths: str) -> None:
     row_shift.row_shift_forward(row_shift.row_shift_weights(w), shifted, g, y)
     np.testing.assert_allclose(y, w.reshape(m, -1) @ col, rtol=1e-12, atol=1e-12)
 
-    dw = row_shift.row_shift_weight_gemm(dy, shifted, g)
+    dy_rows = dy.reshape(m, g.out_h, -1).transpose(1, 0, 2).copy()
+    total = np.zeros((g.kernel_h * g.channels * g.kernel_w, m))
+    row_shift.row_shift_weight_gemm(dy_rows, shifted, g, total, np.empty_like(total))
+    dw = row_shift.row_shift_weight_layout(total, g)
     np.testing.assert_allclose(
         dw, (dy @ col.T).reshape(w.shape), rtol=1e-12, atol=1e-12
     )
 
     dx = np.full_like(x, np.nan)
-    dy_rows = dy.reshape(m, g.out_h, -1).transpose(1, 0, 2).copy()
-    acc = np.full(conv.padded_shape(g, True), 5.0)  # dirty on purpose
+    acc = np.full(im2col.padded_shape(g, True), 5.0)  # dirty on purpose
     sdiff = np.full(row_shift.shifted_shape(g), np.nan)
     row_shift.row_shift_backward_data(w, dy_rows, g, sdiff, acc, dx)
-    expect = conv.col2im(w.reshape(m, -1).T @ dy, g, True)
+    expect = col2im(w.reshape(m, -1).T @ dy, g)
     np.testing.assert_allclose(dx, expect, rtol=1e-12, atol=1e-12)
 
 
@@ -284,75 +285,6 @@ def test_row_shift_only_for_vertical_stride_and_dilation_one() -> None:
     assert row_shift.row_shift_ok(ConvGeometry(1, 1, 5, 5, 3, 3, 1, 2))
     assert not row_shift.row_shift_ok(ConvGeometry(1, 1, 5, 5, 3, 3, 2, 1))
     assert not row_shift.row_shift_ok(ConvGeometry(1, 1, 9, 9, 3, 3, 1, 1, 0, 0, 2, 1))
-
-
-# -- pooling over tiling windows ------------------------------------------------------
-
-
-TILE_CASES = [
-    PoolGeometry(2, 3, 6, 8, 2, 2, 2, 2),  # LeNet's 2x2 stride 2
-    PoolGeometry(2, 2, 6, 6, 3, 2, 3, 2),  # non-square
-    PoolGeometry(1, 2, 4, 6, 1, 3, 1, 3),  # one kernel row
-    PoolGeometry(1, 2, 6, 4, 3, 1, 3, 1),  # one kernel column
-    PoolGeometry(1, 1, 17, 17, 17, 17, 17, 17),  # 289 offsets: uint16 argmax
-]
-
-
-def test_pool_tiles_detects_tilings() -> None:
-    for g in TILE_CASES:
-        assert pooling.pool_tiles(g)
-    assert not pooling.pool_tiles(PoolGeometry(1, 1, 5, 5, 2, 2, 2, 2))  # ceil window
-    assert not pooling.pool_tiles(PoolGeometry(1, 1, 6, 6, 3, 3, 2, 2))  # overlap
-    assert not pooling.pool_tiles(PoolGeometry(1, 1, 6, 6, 2, 2, 2, 2, 1, 1))  # pad
-
-
-def tricky_values(shape: tuple[int, ...], dtype: type, seed: int) -> np.ndarray:
-    """Few distinct values (many ties), with NaN, -inf and -FLT_MAX."""
-    rng = np.random.default_rng(seed)
-    flt_max = float(np.finfo(np.float32).max)
-    pool = np.array([np.nan, -np.inf, -flt_max, -1.0, 0.0, 0.5, 2.0, np.inf])
-    return rng.choice(
-        pool, size=shape, p=[0.1, 0.1, 0.1, 0.2, 0.2, 0.1, 0.15, 0.05]
-    ).astype(dtype)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("g", TILE_CASES)
-def test_tiled_max_pool_matches_general_path(g: PoolGeometry, dtype: type) -> None:
-    # Same values (bitwise, NaN where NaN), same first-maximum offsets and
-    # same bottom diff as the general strided path, on data full of ties.
-    area = g.kernel_h * g.kernel_w
-    index_dtype = np.uint8 if area <= 256 else np.uint16
-    out_shape = (g.num, g.channels, g.out_h, g.out_w)
-    buf = pooling.tile_buffers(g, dtype, index_dtype)
-    for seed in range(3):
-        x = tricky_values((g.num, g.channels, g.height, g.width), dtype, seed)
-        top, index = np.empty(out_shape, dtype), np.empty(out_shape, index_dtype)
-        pooling.max_pool_tiles_forward(x, g, top, index, buf)
-        ref_top, ref_index = np.empty_like(top), np.empty_like(index)
-        pooling.max_pool_forward(x, g, ref_top, ref_index)
-        np.testing.assert_array_equal(top, ref_top)
-        np.testing.assert_array_equal(index, ref_index)
-        no_index = np.empty_like(top)
-        pooling.max_pool_tiles_forward(x, g, no_index, None, buf)
-        np.testing.assert_array_equal(no_index, ref_top)
-
-        dy = np.random.default_rng(seed).normal(size=out_shape).astype(dtype)
-        dx = np.full_like(x, np.nan)
-        pooling.max_pool_tiles_backward(dy, index, g, dx, buf)
-        ref_dx = np.empty_like(x)
-        pooling.max_pool_backward(dy, ref_index, g, ref_dx)
-        np.testing.assert_array_equal(dx, ref_dx)
-
-
-def test_tile_planes_definition() -> None:
-    g = PoolGeometry(2, 2, 6, 6, 3, 2, 3, 2)
-    x = np.arange(2 * 2 * 6 * 6, dtype=np.float64).reshape(2, 2, 6, 6)
-    planes = pooling.tile_planes(x, g, pooling.tile_buffers(g, np.float64, np.uint8))
-    for i in range(3):
-        for j in range(2):
-            expect = x[:, :, i::3, j::2].reshape(-1)
-            np.testing.assert_array_equal(planes[i * 2 + j], expect)
 
 
 @pytest.mark.parametrize("g", ROW_SHIFT_GEOMETRIES)
@@ -365,7 +297,7 @@ def test_row_shift_compiled_kernels_give_the_numpy_bits(g: ConvGeometry) -> None
     for numpy_path in (False, True):
         with kernels.forced(numpy_path):
             shifted = np.full(row_shift.shifted_shape(g), np.nan, np.float32)
-            work = np.zeros(conv.padded_shape(g, True), np.float32)
+            work = np.zeros(im2col.padded_shape(g, True), np.float32)
             row_shift.row_shift_columns(x, g, shifted, work)
             dx = np.full_like(x, np.nan)
             sdiff = np.empty(row_shift.shifted_shape(g), np.float32)
@@ -373,3 +305,19 @@ def test_row_shift_compiled_kernels_give_the_numpy_bits(g: ConvGeometry) -> None
             results.append((shifted, dx))
     for got, ref in zip(*results):
         np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("g", GEOMETRIES + ROW_SHIFT_GEOMETRIES)
+def test_col2im_compiled_kernel_gives_the_numpy_bits(g: ConvGeometry) -> None:
+    # The compiled adds of col2im_per_image (kernels on) against its NumPy
+    # loop (kernels off): the same additions in the same order.
+    rng = np.random.default_rng(9)
+    c = rng.normal(size=im2col.per_image_shape(g)).astype(np.float32)
+    results = []
+    for numpy_path in (False, True):
+        with kernels.forced(numpy_path):
+            work = np.full(im2col.padded_shape(g, False), 3.0, np.float32)
+            dx = np.full((g.num, g.channels, g.height, g.width), np.nan, np.float32)
+            im2col.col2im_per_image(c, g, dx, work if g.has_pad else None)
+            results.append(dx)
+    np.testing.assert_array_equal(results[0], results[1])

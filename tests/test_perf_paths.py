@@ -485,6 +485,33 @@ def test_convolution_two_workers_bitwise_equal(
         assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
+@pytest.mark.parametrize(
+    ("m", "extra", "shape"),
+    [
+        (6, "kernel_size: 3 pad: 1", (7, 3, 16, 16)),  # per-image columns
+        (8, "kernel_size: 5", (7, 4, 12, 12)),  # row shift
+    ],
+)
+def test_convolution_chunks_two_workers_bitwise_equal(
+    two_workers: None,
+    m: int,
+    extra: str,
+    shape: tuple[int, ...],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Chunks of one image: the segments' weight sums add up in the same
+    # order with one worker and with two.
+    from caffesolve.ops import conv
+
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(conv, "KEEP_COLUMNS_BYTES", 0)
+    text = CONV.format(m=m, extra=extra)
+    inline = _run_layer(text, [shape], 1, True)
+    split = _run_layer(text, [shape], 2, True)
+    for a, b in zip(inline, split):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("transpose", ["false", "true"])
 @pytest.mark.parametrize("shape", [(64, 50, 4, 4), (7, 13)])
 def test_inner_product_two_workers_bitwise_equal(

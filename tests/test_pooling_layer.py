@@ -1,30 +1,41 @@
 """Pooling layer tests after Caffe's test_pooling_layer.cpp: output sizes
-(ceil rounding, the last window that would start in the padding), hand-worked
-MAX/AVE values and masks, ties, global pooling, a direct loop reference for
-forward and backward, numerical gradients, and Caffe's checks."""
+(ceil and floor rounding, the last window that would start in the padding,
+empty windows), Caffe's hand-worked MAX values and masks (square, tall and
+wide kernels, padded), AVE with its clipped divisor, ties and NaN, global
+pooling, a direct loop reference for forward and backward, Caffe's gradient
+checks, and Caffe's parameter checks; each on the compiled loops and on the
+NumPy paths (STOCHASTIC: test_stochastic_pooling.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
+from conftest import layer_from
 from gradient_check import check_gradient
 
 from caffesolve import kernels
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
-from caffesolve.layers import create_layer
 from caffesolve.layers.pooling import PoolingLayer
-from caffesolve.ops import pooling as lowering
 from caffesolve.proto import caffe_pb2
-from caffesolve.proto.io import parse_prototxt_text
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def paths(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test on the compiled loops, then on the NumPy paths."""
+    with kernels.forced(request.param == "numpy"):
+        yield request.param
 
 
 def pool_layer(
     params: str, name: str = "pool", phase: int = caffe_pb2.TRAIN
 ) -> PoolingLayer:
     text = f'name: "{name}" type: "Pooling" pooling_param {{ {params} }}'
-    param = parse_prototxt_text(text, caffe_pb2.LayerParameter(), "<test>")
-    layer = create_layer(param, phase, np.random.default_rng(1701))
+    layer = layer_from(text, phase)
     assert isinstance(layer, PoolingLayer)
     return layer
 
@@ -105,14 +116,16 @@ def test_setup() -> None:
     _, top = run(pool_layer("kernel_size: 3 stride: 2"), np.zeros((2, 3, 6, 5)))
     assert top.shape == (2, 3, 3, 2)
     # TestSetupPadded: pad 1 -> 4x3.
-    _, top = run(pool_layer("kernel_size: 3 stride: 2 pad: 1"), np.zeros((2, 3, 6, 5)))
+    _, top = run(
+        pool_layer("pool: AVE kernel_size: 3 stride: 2 pad: 1"), np.zeros((2, 3, 6, 5))
+    )
     assert top.shape == (2, 3, 4, 3)
     # TestSetupGlobalPooling.
-    _, top = run(pool_layer("global_pooling: true"), np.zeros((2, 3, 6, 5)))
+    _, top = run(pool_layer("pool: AVE global_pooling: true"), np.zeros((2, 3, 6, 5)))
     assert top.shape == (2, 3, 1, 1)
 
 
-def test_ceil_rounding_keeps_partial_last_window() -> None:
+def test_ceil_rounding_keeps_partial_last_window(paths: str) -> None:
     # 5 wide, kernel 2, stride 2: ceil(3/2) + 1 = 3 windows; the last one holds
     # only column 4.
     x = np.array([[[[1.0, 7.0, 3.0, 2.0, -4.0]]]])
@@ -126,7 +139,7 @@ def test_ceil_rounding_keeps_partial_last_window() -> None:
     np.testing.assert_array_equal(top.data[0, 0, 0], [7.0, 3.0])
 
 
-def test_last_window_starting_in_padding_is_dropped() -> None:
+def test_last_window_starting_in_padding_is_dropped(paths: str) -> None:
     # 5 wide, kernel 2, stride 2, pad 1: ceil((5+2-2)/2)+1 = 4, but window 4
     # would start at 3*2-1 = 5 = width, inside the padding: Caffe keeps 3.
     x = np.array([[[[1.0, 7.0, 3.0, 2.0, -4.0]]]])
@@ -139,21 +152,119 @@ def test_last_window_starting_in_padding_is_dropped() -> None:
     np.testing.assert_array_equal(top.data[0, 0, 0], [1.0, 7.0, 2.0])
 
 
-def test_forward_max_hand_values_and_mask() -> None:
-    # Caffe TestForwardMax: 3x5 input, kernel 2, stride 1.
-    plane = np.array([[1, 2, 5, 2, 3], [9, 4, 1, 4, 8], [1, 2, 5, 2, 3]], float)
-    x = np.stack([np.stack([plane, plane + 10])] * 2)  # 2x2x3x5
-    bottom, top, mask = run(pool_layer("kernel_size: 2 stride: 1"), x, tops=2)
-    expect = np.array([[9, 5, 5, 8], [9, 5, 5, 8]], float)
-    expect_mask = np.array([[5, 2, 2, 9], [5, 12, 12, 9]], float)
+def test_window_wholly_past_the_image(paths: str) -> None:
+    # 5 wide, kernel 1, stride 3, no pad: ceil(4/3) + 1 = 3 windows, the
+    # last starting at 6 (the drop rule only applies with padding). Caffe's
+    # loops then visit nothing: MAX stays at -FLT_MAX with mask -1, and AVE
+    # divides 0 by its pool_size (5 - 6) = -1.
+    x = np.array([[[[1.0, 2.0, 3.0, 4.0, 5.0]]]])
+    params = "kernel_size: 1 stride_h: 1 stride_w: 3"
+    layer = pool_layer(params)
+    bottom, top, mask = run(layer, x, tops=2)
+    assert top.data[0, 0, 0].tolist() == [1.0, 4.0, -FLT_MAX]
+    assert mask.data[0, 0, 0].tolist() == [0.0, 3.0, -1.0]
+    top.diff[...] = 1.0
+    layer.backward([top, mask], [True], [bottom])  # the -1 routes nowhere
+    assert bottom.diff[0, 0, 0].tolist() == [1.0, 0.0, 0.0, 1.0, 0.0]
+    layer = pool_layer(params)
+    bottom, top = run(layer, x)
+    top.diff[...] = 1.0
+    layer.backward([top], [True], [bottom])
+    assert bottom.diff[0, 0, 0].tolist() == [1.0, 0.0, 0.0, 1.0, 0.0]
+    _, top = run(pool_layer(f"pool: AVE {params}"), x)
+    assert top.data[0, 0, 0].tolist() == [1.0, 4.0, 0.0]
+    assert np.signbit(top.data[0, 0, 0, 2])  # 0 / -1 = -0, as in Caffe
+    # Starting exactly at the edge (4 wide, stride 2): pool_size 4 - 4 = 0,
+    # and Caffe's 0 / 0 is NaN.
+    _, top = run(pool_layer("pool: AVE kernel_size: 1 stride: 2"), x[..., :4])
+    assert top.data[0, 0, 0, :2].tolist() == [1.0, 3.0]
+    assert np.isnan(top.data[0, 0, 0, 2])
+
+
+# -- Caffe's hand-worked MAX values ------------------------------------------------
+
+# Caffe's TestForwardRectHigh / RectWide input: MATLAB's magic(6).
+MAGIC6 = np.array(
+    [
+        [35, 1, 6, 26, 19, 24],
+        [3, 32, 7, 21, 23, 25],
+        [31, 9, 2, 22, 27, 20],
+        [8, 28, 33, 17, 10, 15],
+        [30, 5, 34, 12, 14, 16],
+        [4, 36, 29, 13, 18, 11],
+    ],
+    float,
+)
+
+MAX_CASES = {
+    # Caffe's TestForwardSquare: 3x5, kernel 2, stride 1.
+    "square": (
+        "kernel_size: 2",
+        np.array([[1, 2, 5, 2, 3], [9, 4, 1, 4, 8], [1, 2, 5, 2, 3]], float),
+        [[9, 5, 5, 8], [9, 5, 5, 8]],
+        [[5, 2, 2, 9], [5, 12, 12, 9]],
+    ),
+    # TestForwardRectHigh: kernel 3x2 over magic(6).
+    "rect high": (
+        "kernel_h: 3 kernel_w: 2",
+        MAGIC6,
+        [
+            [35, 32, 26, 27, 27],
+            [32, 33, 33, 27, 27],
+            [31, 34, 34, 27, 27],
+            [36, 36, 34, 18, 18],
+        ],
+        [
+            [0, 7, 3, 16, 16],
+            [7, 20, 20, 16, 16],
+            [12, 26, 26, 16, 16],
+            [31, 31, 26, 34, 34],
+        ],
+    ),
+    # TestForwardRectWide: kernel 2x3 over magic(6).
+    "rect wide": (
+        "kernel_h: 2 kernel_w: 3",
+        MAGIC6,
+        [
+            [35, 32, 26, 26],
+            [32, 32, 27, 27],
+            [33, 33, 33, 27],
+            [34, 34, 34, 17],
+            [36, 36, 34, 18],
+        ],
+        [
+            [0, 7, 3, 3],
+            [7, 7, 16, 16],
+            [20, 20, 20, 16],
+            [26, 26, 26, 21],
+            [31, 31, 26, 34],
+        ],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("tops", [1, 2])  # TestForwardMax, TestForwardMaxTopMask
+@pytest.mark.parametrize("case", MAX_CASES)
+def test_forward_max_hand_values(case: str, tops: int, paths: str) -> None:
+    params, plane, expect, expect_mask = MAX_CASES[case]
+    x = np.stack([np.stack([plane, plane + 100])] * 2)  # 2x2 planes
+    _, top, *mask = run(pool_layer(params), x, tops)
     for n in range(2):
         np.testing.assert_array_equal(top.data[n, 0], expect)
-        np.testing.assert_array_equal(top.data[n, 1], expect + 10)
-        np.testing.assert_array_equal(mask.data[n, 0], expect_mask)
-        np.testing.assert_array_equal(mask.data[n, 1], expect_mask)
+        np.testing.assert_array_equal(top.data[n, 1], np.add(expect, 100))
+        if mask:
+            np.testing.assert_array_equal(mask[0].data[n, 0], expect_mask)
+            np.testing.assert_array_equal(mask[0].data[n, 1], expect_mask)
 
 
-def test_max_ties_go_to_first_in_window_order() -> None:
+def test_forward_max_padded(paths: str) -> None:
+    # Caffe TestForwardMaxPadded: 3x3, kernel 3, stride 2, pad 2 -> 3x3.
+    x = np.array([[[[1, 2, 4], [2, 3, 2], [4, 2, 1]]]], float)
+    _, top = run(pool_layer("kernel_size: 3 stride: 2 pad: 2"), x)
+    np.testing.assert_array_equal(top.data[0, 0], [[1, 4, 4], [4, 4, 4], [4, 4, 1]])
+
+
+def test_max_ties_go_to_first_in_window_order(paths: str) -> None:
     # Windows of equal values (as after a ReLU): Caffe's strict > keeps the
     # first; backward routes the whole diff there.
     x = np.array([[[[0.0, 0.0, 1.0, 3.0], [0.0, 0.0, 3.0, 3.0]]]])
@@ -170,23 +281,26 @@ def test_max_ties_go_to_first_in_window_order() -> None:
 
 
 @pytest.mark.parametrize("phase", [caffe_pb2.TRAIN, caffe_pb2.TEST])
-def test_max_skips_nan_like_caffe(phase: int) -> None:
+@pytest.mark.parametrize("params", ["kernel_size: 2 stride: 2", "kernel_size: 2"])
+def test_max_skips_nan_like_caffe(phase: int, params: str, paths: str) -> None:
     # Caffe compares `bottom > top` from -FLT_MAX: NaN never wins, and a
-    # window of only NaN stays at -FLT_MAX.
+    # window of only NaN stays at -FLT_MAX (its mask -1: no diff goes back).
     nan = np.nan
     x = np.array([[[[nan, 1.0, nan, nan], [2.0, nan, nan, nan]]]])
-    layer = pool_layer("kernel_size: 2 stride: 2", phase=phase)
+    layer = pool_layer(params, phase=phase)
     bottom, top = run(layer, x)
-    flt_max = float(np.finfo(np.float32).max)
-    np.testing.assert_array_equal(top.data[0, 0], [[2.0, -flt_max]])
-    if phase == caffe_pb2.TRAIN:
-        top.diff[...] = [[[[5.0, 0.0]]]]
-        layer.backward([top], [True], [bottom])
-        assert bottom.diff[0, 0, 1, 0] == 5.0
-        assert bottom.diff.sum() == 5.0
+    assert top.data[0, 0, 0, 0] == 2.0
+    assert top.data[0, 0, 0, -1] == -FLT_MAX
+    top.diff[...] = 5.0
+    layer.backward([top], [True], [bottom])
+    assert bottom.diff[0, 0, 1, 0] == 5.0
+    assert bottom.diff.sum() == 5.0 * (top.data != -FLT_MAX).sum()
 
 
-def test_forward_ave_with_pad_counts_padding() -> None:
+# -- AVE and global pooling ----------------------------------------------------------
+
+
+def test_forward_ave_with_pad_counts_padding(paths: str) -> None:
     # Caffe TestForwardAve: 3x3 of 2s, kernel 3, stride 1, pad 1.
     _, top = run(
         pool_layer("pool: AVE kernel_size: 3 stride: 1 pad: 1"),
@@ -197,7 +311,7 @@ def test_forward_ave_with_pad_counts_padding() -> None:
     np.testing.assert_allclose(top.data[0, 0], expect, rtol=1e-15)
 
 
-def test_ave_divisor_clipped_to_height_plus_pad() -> None:
+def test_ave_divisor_clipped_to_height_plus_pad(paths: str) -> None:
     # 4x4, kernel 3, stride 2, pad 1 -> 3x3 outputs. The last window starts at
     # 3 and would end at 6, clipped to 4 + 1 = 5: pool_size 2 per axis, so the
     # last corner averages x[3, 3] over 2*2 = 4, not 9 and not 1.
@@ -209,12 +323,20 @@ def test_ave_divisor_clipped_to_height_plus_pad() -> None:
     assert top.data[0, 0, 0, 2] == pytest.approx((3 + 7) / 6)  # cols 3..4 of -1..4
 
 
-def test_global_pooling() -> None:
+def test_global_pooling(paths: str) -> None:
     x = distinct((2, 3, 4, 5), seed=3)
     _, top = run(pool_layer("global_pooling: true"), x)
     np.testing.assert_array_equal(top.data[..., 0, 0], x.max(axis=(2, 3)))
     _, top = run(pool_layer("pool: AVE global_pooling: true"), x)
     np.testing.assert_allclose(top.data[..., 0, 0], x.mean(axis=(2, 3)), rtol=1e-13)
+    # The kernel follows the bottom when it is reshaped (GoogLeNet's 7x7).
+    layer = pool_layer("pool: AVE global_pooling: true")
+    bottom, top = run(layer, x)
+    bottom.reshape((1, 3, 7, 7))
+    bottom.data[...] = 1.0
+    layer.reshape([bottom], [top])
+    layer.forward([bottom], [top])
+    assert top.shape == (1, 3, 1, 1) and np.all(top.data == 1.0)
 
 
 # -- against the direct reference ------------------------------------------------------
@@ -225,6 +347,7 @@ REFERENCE_CASES = [
     ((2, 2), (2, 2), (0, 0), (2, 2, 5, 7)),  # ceil: partial last windows
     ((3, 3), (2, 2), (0, 0), (2, 2, 7, 6)),  # overlapping
     ((3, 3), (2, 2), (1, 1), (1, 2, 6, 5)),  # pad, last window dropped in w
+    ((3, 3), (1, 1), (1, 1), (1, 2, 5, 6)),  # inception's 3x3 stride 1 pad 1
     ((3, 2), (1, 2), (1, 0), (2, 1, 4, 5)),
     ((2, 3), (3, 1), (0, 2), (1, 2, 7, 4)),  # stride > kernel: gaps
     ((4, 4), (1, 1), (3, 3), (1, 1, 3, 3)),
@@ -239,6 +362,7 @@ def test_forward_backward_match_reference(
     stride: tuple[int, int],
     pad: tuple[int, int],
     shape: tuple[int, ...],
+    paths: str,
 ) -> None:
     params = (
         f"pool: {method} kernel_h: {kernel[0]} kernel_w: {kernel[1]} "
@@ -268,27 +392,35 @@ def test_forward_backward_match_reference(
         np.testing.assert_allclose(bottom2.diff, ref_dx, rtol=1e-13, atol=1e-14)
 
 
-def test_float32_kept() -> None:
-    layer = pool_layer("kernel_size: 2 stride: 2")
-    bottom, top = Blob((2, 3, 4, 4)), Blob()
-    bottom.data[...] = distinct((2, 3, 4, 4))
-    layer.setup([bottom], [top])
-    layer.forward([bottom], [top])
-    assert top.data.dtype == np.float32
-    ref, _, _ = reference_pool(bottom.data.astype(float), (2, 2), (2, 2), (0, 0), "MAX")
-    np.testing.assert_array_equal(top.data, ref.astype(np.float32))
+def test_float32_kept(paths: str) -> None:
+    for params in ("kernel_size: 2 stride: 2", "kernel_size: 3 stride: 2 pad: 1"):
+        layer = pool_layer(params)
+        bottom, top = Blob((2, 3, 5, 4)), Blob()
+        bottom.data[...] = distinct((2, 3, 5, 4))
+        layer.setup([bottom], [top])
+        layer.forward([bottom], [top])
+        assert top.data.dtype == np.float32
+        kernel, stride, pad = ((2, 2), (2, 2), (0, 0)) if "2 s" in params else (
+            (3, 3), (2, 2), (1, 1))  # fmt: skip
+        x = bottom.data.astype(float)
+        ref, _, _ = reference_pool(x, kernel, stride, pad, "MAX")
+        np.testing.assert_array_equal(top.data, ref.astype(np.float32))
 
 
-def test_test_phase_backward_still_works() -> None:
+def test_test_phase_backward_still_works(paths: str) -> None:
     # A TEST net skips the argmax in forward; backward (caffe time --phase
     # TEST) recomputes it.
-    x = distinct((1, 2, 4, 4))
-    layer = pool_layer("kernel_size: 2 stride: 2", phase=caffe_pb2.TEST)
-    bottom, top = run(layer, x)
-    top.diff[...] = 1.0
-    layer.backward([top], [True], [bottom])
-    _, _, ref_dx = reference_pool(x, (2, 2), (2, 2), (0, 0), "MAX", top.diff)
-    np.testing.assert_array_equal(bottom.diff, ref_dx)
+    x = distinct((1, 2, 5, 5))
+    for params, kernel, stride in [
+        ("kernel_size: 2 stride: 2", (2, 2), (2, 2)),
+        ("kernel_size: 3 stride: 2", (3, 3), (2, 2)),
+    ]:
+        layer = pool_layer(params, phase=caffe_pb2.TEST)
+        bottom, top = run(layer, x)
+        top.diff[...] = 1.0
+        layer.backward([top], [True], [bottom])
+        _, _, ref_dx = reference_pool(x, kernel, stride, (0, 0), "MAX", top.diff)
+        np.testing.assert_array_equal(bottom.diff, ref_dx)
 
 
 def test_propagate_down_false_leaves_bottom_diff() -> None:
@@ -299,7 +431,35 @@ def test_propagate_down_false_leaves_bottom_diff() -> None:
     assert np.all(bottom.diff == 3.0)
 
 
-# -- gradients ---------------------------------------------------------------------
+# -- gradients (Caffe's TestGradient*: 2x3x6x5 Gaussian bottom) ------------------------
+
+
+def gaussian_bottom() -> Blob:
+    return blob(np.random.default_rng(1701).normal(size=(2, 3, 6, 5)))
+
+
+@pytest.mark.parametrize("kernel", [(3, 3), (3, 4), (4, 3), (4, 4)])
+@pytest.mark.parametrize(
+    "case,extra,stepsize",
+    [
+        ("max", "pad: 1", 1e-4),  # TestGradientMax
+        ("max top mask", "", 1e-4),  # TestGradientMaxTopMask
+        ("ave", "pool: AVE", 1e-2),  # TestGradientAve
+        ("ave padded", "pool: AVE pad: 2", 1e-2),  # TestGradientAvePadded
+    ],
+)
+def test_gradient(
+    kernel: tuple[int, int], case: str, extra: str, stepsize: float
+) -> None:
+    params = f"kernel_h: {kernel[0]} kernel_w: {kernel[1]} stride: 2 {extra}"
+    tops = [Blob(dtype=np.float64)]
+    if case == "max top mask":
+        tops.append(Blob(dtype=np.float64))  # the mask's "gradient" is 0
+    # Caffe's checkers: GradientChecker(1e-4, 1e-2) for MAX, (1e-2, 1e-2) AVE.
+    checked = check_gradient(
+        pool_layer(params), [gaussian_bottom()], tops, stepsize=stepsize, threshold=1e-2
+    )
+    assert checked == 2 * 3 * 6 * 5
 
 
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
@@ -307,13 +467,16 @@ def test_propagate_down_false_leaves_bottom_diff() -> None:
     "params,shape",
     [
         ("kernel_size: 2 stride: 2", (2, 2, 4, 6)),
-        ("kernel_size: 3 stride: 2", (2, 2, 5, 6)),
-        ("kernel_h: 3 kernel_w: 2 stride: 2 pad: 1", (1, 2, 5, 4)),
-        ("kernel_size: 3 stride: 1 pad: 2", (1, 1, 4, 4)),
+        ("kernel_size: 3 stride: 1 pad: 1", (1, 2, 4, 5)),
+        (
+            "kernel_h: 3 kernel_w: 2 stride_h: 1 stride_w: 2 pad_h: 1 pad_w: 0",
+            (1, 2, 5, 4),
+        ),
+        ("kernel_size: 3 stride: 2 round_mode: FLOOR", (1, 2, 6, 6)),
         ("global_pooling: true", (2, 2, 3, 4)),
     ],
 )
-def test_gradient(method: str, params: str, shape: tuple[int, ...]) -> None:
+def test_gradient_edge_rules(method: str, params: str, shape: tuple[int, ...]) -> None:
     layer = pool_layer(f"pool: {method} {params}")
     bottom, top = blob(distinct(shape, seed=7)), Blob(dtype=np.float64)
     check_gradient(layer, [bottom], [top])
@@ -325,16 +488,18 @@ def test_gradient(method: str, params: str, shape: tuple[int, ...]) -> None:
 @pytest.mark.parametrize(
     "params,message",
     [
-        ("pool: STOCHASTIC kernel_size: 2", "STOCHASTIC is not supported"),
         ("kernel_size: 2 kernel_h: 2 kernel_w: 2", "not both"),
         ("kernel_h: 2", "kernel_size is required"),
         ("stride: 2", "kernel_size is required"),
         ("global_pooling: true kernel_size: 2", "Filter size cannot specified"),
         ("global_pooling: true stride: 2", "only pad = 0 and stride = 1"),
         ("kernel_size: 2 pad: 2", "must be smaller than the kernel"),
+        ("kernel_h: 3 kernel_w: 2 pad_h: 1 pad_w: 2", "must be smaller than the"),
         ("kernel_size: 2 pad: 1 pad_h: 1 pad_w: 1", "pad is pad OR pad_h and pad_w"),
         ("kernel_size: 2 stride_h: 1", "Stride is stride OR stride_h and stride_w"),
         ("kernel_size: 0", "Filter dimensions cannot be zero"),
+        ("kernel_size: 2 stride: 0", "Stride dimensions cannot be zero"),
+        ("pool: STOCHASTIC kernel_size: 3 pad: 1", "Padding implemented only for"),
     ],
 )
 def test_config_errors_name_the_layer(params: str, message: str) -> None:
@@ -357,136 +522,77 @@ def test_blob_count_and_shape_errors() -> None:
         layer.setup([Blob((1, 1, 4, 4))], [Blob()])
 
 
-# -- the tiling path (kernel == stride, no pad, sizes divisible) ---------------------
+# -- LeNet's 2x2 stride 2: the 2x2 loops, the NumPy tiling path, the general one ---
 
 
-def lenet_like(shape: tuple[int, ...], seed: int) -> np.ndarray:
-    """float32 values with many ties (zeros, as after a ReLU, and repeats),
-    a few NaN and -inf."""
+def lenet_like(shape: tuple[int, ...], seed: int, dtype: type) -> np.ndarray:
+    """Values with many ties (zeros, as after a ReLU, +0 and -0, repeats), a
+    few NaN and -inf."""
     rng = np.random.default_rng(seed)
-    x = np.maximum(np.round(rng.normal(size=shape), 1), 0).astype(np.float32)
+    x = np.maximum(np.round(rng.normal(size=shape), 1), 0).astype(dtype)
+    x.reshape(-1)[rng.choice(x.size, x.size // 10, replace=False)] = -0.0
     x.reshape(-1)[rng.choice(x.size, x.size // 20, replace=False)] = np.nan
     x.reshape(-1)[rng.choice(x.size, x.size // 20, replace=False)] = -np.inf
     return x
 
 
-@pytest.mark.parametrize("phase", [caffe_pb2.TRAIN, caffe_pb2.TEST])
-@pytest.mark.parametrize(
-    "params,shape",
-    [
-        ("kernel_size: 2 stride: 2", (4, 3, 8, 6)),
-        ("kernel_h: 3 kernel_w: 2 stride_h: 3 stride_w: 2", (2, 2, 9, 4)),
-    ],
-)
-def test_tiling_path_matches_general_path_bitwise(
-    params: str, shape: tuple[int, ...], phase: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    results = []
-    for tiles in (True, False):
-        monkeypatch.setattr(lowering, "pool_tiles", lambda g, t=tiles: t)
-        layer = pool_layer(params, phase=phase)
-        bottom, top, mask = Blob(shape), Blob(), Blob()
-        bottom.data[...] = lenet_like(shape, 0)
-        layer.setup([bottom], [top, mask])
-        layer.forward([bottom], [top, mask])
-        top.diff[...] = np.random.default_rng(1).normal(size=top.shape)
-        bottom.diff[...] = np.nan
-        layer.backward([top, mask], [True], [bottom])
-        plain = Blob(shape)  # one top: backward routes by the argmax
-        layer2 = pool_layer(params, phase=phase)
-        out2 = Blob()
-        plain.data[...] = bottom.data
-        layer2.setup([plain], [out2])
-        layer2.forward([plain], [out2])
-        out2.diff[...] = top.diff
-        layer2.backward([out2], [True], [plain])
-        assert (layer2._tiles(np.float32) is not None) is tiles
-        results.append((top.data, mask.data, bottom.diff, out2.data, plain.diff))
-    for got, ref in zip(*results):
-        assert got.dtype == np.float32
-        np.testing.assert_array_equal(got, ref)
-    kernel = (2, 2) if "kernel_size" in params else (3, 2)
-    x = lenet_like(shape, 0).astype(float)
-    ref_top, _, _ = reference_pool(x, kernel, kernel, (0, 0), "MAX")
-    flt_max = float(np.finfo(np.float32).max)
-    ref_top[np.isneginf(ref_top)] = -flt_max  # Caffe starts from -FLT_MAX
-    np.testing.assert_array_equal(results[0][0], ref_top.astype(np.float32))
-
-
-# -- the compiled 2x2 kernel (kernels.py) ----------------------------------------
-
-
-def pool_2x2_all_paths(x: np.ndarray, phase: int) -> list[tuple[np.ndarray, ...]]:
-    """Forward (top, mask top) and backward (bottom diff, through the argmax
-    and through the mask) of 2x2 stride-2 MAX pooling, with the compiled
-    kernel and with the NumPy path."""
-    results = []
-    for numpy_path in (False, True):
-        with kernels.forced(numpy_path):
-            layer = pool_layer("kernel_size: 2 stride: 2", phase=phase)
-            assert layer is not None
-            bottom = Blob(x.shape, dtype=x.dtype)
-            bottom.data[...] = x
-            top, mask = Blob(dtype=x.dtype), Blob(dtype=x.dtype)
-            layer.setup([bottom], [top])
-            layer.forward([bottom], [top])
-            assert layer._compiled_2x2(bottom.data, top.data) is not numpy_path
-            top.diff[...] = np.random.default_rng(2).normal(size=top.shape)
-            top.diff[0, 0, 0, 1] = -0.0  # Caffe's 0 + -0: +0 at the argmax too
-            bottom.diff[...] = np.nan
-            layer.backward([top], [True], [bottom])
-            masked = pool_layer("kernel_size: 2 stride: 2", phase=phase)
-            masked_top = Blob(dtype=x.dtype)
-            masked.setup([bottom], [masked_top, mask])
-            masked.forward([bottom], [masked_top, mask])
-            results.append((top.data.copy(), mask.data.copy(), bottom.diff.copy()))
-    return results
+def pool_all_ways(x: np.ndarray, params: str, phase: int) -> list[np.ndarray]:
+    """Top, mask top, bottom diff through the argmax and through the mask."""
+    dy = np.random.default_rng(2).normal(size=x.shape).astype(x.dtype)
+    layer, masked = pool_layer(params, phase=phase), pool_layer(params, phase=phase)
+    bottom, top = Blob(x.shape, dtype=x.dtype), Blob(dtype=x.dtype)
+    bottom.data[...] = x
+    layer.setup([bottom], [top])
+    layer.forward([bottom], [top])
+    top.diff[...] = dy[..., : top.shape[2], : top.shape[3]]
+    top.diff.reshape(-1)[::3] = -0.0  # Caffe's 0 + -0: +0 at the argmax too
+    bottom.diff[...] = np.nan
+    layer.backward([top], [True], [bottom])
+    bottom2, top2 = Blob(x.shape, dtype=x.dtype), Blob(dtype=x.dtype)
+    mask = Blob(dtype=x.dtype)
+    bottom2.data[...] = x
+    masked.setup([bottom2], [top2, mask])
+    masked.forward([bottom2], [top2, mask])
+    top2.diff[...] = top.diff
+    masked.backward([top2, mask], [True], [bottom2])
+    return [top.data.copy(), mask.data.copy(), bottom.diff.copy(), bottom2.diff]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("phase", [caffe_pb2.TRAIN, caffe_pb2.TEST])
-def test_compiled_2x2_kernel_is_caffes_loop(phase: int, dtype: type) -> None:
-    # numba is a dependency, so the kernel path is the one that runs here.
-    assert kernels.enabled()
-    shape = (4, 3, 8, 10)
-    x = lenet_like(shape, 3).astype(dtype)
+@pytest.mark.parametrize(
+    "params,shape",
+    [
+        ("kernel_size: 2 stride: 2", (4, 3, 8, 10)),  # the 2x2 loops / tiles
+        ("kernel_h: 3 kernel_w: 2 stride_h: 3 stride_w: 2", (2, 2, 9, 4)),  # tiles
+    ],
+)
+def test_tiling_paths_give_caffes_bits(
+    params: str, shape: tuple[int, ...], phase: int, dtype: type
+) -> None:
+    x = lenet_like(shape, 3, dtype)
     x[0, 0, :2, :2] = [[0.0, -0.0], [-0.0, -1.0]]  # +0 first: Caffe keeps it
     x[0, 0, :2, 2:4] = [[-0.0, 0.0], [0.0, 0.0]]  # -0 first: Caffe keeps -0
     x[0, 1, :2, :2] = np.nan  # an all-NaN window stays at -FLT_MAX
-    x[0, 1, :2, 2:4] = [[np.nan, -2.0], [-3.0, np.nan]]  # NaN never wins: -2
-    x[0, 1, :2, 4:6] = -np.inf  # nothing beats -FLT_MAX
-    x[0, 1, :2, 6:8] = [[-np.inf, 5.0], [5.0, np.nan]]  # a tie: the first 5
-    compiled, numpy_path = pool_2x2_all_paths(x, phase)
-    top, mask, dx = compiled
-    dy = np.random.default_rng(2).normal(size=top.shape)
-    dy[0, 0, 0, 1] = -0.0
-    ref_top, ref_mask, _ = reference_pool(
-        x.astype(float), (2, 2), (2, 2), (0, 0), "MAX"
-    )
-    flt_max = float(np.finfo(np.float32).max)
-    none_won = ref_mask < 0  # all NaN or -inf
-    assert none_won[0, 1, 0, 0]
-    ref_top[none_won] = -flt_max  # Caffe starts from -FLT_MAX
-    # and the diff goes to the window's first element
-    oy, ox = np.nonzero(none_won)[2:]
-    ref_mask[none_won] = 2 * oy * shape[3] + 2 * ox
-    np.testing.assert_array_equal(top, ref_top.astype(dtype))
-    assert np.signbit(top[0, 0, 0, :2]).tolist() == [False, True]
-    assert top[0, 1, 0, :4].tolist() == [-flt_max, -2.0, -flt_max, 5.0]
-    np.testing.assert_array_equal(mask, ref_mask)
-    # Each top diff lands on its window's maximum (windows do not overlap).
-    ref_dx = np.zeros(shape)
-    planes = ref_dx.reshape(shape[0], shape[1], -1)
-    np.put_along_axis(
-        planes, ref_mask.reshape(shape[0], shape[1], -1).astype(int),
-        dy.reshape(shape[0], shape[1], -1), axis=2,
-    )  # fmt: skip
-    np.testing.assert_allclose(dx, ref_dx, rtol=1e-6, atol=0)
-    # Caffe zero-fills the bottom diff and adds: the other elements are +0.
-    assert not np.signbit(dx[ref_dx == 0]).any()
-    # The NumPy path gives the same values; of a +0/-0 tie it may keep
-    # either zero, and where the diff is -0 it may leave -0 (its fast
-    # whole-array operations do not order ties the way Caffe's loop does).
-    for got, other in zip(compiled, numpy_path):
+    with kernels.forced(False):
+        compiled = pool_all_ways(x, params, phase)
+    with kernels.forced(True):
+        numpy_paths = pool_all_ways(x, params, phase)
+    for got, other in zip(compiled, numpy_paths):
         assert got.dtype == dtype
         np.testing.assert_array_equal(got, other)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(other))
+    top, mask, dx, dx_mask = compiled
+    if "kernel_size" in params:
+        assert np.signbit(top[0, 0, 0, :2]).tolist() == [False, True]
+        assert top[0, 1, 0, 0] == -FLT_MAX and mask[0, 1, 0, 0] == -1
+    kernel = (2, 2) if "kernel_size" in params else (3, 2)
+    ref_top, ref_mask, _ = reference_pool(
+        x.astype(float), kernel, kernel, (0, 0), "MAX"
+    )
+    ref_top[ref_mask < 0] = -FLT_MAX  # Caffe starts from -FLT_MAX
+    np.testing.assert_array_equal(top, ref_top.astype(dtype))
+    np.testing.assert_array_equal(mask, ref_mask)
+    np.testing.assert_array_equal(dx, dx_mask)
+    # Caffe zero-fills the bottom diff and adds: no -0 anywhere.
+    assert not np.signbit(dx[dx == 0]).any()

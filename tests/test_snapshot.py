@@ -203,7 +203,7 @@ def test_atomic_snapshot_survives_crash(tmp_path: Path, monkeypatch) -> None:
         raise OSError("disk on fire")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="disk on fire"):
+    with pytest.raises(SnapshotError, match="disk on fire"):
         solver.snapshot()
     monkeypatch.setattr(os, "replace", real_replace)
     assert (model.read_bytes(), state.read_bytes()) == before
@@ -214,7 +214,7 @@ def test_atomic_snapshot_survives_crash(tmp_path: Path, monkeypatch) -> None:
         raise OSError("write failed")
 
     monkeypatch.setattr(os, "fsync", broken_write)
-    with pytest.raises(OSError, match="write failed"):
+    with pytest.raises(SnapshotError, match="write failed"):
         solver.snapshot()
     assert (model.read_bytes(), state.read_bytes()) == before
     assert sorted(os.listdir(tmp_path)) == files_before

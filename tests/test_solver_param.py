@@ -247,7 +247,7 @@ def test_set_errors_name_the_key(solver: Path, item: str, words: list[str]) -> N
         ),
         (BASE.replace('"fixed"', '"poly"').replace("max_iter: 100", ""), "max_iter"),
         (BASE + "test_interval: 500\n", "test_iter"),
-        (BASE + "test_iter: 10\n", "test_interval"),
+        (BASE + "test_iter: 10\ntest_interval: -5\n", "test_interval"),
         (
             BASE + "test_iter: 10\ntest_interval: 5\ntest_state {}\ntest_state {}\n",
             "test_state",

@@ -7,14 +7,24 @@ or downloads from public mirrors in turn, resumable, with retries), checks
 them against the published MD5 checksums, and writes
 <out>/<prefix>_train_lmdb and <out>/<prefix>_test_lmdb as
 convert_mnist_data.cpp does (keys "%08d", 1x28x28 uint8 Datums with labels).
-A database is built in a temporary folder beside its final place and renamed
-there, so an interrupted run leaves nothing half-written.
+
+Each database holds a stamp, `caffesolve_data.json` beside `data.mdb`: the
+MD5s of the uncompressed IDX files it was built from and the command that
+built it. Run again on the same files, the command finds the databases up to
+date and does nothing (exit 0); built from other files, they are replaced
+only with --force. Both databases are built in temporary folders beside
+their final places (`.NAME.PID.X.tmp`) and only then renamed in, as a pair
+(files.replace_folders), so an interrupted or failed run leaves the old pair
+as it was; the next run cleans up what a killed one left (or finishes the
+renames of a complete pair).
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import shlex
 import socket
 import sys
 import time
@@ -23,17 +33,30 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
 
-from caffesolve.data.db import build_atomic, refuse_existing
-from caffesolve.data.idx import read_mnist_pair, verify_checksum
+from caffesolve.data.db import build_atomic
+from caffesolve.data.idx import (
+    md5_hex,
+    read_idx_bytes,
+    read_mnist_pair,
+    verify_checksum,
+)
 from caffesolve.data.lmdb_source import lmdb_exists, write_datum_lmdb
-from caffesolve.errors import DataError
+from caffesolve.errors import DataError, describe
+from caffesolve.files import (
+    make_temp_folder,
+    recover_folders,
+    remove_path,
+    replace_folders,
+)
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
+SPLITS = ("train", "test")
+STAMP = "caffesolve_data.json"  # in each database folder, beside data.mdb
 
 
 @dataclass(frozen=True)
@@ -342,6 +365,27 @@ def download_file(
             dest.unlink()
     failures = []
     for mirror in mirrors:
+        if "://" not in mirror:  # a folder holding the files, as --from
+            found = Path(mirror) / name
+            if not found.is_file():
+                failures.append(
+                    f"--mirror {mirror}: "
+                    + (
+                        f"no {name} in this folder"
+                        if Path(mirror).is_dir()
+                        else "not a URL (http://, https://, ftp://) nor a folder"
+                    )
+                )
+                reporter.line(f"  failed: {failures[-1]}")
+                continue
+            try:
+                check(found)
+            except DataError as e:
+                failures.append(str(e))
+                reporter.line(f"  failed: {failures[-1]}")
+                continue
+            reporter.line(f"Using {found}")
+            return found
         url = mirror.rstrip("/") + "/" + name
         reporter.line(f"Downloading {url}")
         try:
@@ -372,33 +416,224 @@ def prepare_dataset(
     retries: int = 3,
     retry_delay: float = 1.0,
 ) -> dict[str, Path]:
-    """Get `ds` and write its train and test LMDBs under `out`; returns them."""
+    """Get `ds` and write its train and test LMDBs under `out`; returns them.
+
+    Databases already there and stamped with the files this call would use
+    are kept (a message says so); others need `force`, and are replaced as
+    a pair once the new pair is complete. A database whose stamp matches but
+    whose data file is shorter than when it was written is rebuilt.
+    """
     reporter = reporter or Reporter()
     out_dir = Path(out)
-    dbs = {s: out_dir / ds.lmdb_name(s) for s in ("train", "test")}
-    refuse_existing(*dbs.values(), force=force)
-    paths = fetch_files(
-        ds,
-        out_dir,
-        Path(from_dir) if from_dir is not None else None,
-        mirrors,
-        verify,
-        reporter,
-        retries,
-        retry_delay,
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for split, db in dbs.items():
-        images, labels = read_mnist_pair(
-            paths[f"{split}_images"], paths[f"{split}_labels"]
+    dbs = {split: out_dir / ds.lmdb_name(split) for split in SPLITS}
+    try:
+        for note in recover_folders(dbs.values()) if out_dir.is_dir() else []:
+            reporter.line(f"Cleaned up after an interrupted run: {note}")
+        todo = list(SPLITS)
+        if not force and any(p.exists() for p in dbs.values()):
+            todo = _splits_to_build(ds, dbs, out_dir, from_dir, verify)
+            if not todo:
+                reporter.line(
+                    f"{dbs['train']} and {dbs['test']} are up to date (built from "
+                    "the same files); nothing to do (--force rebuilds them)"
+                )
+                return dbs
+        paths = fetch_files(
+            ds,
+            out_dir,
+            Path(from_dir) if from_dir is not None else None,
+            mirrors,
+            verify,
+            reporter,
+            retries,
+            retry_delay,
         )
-        reporter.line(
-            f"A total of {images.shape[0]} items. Rows: {images.shape[1]} "
-            f"Cols: {images.shape[2]}"
-        )
-        write_lmdb_atomic(db, images, labels, force)
-        reporter.line(f"Processed {images.shape[0]} files. Wrote {db}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        command = data_command(ds, out, from_dir, verify)
+        built: dict[Path, Path] = {}
+        counts: dict[str, int] = {}
+        try:
+            for split in todo:
+                images, labels = read_mnist_pair(
+                    paths[f"{split}_images"], paths[f"{split}_labels"]
+                )
+                reporter.line(
+                    f"A total of {images.shape[0]} items. Rows: {images.shape[1]} "
+                    f"Cols: {images.shape[2]}"
+                )
+                counts[split] = int(images.shape[0])
+                built[dbs[split]] = tmp = make_temp_folder(dbs[split])
+                write_datum_lmdb(tmp, images, labels)
+                sources = {r: source_digest(paths[r]) for r in _roles(split)}
+                write_stamp(tmp, ds, split, sources, command)
+            replace_folders(built)
+        except BaseException:
+            for tmp in built.values():
+                remove_path(tmp)
+            raise
+    except OSError as e:
+        raise DataError(
+            f"{out_dir}: cannot write the databases ({describe(e)}); the "
+            "databases there are as they were"
+        ) from None
+    for split in todo:
+        reporter.line(f"Processed {counts[split]} files. Wrote {dbs[split]}")
     return dbs
+
+
+def _roles(split: str) -> tuple[str, str]:
+    return f"{split}_images", f"{split}_labels"
+
+
+def source_digest(path: str | os.PathLike[str]) -> str:
+    """MD5 of an IDX file's uncompressed bytes: what a database is built from."""
+    return md5_hex(read_idx_bytes(path))
+
+
+def data_command(
+    ds: Dataset,
+    out: str | os.PathLike[str],
+    from_dir: str | os.PathLike[str] | None = None,
+    verify: bool = True,
+) -> str:
+    """The `caffesolve data` command line that writes `ds` to `out`."""
+    words = ["caffesolve", "data", ds.name, "--out", str(out)]
+    if from_dir is not None:
+        words += ["--from", str(from_dir)]
+    if not verify:
+        words.append("--skip-checksum")
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def write_stamp(
+    db: Path, ds: Dataset, split: str, sources: dict[str, str], command: str
+) -> None:
+    """The stamp of a database just written in `db` (see the module doc)."""
+    stamp = {
+        "dataset": ds.name,
+        "split": split,
+        "sources": sources,
+        "data.mdb bytes": (db / "data.mdb").stat().st_size,
+        "command": command,
+    }
+    (db / STAMP).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
+
+
+def read_stamp(db: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A database's stamp, or None (not written by caffesolve, or unreadable)."""
+    try:
+        stamp = json.loads((Path(db) / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def expected_sources(
+    ds: Dataset,
+    out_dir: Path,
+    from_dir: str | os.PathLike[str] | None,
+    verify: bool,
+) -> dict[str, str] | None:
+    """The source digests a run would stamp, found without downloading: from
+    the files it would use if they are here (--from, a system folder, the
+    downloads kept in `out_dir`), else the published ones (when checksums
+    are verified, a download has that content); None if it cannot be told."""
+    folder = Path(from_dir) if from_dir is not None else None
+    found = _local_files(ds, out_dir, folder)
+    if found is not None:
+        for role, path in found.items():
+            _check(path, ds.files[role], verify)
+        return {role: source_digest(path) for role, path in found.items()}
+    if verify and all(f.raw_md5 for f in ds.files.values()):
+        return {role: str(f.raw_md5) for role, f in ds.files.items()}
+    return None
+
+
+def _local_files(
+    ds: Dataset, out_dir: Path, from_dir: Path | None
+) -> dict[str, Path] | None:
+    """The four files if they are here: in --from, else a system folder, else
+    downloaded earlier into `out_dir`."""
+    folders = [from_dir] if from_dir is not None else [*map(Path, ds.system_dirs)]
+    if from_dir is None:
+        folders.append(out_dir)
+    for folder in folders:
+        found = {r: _find_in(folder, f) for r, f in ds.files.items()}
+        if all(found.values()):
+            return {r: p for r, p in found.items() if p is not None}
+    return None
+
+
+def _splits_to_build(
+    ds: Dataset,
+    dbs: dict[str, Path],
+    out_dir: Path,
+    from_dir: str | os.PathLike[str] | None,
+    verify: bool,
+) -> list[str]:
+    """Without --force: the splits to build (missing or damaged); a DataError
+    if a database there was built from other files (or not by caffesolve)."""
+    wanted = expected_sources(ds, out_dir, from_dir, verify)
+    todo, other = [], []
+    for split, db in dbs.items():
+        if not db.exists():
+            todo.append(split)
+            continue
+        stamp = read_stamp(db)
+        roles = _roles(split)
+        if (
+            wanted is None
+            or stamp is None
+            or stamp.get("sources") != {r: wanted[r] for r in roles}
+        ):
+            other.append(str(db))
+        elif _shorter_than_written(db, stamp):
+            todo.append(split)  # damaged (a truncated copy): made again
+    if other:
+        why = (
+            "not built by caffesolve from the files this command uses"
+            if wanted is not None
+            else "cannot be checked against files not downloaded yet"
+        )
+        raise DataError(
+            f"{', '.join(other)}: already there, and {why}; pass --force to "
+            "replace them (or use them as they are)"
+        )
+    return todo
+
+
+def _shorter_than_written(db: Path, stamp: dict[str, Any]) -> bool:
+    try:
+        return (db / "data.mdb").stat().st_size < int(stamp["data.mdb bytes"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return True
+
+
+def rebuild_command(db: str | os.PathLike[str]) -> str | None:
+    """The command that rebuilds the database `db`: from its stamp, else from
+    its name if it is one of the DATASETS' (None if neither)."""
+    stamp = read_stamp(db)
+    if stamp is not None and isinstance(stamp.get("command"), str):
+        return stamp["command"] + " --force"
+    command = dataset_command(db)
+    return command + " --force" if command else None
+
+
+def dataset_command(source: str | os.PathLike[str]) -> str | None:
+    """`caffesolve data NAME --out FOLDER` for a path named like one of the
+    outputs of caffesolve's data tools (mnist_train_lmdb,
+    fashion_mnist_test_lmdb, cifar10_train_lmdb...), else None."""
+    from caffesolve.data.cifar10 import OUTPUTS as CIFAR10
+
+    p = Path(source)
+    made = {n: ds.name for ds in DATASETS.values() for n in ds.lmdb_names()}
+    made.update({n: "cifar10" for n in CIFAR10})
+    if p.name not in made:
+        return None
+    parent = str(p.parent) if str(p.parent) else "."
+    return " ".join(
+        shlex.quote(w) for w in ["caffesolve", "data", made[p.name], "--out", parent]
+    )
 
 
 def write_lmdb_atomic(

@@ -4,20 +4,20 @@
 (lmdb_source.py) or a LevelDB (leveldb_source.py); `values` reads every record
 once in key order (compute_image_mean); `write_db` writes (key, value) records
 committing every 1000 as Caffe's tools do; `build_atomic` builds a database in
-a temporary folder beside its final place and renames it there, so an
-interrupted or failed build leaves nothing behind.
+a temporary folder beside its final place and renames it there
+(files.replace_folders), so an interrupted or failed build leaves the old
+database as it was, and the next build cleans up after a killed one.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+from caffesolve import files
 from caffesolve.data import leveldb_source, lmdb_source
 from caffesolve.errors import DataError
 
@@ -34,7 +34,8 @@ class Cursor(Protocol):
     def value(self) -> bytes: ...
     def next(self) -> None: ...
     def skip(self, n: int) -> None: ...
-    def read(self, n: int) -> list[bytes]: ...
+    def read(self, n: int, stride: int = 1, offset: int = 0) -> list[bytes]: ...
+    def key_of(self, i: int) -> str: ...  # record i of the last read (errors)
     def seek(self, key: bytes) -> None: ...
     def close(self) -> None: ...
 
@@ -114,23 +115,16 @@ def build_atomic(
 ) -> None:
     """Run `build(tmp)` on a new empty folder beside `dest`, then rename it to
     `dest`. An existing `dest` is replaced only with `force` (and only once the
-    new one is complete); on any failure the temporary folder is removed."""
+    new one is complete); on any failure the temporary folder is removed, and
+    what a killed build left there is cleaned up first (files.py)."""
     db = Path(dest)
-    refuse_existing(db, force=force)
     db.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{db.name}.", suffix=".tmp", dir=db.parent))
+    files.recover_folders([db])
+    refuse_existing(db, force=force)
+    tmp = files.make_temp_folder(db)
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; Caffe's mkdir is 0744
         build(tmp)
-        if db.exists():
-            old = Path(
-                tempfile.mkdtemp(prefix=f".{db.name}.", suffix=".old", dir=db.parent)
-            )
-            os.replace(db, old / "db")
-            os.replace(tmp, db)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, db)
+        files.replace_folders({db: tmp})
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        files.remove_path(tmp)
         raise

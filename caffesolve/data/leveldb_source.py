@@ -86,6 +86,8 @@ class LevelDBCursor:
         self.it.seek_to_first()
         if not self.it.valid():
             raise DataError(f"{prefix}{self.path}: the LevelDB holds no records")
+        self.batch_start = self.key()
+        self.batch_stride, self.batch_offset = 1, 0
         LOG.info("db_leveldb.cpp:18", f"Opened leveldb {self.path}")
 
     def key(self) -> bytes:
@@ -108,13 +110,27 @@ class LevelDBCursor:
         for _ in range(n):
             self.next()
 
-    def read(self, n: int) -> list[bytes]:
-        """The next n values in key order, wrapping; the cursor ends past them."""
+    def read(self, n: int, stride: int = 1, offset: int = 0) -> list[bytes]:
+        """The next n values in key order, wrapping; the cursor ends past them
+        (with a stride: LMDBCursor.read's rank share)."""
+        self.batch_start = self.key()
+        self.batch_stride, self.batch_offset = stride, offset
         out = []
-        for _ in range(n):
-            out.append(self.value())
+        for i in range(n * stride):
+            if i % stride == offset:
+                out.append(self.value())
             self.next()
         return out
+
+    def key_of(self, i: int) -> str:
+        """The key of record i of the last `read` (for error messages)."""
+        it = self.shared.db.raw_iterator()
+        it.seek(self.batch_start)
+        for _ in range(self.batch_offset + i * self.batch_stride):
+            it.next()
+            if not it.valid():
+                it.seek_to_first()
+        return bytes(it.key()).decode(errors="replace") if it.valid() else "?"
 
     def seek(self, key: bytes) -> None:
         """Position on `key`, or the first key after it, or the first."""

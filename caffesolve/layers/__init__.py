@@ -54,6 +54,7 @@ for _module in (
     "neuron",
     "conv",
     "pooling",
+    "spp",
     "inner_product",
     "shape",
     "common",

@@ -59,6 +59,12 @@ class Layer:
         self.blobs: list[Blob] = []
         self.param_propagate_down: list[bool] = []
         self.loss: list[float] = []
+        self.configure()
+
+    def configure(self) -> None:
+        """Construction-time work that reads `layer_param`, before any setup
+        (Caffe's layer constructors): e.g. blob-count rules that depend on a
+        parameter. Nothing by default."""
 
     # -- identity and errors -------------------------------------------------
 
@@ -163,6 +169,14 @@ class Layer:
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore what get_state returned."""
+
+    # -- data-parallel training (caffesolve.parallel) --------------------------------
+
+    def shard(self, solver_rank: int, solver_count: int) -> None:
+        """Read only this rank's share of the records: every solver_count-th
+        one, starting at solver_rank, of the sequence one process would read
+        (Caffe's DataLayer::Skip). Layers that read records override it, and
+        keep get_state() the same on every rank; the others ignore it."""
 
     # -- helpers -------------------------------------------------------------------
 

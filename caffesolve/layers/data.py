@@ -59,16 +59,10 @@ class InputLayer(Layer):
 
 def missing_source_hint(source: str) -> str:
     """The command that creates `source`, for the databases caffesolve can make."""
-    from caffesolve.data.cifar10 import OUTPUTS as CIFAR10
-    from caffesolve.data.datasets import DATASETS
+    from caffesolve.data.datasets import dataset_command
 
-    p = Path(source)
-    made = {n: ds.name for ds in DATASETS.values() for n in ds.lmdb_names()}
-    made.update({n: "cifar10" for n in CIFAR10})
-    if p.name in made:
-        parent = str(p.parent) if str(p.parent) else "."
-        return f"; create it with: caffesolve data {made[p.name]} --out {parent}"
-    return ""
+    command = dataset_command(source)
+    return f"; create it with: {command}" if command else ""
 
 
 def effective_transform_param(
@@ -94,7 +88,12 @@ class Batch:
 
 
 class BatchLoader(Protocol):
-    """Reads one batch (on the prefetch thread when there is one)."""
+    """Reads one batch (on the prefetch thread when there is one): with
+    solver_count > 1 only this rank's records of the next solver_count x
+    batch_size (Layer.shard), its state the same on every rank."""
+
+    solver_rank: int
+    solver_count: int
 
     def load(self) -> Batch: ...
     def state(self) -> dict[str, Any]: ...
@@ -165,6 +164,17 @@ class BasePrefetchingDataLayer(Layer):
         self.consumed_state = self.loader.state()
         self._start_prefetch()
 
+    def shard(self, solver_rank: int, solver_count: int) -> None:
+        """Caffe's DataLayer::Skip: rank r of N keeps records r, r+N, ... of
+        each run of N x batch_size; the loader passes all of them, so every
+        rank's get_state() is the same (the start of the next run). TEST nets
+        run on rank 0 only and read every record."""
+        if self.phase == caffe_pb2.TEST:
+            return
+        self.loader.solver_rank = solver_rank
+        self.loader.solver_count = solver_count
+        self.set_state(self.get_state())  # drop batches prefetched unsharded
+
     def close(self) -> None:
         """Stop the prefetch thread (also done when the layer is dropped)."""
         self._stop_prefetch()
@@ -179,6 +189,7 @@ class _DatumBatchLoader:
         self.cursor = cursor
         self.transformer = transformer
         self.batch_size = batch_size
+        self.solver_rank, self.solver_count = 0, 1  # Layer.shard
 
     def state(self) -> dict[str, Any]:
         """{"key": hex key of the next record, "rng": transformer Generator}."""
@@ -192,10 +203,10 @@ class _DatumBatchLoader:
         self.transformer.set_state(state["rng"])
 
     def load(self) -> Batch:
-        values = self.cursor.read(self.batch_size)
+        values = self.cursor.read(self.batch_size, self.solver_count, self.solver_rank)
         tp = self.transformer.param
         data, label = decode_datums(
-            values, self.cursor.path, tp.force_color, tp.force_gray
+            values, self.cursor.path, tp.force_color, tp.force_gray, self.cursor.key_of
         )
         return Batch(self.transformer.transform(data), label, self.state())
 

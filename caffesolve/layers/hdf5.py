@@ -10,11 +10,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from caffesolve import files
 from caffesolve.blob import Blob
 from caffesolve.errors import DataError, ShapeError
 from caffesolve.layers import register
 from caffesolve.layers.base import Layer
 from caffesolve.log import LOG
+from caffesolve.proto import caffe_pb2
+from caffesolve.weights import is_hdf5
 
 
 def h5py_module(where: str) -> Any:
@@ -39,9 +42,15 @@ def read_hdf5_list(source: str, where: str) -> list[str]:
     is there, from the list file's own folder.
     """
     p = Path(source)
+    if is_hdf5(p) and p.is_file():
+        raise DataError(
+            f"{where}: hdf5_data_param.source {source} is an HDF5 file itself; "
+            "source must be a text file listing .h5 files, one per line (e.g. "
+            f"a file holding the line {source})"
+        )
     try:
         names = p.read_text().split()
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise DataError(
             f"{where}: Failed to open source file: {source} "
             f"({e.strerror or e}; hdf5_data_param.source is a text file listing "
@@ -137,14 +146,27 @@ class HDF5DataLayer(Layer):
             self.shuffle_rng.permutation(n) if self.shuffle else np.arange(n)
         )
         self.current_file = 0
+        self.solver_rank, self.solver_count = 0, 1  # Layer.shard
         self._load(self.file_permutation[0], reshuffle=True)
         for t, a in zip(top, self.hdf_blobs):
             t.reshape([p.batch_size, *a.shape[1:]])
 
     def _load(self, index: int, reshuffle: bool) -> None:
-        self.hdf_blobs = load_hdf5_file(
-            self.filenames[int(index)], self.tops, self.where()
-        )
+        """Load file `index` (on an error the layer's state is unchanged)."""
+        filename = self.filenames[int(index)]
+        blobs = load_hdf5_file(filename, self.tops, self.where())
+        shapes = [a.shape[1:] for a in blobs]
+        first = getattr(self, "row_shapes", shapes)
+        for name, shape, want in zip(self.tops, shapes, first):
+            if shape != want:  # Caffe would copy the wrong number of values
+                raise DataError(
+                    f"{self.where()}: {filename}: dataset {name} has rows of "
+                    f"{'x'.join(map(str, shape))}, the first file's have "
+                    f"{'x'.join(map(str, want))}; every file listed in "
+                    f"{self.layer_param.hdf5_data_param.source} needs the same"
+                )
+        self.row_shapes = first
+        self.hdf_blobs = blobs
         rows = self.hdf_blobs[0].shape[0]
         self.data_permutation = (
             self.shuffle_rng.permutation(rows)
@@ -156,14 +178,15 @@ class HDF5DataLayer(Layer):
     def _next_file(self) -> None:
         """Caffe's Next at the end of a file: next file (reshuffled at the wrap)."""
         if len(self.filenames) > 1:
-            self.current_file += 1
-            if self.current_file == len(self.filenames):
-                self.current_file = 0
+            # Moved to the next file only once it loaded: a file that fails
+            # leaves a state that a snapshot can save and resume from.
+            current, order = self.current_file + 1, self.file_permutation
+            if current == len(self.filenames):
+                current = 0
                 if self.shuffle:
-                    self.file_permutation = self.shuffle_rng.permutation(
-                        len(self.filenames)
-                    )
-            self._load(self.file_permutation[self.current_file], reshuffle=True)
+                    order = self.shuffle_rng.permutation(len(self.filenames))
+            self._load(order[current], reshuffle=True)
+            self.current_file, self.file_permutation = current, order
         else:
             self.current_row = 0
             if self.shuffle:
@@ -175,19 +198,33 @@ class HDF5DataLayer(Layer):
         """Tops keep the shape set at setup."""
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        """Copy the next batch_size rows (whole slices of the permutation)."""
+        """Copy the next batch_size rows (whole slices of the permutation).
+
+        Sharded (Layer.shard), rank r of N walks the next N x batch_size rows
+        and copies those at positions r, r+N, ... (Caffe's Skip and Next).
+        """
         batch_size = self.layer_param.hdf5_data_param.batch_size
-        filled = 0
-        while filled < batch_size:
+        rank, count = self.solver_rank, self.solver_count
+        walked = 0
+        while walked < batch_size * count:
             rows = self.data_permutation.size
-            take = min(batch_size - filled, rows - self.current_row)
+            take = min(batch_size * count - walked, rows - self.current_row)
             index = self.data_permutation[self.current_row : self.current_row + take]
+            first = (rank - walked) % count  # this rank's first row in the slice
+            mine = index[first::count]
+            slot = (walked + first - rank) // count
             for t, a in zip(top, self.hdf_blobs):
-                t.data[filled : filled + take] = a[index]
-            filled += take
+                t.data[slot : slot + mine.size] = a[mine]
+            walked += take
             self.current_row += take
             if self.current_row == rows:
                 self._next_file()
+
+    def shard(self, solver_rank: int, solver_count: int) -> None:
+        """Caffe's HDF5DataLayer::Skip: rank r of N keeps rows r, r+N, ...
+        (TEST nets run on rank 0 only and read every row)."""
+        if self.phase != caffe_pb2.TEST:
+            self.solver_rank, self.solver_count = solver_rank, solver_count
 
     def get_state(self) -> dict[str, Any] | None:
         """File order, current file and row, row order, shuffle Generator."""
@@ -212,6 +249,8 @@ class HDF5DataLayer(Layer):
 
 # HDF5_DATA_DATASET_NAME and HDF5_DATA_LABEL_NAME (hdf5_output_layer.hpp)
 DATA_DATASET, LABEL_DATASET = "data", "label"
+# Room HDF5Output keeps free beyond twice a batch: chunk and metadata growth.
+ROOM_MARGIN = 2 << 20  # two chunks of up to 1 MiB (h5py's largest guess)
 
 
 def legacy_shape(blob: Blob, where: str) -> tuple[int, int, int, int]:
@@ -241,7 +280,10 @@ class HDF5OutputLayer(Layer):
     Caffe's first forward makes the two datasets and a second forward fails
     (the datasets exist); here each further forward appends its rows, so a
     TEST net run for many iterations keeps every batch. The file is flushed
-    after each forward and closed with the layer (`close()`).
+    after each forward and closed with the layer (`close()`). A batch that
+    might not fit on the disk is refused with an error before anything is
+    written (the HDF5 library crashes the process when a write fails on a
+    full disk), so the rows already saved stay readable.
     """
 
     type = "HDF5Output"
@@ -274,6 +316,7 @@ class HDF5OutputLayer(Layer):
                 f"({data_shape[0]} and {label_shape[0]})"
             )
         LOG.info("hdf5_output_layer.cpp:40", f"Saving HDF5 file {self.file_name}")
+        self._check_room(bottom)
         for name, blob, shape in (
             (DATA_DATASET, bottom[0], data_shape),
             (LABEL_DATASET, bottom[1], label_shape),
@@ -296,6 +339,20 @@ class HDF5OutputLayer(Layer):
             ds[start:] = rows
         self.file.flush()
         LOG.info("hdf5_output_layer.cpp:46", f"Successfully saved {data_shape[0]} rows")
+
+    def _check_room(self, bottom: list[Blob]) -> None:
+        """Refuse a batch unless the disk holds twice its bytes and a margin
+        for HDF5's chunks and metadata (ROOM_MARGIN)."""
+        need = 2 * sum(b.count * 4 for b in bottom) + ROOM_MARGIN
+        folder = Path(self.file_name).resolve().parent
+        free = files.free_bytes(folder)
+        if free < need:
+            raise DataError(
+                f"{self.where()}: {self.file_name}: not enough disk space for the "
+                f"next batch ({need} bytes wanted, {free} free); the rows saved so "
+                "far are in the file. Free some space or write to another disk "
+                "(hdf5_output_param.file_name)."
+            )
 
     def close(self) -> None:
         """Close the file (also done when the layer is dropped)."""

@@ -51,6 +51,7 @@ class _ImageBatchLoader:
         self.order = np.arange(len(lines))
         self.shuffle_state: dict[str, Any] | None = None
         self.lines_id = 0
+        self.solver_rank, self.solver_count = 0, 1  # Layer.shard
         if shuffle_rng is not None:
             LOG.info("image_data_layer.cpp:52", "Shuffling data")
             self._shuffle()
@@ -88,12 +89,15 @@ class _ImageBatchLoader:
         self.transformer.set_state(state["rng"])
 
     def load(self) -> Batch:
+        """The next batch_size lines' images; sharded, this rank's lines of
+        the next solver_count x batch_size (the others are not read)."""
         images, labels, lines = [], [], []
-        for _ in range(self.batch_size):
-            line = self.current()
-            images.append(self.read(line))
-            labels.append(line.label)
-            lines.append(line)
+        for i in range(self.batch_size * self.solver_count):
+            if i % self.solver_count == self.solver_rank:
+                line = self.current()
+                images.append(self.read(line))
+                labels.append(line.label)
+                lines.append(line)
             self.lines_id += 1
             if self.lines_id >= len(self.lines):  # restart, reshuffled
                 self.lines_id = 0

@@ -1,7 +1,8 @@
-"""Pooling (Caffe's pooling_layer.cpp): MAX and AVE, with Caffe's output size
-and window rules; the array work lives in caffesolve/ops/pooling.py. MAX
-pooling over 2x2 windows with stride 2 (LeNet's, VGG's) runs compiled kernels;
-pooling stays inline (measured on 2 cores, splitting it was no faster).
+"""Pooling (Caffe's pooling_layer.cpp; STOCHASTIC after pooling_layer.cu):
+MAX, AVE and STOCHASTIC, with Caffe's output size and window rules. The array
+work lives in caffesolve/ops: pooling.py (geometry, the NumPy paths),
+pooling_kernels.py (the compiled loops, split over the worker threads) and
+pooling_tiles.py (NumPy over windows that tile the image).
 """
 
 from __future__ import annotations
@@ -12,75 +13,47 @@ import numpy.typing as npt
 from caffesolve import kernels
 from caffesolve.backend import array_module
 from caffesolve.blob import Blob
-from caffesolve.errors import ShapeError
 from caffesolve.layers import register
 from caffesolve.layers.base import Layer
 from caffesolve.ops import pooling as ops
-from caffesolve.ops.pooling import PoolGeometry
+from caffesolve.ops import pooling_tiles as tiles
+from caffesolve.ops.pooling import AVE, MAX, STOCHASTIC, PoolGeometry
+from caffesolve.ops.pooling_kernels import (
+    pool_backward_compiled,
+    pool_forward_compiled,
+)
 from caffesolve.proto import caffe_pb2
 
 Array = npt.NDArray[np.float32]
 
 
-def _argmax_dtype(window: int) -> type:
-    """The smallest unsigned type holding window offsets 0 .. window-1."""
-    if window <= 256:
-        return np.uint8
-    if window <= 65536:
-        return np.uint16
-    return np.uint32
-
-
-def _max_pool_2x2(
-    x: Array, g: PoolGeometry, out: Array, argmax: npt.NDArray[np.integer] | None
-) -> None:
-    """MAX forward with the compiled 2x2 kernels (kernels.py), with the
-    argmax or (None) without it; inline: split between the workers it was no
-    faster (benchmarks/bench_vision.py)."""
-    planes = g.num * g.channels
-    x3 = x.reshape(planes, g.height, g.width)
-    out3 = out.reshape(planes, g.out_h, g.out_w)
-    if argmax is None:
-        kernels.compiled(ops.max_pool_2x2_max)(x3, out3)
-        return
-    kernel = kernels.compiled(ops.max_pool_2x2)
-    kernel(x3, out3, argmax.reshape(out3.shape))
-
-
 @register
 class PoolingLayer(Layer):
-    """Caffe's Pooling (pooling_layer.cpp), MAX or AVE over kernel windows
-    with stride and pad, or over the whole image with global_pooling.
-    Output size: ceil((in + 2*pad - kernel) / stride) + 1 (floor with
-    round_mode FLOOR), less one if the last window would start in the padding.
+    """Caffe's Pooling over kernel windows with stride and pad, or over the
+    whole image with global_pooling. Output size: ceil((in + 2*pad - kernel)
+    / stride) + 1 (floor with round_mode FLOOR), less one if the last window
+    would start in the padding.
+
     MAX takes the first maximum in window order and may output Caffe's mask
-    (index h*width + w) as a second top; backward routes each top diff to it.
-    AVE divides by the window clipped to in + pad; backward spreads evenly."""
+    (index h*width + w, -1 for none) as a second top; backward routes each
+    top diff to it. AVE divides by the window clipped to in + pad; backward
+    spreads evenly. STOCHASTIC follows Caffe's GPU code (its CPU code has
+    none): TRAIN samples one element per window with probability
+    proportional to its value (the layer's rng, seeded by the solver's
+    random_seed) and routes the diff to it; TEST outputs sum(x*x) / sum(x)."""
 
     type = "Pooling"
     exact_num_bottom_blobs = 1
     min_top_blobs = 1
     max_top_blobs = 2
 
-    def __init__(
-        self,
-        param: caffe_pb2.LayerParameter,
-        phase: int = caffe_pb2.TRAIN,
-        rng: np.random.Generator | None = None,
-    ) -> None:
-        super().__init__(param, phase, rng)
+    def configure(self) -> None:
         # Caffe's MaxTopBlobs: MAX may also output its mask.
-        is_max = param.pooling_param.pool == caffe_pb2.PoolingParameter.MAX
-        self.max_top_blobs = 2 if is_max else 1
+        self.max_top_blobs = 2 if self.layer_param.pooling_param.pool == MAX else 1
 
     def layer_setup(self, bottom: list[Blob], top: list[Blob]) -> None:
         p = self.layer_param.pooling_param
-        P = caffe_pb2.PoolingParameter
-        if p.pool == P.STOCHASTIC:
-            raise self.config_error(
-                "pooling_param.pool STOCHASTIC is not supported (use MAX or AVE)"
-            )
-        if p.pool not in (P.MAX, P.AVE):
+        if p.pool not in (MAX, AVE, STOCHASTIC):
             raise self.config_error(f"Unknown pooling method {p.pool}.")
         self.pool = p.pool
         self.global_pooling = bool(p.global_pooling)
@@ -131,12 +104,19 @@ class PoolingLayer(Layer):
             raise self.config_error(
                 "With Global_pooling: true; only pad = 0 and stride = 1"
             )
-        if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
-            raise self.config_error(
-                f"pad ({self.pad[0]}, {self.pad[1]}) must be smaller than the "
-                f"kernel ({self.kernel[0]}, {self.kernel[1]}) (pooling_param.pad)"
-            )
-        self.ceil_mode = p.round_mode == P.CEIL
+        if self.pad != (0, 0):
+            if self.pool == STOCHASTIC:
+                raise self.config_error(
+                    "Padding implemented only for average and max pooling "
+                    "(pooling_param.pad)."
+                )
+            if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
+                raise self.config_error(
+                    f"pad ({self.pad[0]}, {self.pad[1]}) must be smaller than "
+                    f"the kernel ({self.kernel[0]}, {self.kernel[1]}) "
+                    "(pooling_param.pad)"
+                )
+        self.ceil_mode = p.round_mode == caffe_pb2.PoolingParameter.CEIL
         self.geometry: PoolGeometry | None = None
         self._argmax_valid = False
 
@@ -144,9 +124,9 @@ class PoolingLayer(Layer):
         self.xp = array_module(bottom[0].data)  # numpy (CuPy later)
         shape = bottom[0].shape
         if len(shape) != 4:
-            raise ShapeError(
-                f"{self.where()}: Input must have 4 axes, corresponding to "
-                f"(num, channels, height, width) (bottom '{bottom[0].name}' is "
+            raise self.shape_error(
+                "Input must have 4 axes, corresponding to (num, channels, "
+                f"height, width) (bottom '{bottom[0].name}' is "
                 f"{bottom[0].shape_string()})"
             )
         n, c, h, w = shape
@@ -156,127 +136,142 @@ class PoolingLayer(Layer):
         g = PoolGeometry(n, c, h, w, kh, kw, sh, sw, ph, pw, self.ceil_mode)
         oh, ow = g.out_h, g.out_w
         if oh <= 0 or ow <= 0:
-            raise ShapeError(
-                f"{self.where()}: kernel {kh}x{kw} is larger than the padded "
-                f"bottom {bottom[0].shape_string()}"
+            raise self.shape_error(
+                f"kernel {kh}x{kw} is larger than the padded bottom "
+                f"{bottom[0].shape_string()}"
             )
         for t in top:
             t.reshape((n, c, oh, ow))
         if g != self.geometry:
             self.geometry = g
             self.forget_buffers()
-            self._tile_buffers: ops.TileBuffers | None = None
+            self._tile_buffers: tiles.TileBuffers | None = None
             self._argmax_valid = False
-            if self.pool == caffe_pb2.PoolingParameter.AVE:
+            if self.pool == AVE:
                 divisor = ops.ave_pool_divisor(g, bottom[0].data.dtype)
                 self.divisor = self.xp.asarray(divisor)
 
-    def _argmax(self, shape: tuple[int, ...]) -> np.ndarray:
-        """The window offset of each output's maximum (MAX forward's argmax)."""
-        g = self.geometry
-        assert g is not None
-        return self.buffer("argmax", shape, _argmax_dtype(g.kernel_h * g.kernel_w))
+    # -- buffers ---------------------------------------------------------------
+
+    def _argmax(self) -> np.ndarray:
+        """The window offset of each output's winner (MAX) or sample
+        (STOCHASTIC), g.area for none."""
+        g = self._g()
+        shape = (g.num, g.channels, g.out_h, g.out_w)
+        return self.buffer("argmax", shape, ops.argmax_dtype(g.area))
 
     def _canvas(self, name: str, dtype: type, fill: float) -> np.ndarray | None:
         """The padded canvas buffer, or None when windows stay in the image."""
-        g = self.geometry
-        assert g is not None
+        g = self._g()
         if not g.needs_canvas:
             return None
         shape = (g.num, g.channels, g.canvas_h, g.canvas_w)
         return self.buffer(name, shape, dtype, fill)
 
-    def _tiles(self, dtype: type) -> ops.TileBuffers | None:
-        """Buffers of the tiling path (NumPy arrays, windows that tile the
-        bottom: LeNet's 2x2 stride 2), or None for the general path."""
-        g = self.geometry
-        assert g is not None
-        if self.xp is not np or not ops.pool_tiles(g):
+    def _tiles(self, dtype: type) -> tiles.TileBuffers | None:
+        """Buffers of the NumPy tiling path (windows that tile the bottom:
+        LeNet's 2x2 stride 2), or None where it does not apply."""
+        g = self._g()
+        if self.xp is not np or not tiles.pool_tiles(g):
             return None
-        tiles = self._tile_buffers
-        if tiles is None or tiles.planes.dtype != dtype:
-            area = g.kernel_h * g.kernel_w
-            tiles = ops.tile_buffers(g, dtype, _argmax_dtype(area))
-            self._tile_buffers = tiles
-        return tiles
+        buf = self._tile_buffers
+        if buf is None or buf.planes.dtype != dtype:
+            buf = tiles.tile_buffers(g, dtype, ops.argmax_dtype(g.area))
+            self._tile_buffers = buf
+        return buf
 
-    def _compiled_2x2(self, x: Array, out: Array) -> bool:
-        """True when MAX pooling runs the compiled 2x2 kernels: 2x2 windows
-        with stride 2 tiling the bottom, and x and out (bottom and top, or
-        top diff and bottom diff) arrays the kernels take."""
-        g = self.geometry
-        assert g is not None
-        return (
-            g.kernel_h == g.kernel_w == 2
-            and ops.pool_tiles(g)
-            and kernels.takes(x, out)
-        )
+    def _g(self) -> PoolGeometry:
+        assert self.geometry is not None, "reshape comes first"
+        return self.geometry
+
+    # -- forward ---------------------------------------------------------------
 
     def _max_forward(self, x: Array, out: Array, with_argmax: bool) -> None:
-        g = self.geometry
-        assert g is not None
-        argmax = cols = None
-        area = g.kernel_h * g.kernel_w
-        if with_argmax:
-            argmax = self._argmax(out.shape)
-        if self._compiled_2x2(x, out):
-            _max_pool_2x2(x, g, out, argmax)
-            self._argmax_valid = with_argmax
-            return
-        tiles = self._tiles(x.dtype)
-        if tiles is not None:
-            ops.max_pool_tiles_forward(x, g, out, argmax, tiles)
-            self._argmax_valid = with_argmax
-            return
-        if with_argmax:
-            cols = self.buffer("windows", (area,) + out.shape, x.dtype)
-        work = self._canvas("canvas", x.dtype, -np.inf)
-        ops.max_pool_forward(x, g, out, argmax, work, cols)
+        g = self._g()
+        argmax = self._argmax() if with_argmax else None
         self._argmax_valid = with_argmax
+        if kernels.takes(x, out):
+            pool_forward_compiled(x, g, MAX, out, argmax)
+            return
+        buf = self._tiles(x.dtype)
+        if buf is not None:
+            tiles.max_pool_tiles_forward(x, g, out, argmax, buf)
+            return
+        work = self._canvas("canvas", x.dtype, -np.inf)
+        ops.max_pool_forward(x, g, out, argmax, work)
 
     def forward(self, bottom: list[Blob], top: list[Blob]) -> None:
-        g = self.geometry
-        assert g is not None
+        g = self._g()
         x, out = bottom[0].data, top[0].data
-        if self.pool == caffe_pb2.PoolingParameter.AVE:
-            work = self._canvas("canvas", x.dtype, 0.0)
+        if self.pool == AVE:
             divisor = self.divisor.astype(x.dtype, copy=False)
-            ops.ave_pool_forward(x, g, divisor, out, work)
-            return
-        # A TEST net never runs backward: skip the argmax unless a mask is asked.
-        with_argmax = self.phase == caffe_pb2.TRAIN or len(top) > 1
-        self._max_forward(x, out, with_argmax)
-        if len(top) > 1:
-            argmax = self._argmax(top[0].shape)
-            top[1].data[...] = ops.argmax_to_caffe_mask(argmax, g, x.dtype)
+            if kernels.takes(x, out, divisor):
+                pool_forward_compiled(x, g, AVE, out, divisor=divisor)
+            else:
+                work = self._canvas("canvas", x.dtype, 0.0)
+                ops.ave_pool_forward(x, g, divisor, out, work)
+        elif self.pool == STOCHASTIC:
+            work = self._canvas("canvas", x.dtype, 0.0)
+            if self.phase == caffe_pb2.TRAIN:
+                # Caffe's caffe_gpu_rng_uniform: one draw in (0, 1] per output.
+                uniform = self.buffer("uniform", out.shape, x.dtype)
+                self.rng.random(out=uniform, dtype=x.dtype)
+                self.xp.subtract(1, uniform, out=uniform)
+                ops.stochastic_pool_train(x, g, uniform, out, self._argmax(), work)
+                self._argmax_valid = True
+            else:
+                ops.stochastic_pool_test(x, g, out, work)
+        else:
+            # A TEST net never runs backward: skip the argmax unless a mask
+            # top asks for it.
+            with_argmax = self.phase == caffe_pb2.TRAIN or len(top) > 1
+            self._max_forward(x, out, with_argmax)
+            if len(top) > 1:
+                mask = ops.argmax_to_caffe_mask(self._argmax(), g, x.dtype)
+                top[1].data[...] = mask
+
+    # -- backward --------------------------------------------------------------
 
     def backward(
         self, top: list[Blob], propagate_down: list[bool], bottom: list[Blob]
     ) -> None:
         if not propagate_down[0]:
             return
-        g = self.geometry
-        assert g is not None
+        g = self._g()
         dy, dx = top[0].diff, bottom[0].diff
-        work = self._canvas("canvas_diff", dx.dtype, 0.0)
-        if self.pool == caffe_pb2.PoolingParameter.AVE:
+        if self.pool == AVE:
             divisor = self.divisor.astype(dx.dtype, copy=False)
-            ops.ave_pool_backward(dy, g, divisor, dx, work)
+            if kernels.takes(dy, dx, divisor):
+                pool_backward_compiled(dy, g, AVE, dx, divisor=divisor)
+            else:
+                work = self._canvas("canvas_diff", dx.dtype, 0.0)
+                ops.ave_pool_backward(dy, g, divisor, dx, work)
+            return
+        if self.pool == STOCHASTIC and self.phase != caffe_pb2.TRAIN:
+            ops.stochastic_pool_test_backward(
+                bottom[0].data,
+                top[0].data,
+                dy,
+                g,
+                dx,
+                self._canvas("canvas", dx.dtype, 0.0),
+                self._canvas("canvas_diff", dx.dtype, 0.0),
+            )
             return
         if len(top) > 1:
             # Caffe routes by the mask top's values when there is one.
             ops.caffe_mask_backward(dy, top[1].data, g, dx)
             return
-        if not self._argmax_valid:
+        if not self._argmax_valid:  # a TEST-phase MAX forward skipped it
             scratch = self.xp.empty(top[0].shape, bottom[0].data.dtype)
             self._max_forward(bottom[0].data, scratch, True)
-        argmax = self._argmax(top[0].shape)
-        if self._compiled_2x2(dy, dx):
-            kernel = kernels.compiled(ops.max_pool_2x2_backward)
-            kernel(dy.reshape(-1), argmax.reshape(-1), dx.reshape(-1), g.width)
+        argmax = self._argmax()
+        if kernels.takes(dy, dx):
+            pool_backward_compiled(dy, g, MAX, dx, argmax)
             return
-        tiles = self._tiles(dx.dtype)
-        if tiles is not None:
-            ops.max_pool_tiles_backward(dy, argmax, g, dx, tiles)
+        buf = self._tiles(dx.dtype)
+        if buf is not None:
+            tiles.max_pool_tiles_backward(dy, argmax, g, dx, buf)
             return
+        work = self._canvas("canvas_diff", dx.dtype, 0.0)
         ops.max_pool_backward(dy, argmax, g, dx, work)

@@ -24,12 +24,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-import numpy as np
-
 from caffesolve.blob import Blob
 from caffesolve.layers import register
 from caffesolve.layers.base import Layer
-from caffesolve.proto import caffe_pb2
 from caffesolve.proto.io import suggest
 
 # What a Python layer class must have (pycaffe's caffe.Layer gives them all).
@@ -52,13 +49,7 @@ class PythonLayer(Layer):
     type = "Python"
     runs_user_code = True
 
-    def __init__(
-        self,
-        param: caffe_pb2.LayerParameter,
-        phase: int = caffe_pb2.TRAIN,
-        rng: np.random.Generator | None = None,
-    ) -> None:
-        super().__init__(param, phase, rng)
+    def configure(self) -> None:
         self.py = self._user_layer()
         blobs = getattr(self.py, "blobs", None)
         if not isinstance(blobs, BlobVec):

@@ -195,14 +195,8 @@ class RecurrentLayer(Layer):
     # recurrent InnerProduct layer, its top and its param; the sum and its top.
     step_names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(
-        self,
-        param: caffe_pb2.LayerParameter,
-        phase: int = caffe_pb2.TRAIN,
-        rng: np.random.Generator | None = None,
-    ) -> None:
-        super().__init__(param, phase, rng)
-        p = param.recurrent_param
+    def configure(self) -> None:
+        p = self.layer_param.recurrent_param
         self.expose_hidden = bool(p.expose_hidden)
         self.debug_info = bool(p.debug_info)
         self.exposed = len(self.states) if self.expose_hidden else 0

@@ -3,8 +3,8 @@
 Text files (prototxt) parse with google.protobuf.text_format; a syntax error
 becomes a ConfigError that keeps ParseError's line:col and, for a misspelt
 field, suggests the closest real field name. Binary files (.caffemodel,
-.binaryproto, .solverstate) parse with ParseFromString. Writes are atomic: a
-temporary file in the same folder, fsync, then rename over the target.
+.binaryproto, .solverstate) parse with ParseFromString. Writes are atomic
+(caffesolve.files: a temporary beside the target, fsync, rename, folder sync).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,6 +19,7 @@ from google.protobuf import descriptor_pool, text_format
 from google.protobuf.message import DecodeError, Message
 
 from caffesolve.errors import ConfigError
+from caffesolve.files import atomic_write, atomic_write_bytes  # noqa: F401 (re-exported)
 from caffesolve.proto import caffe_pb2  # noqa: F401  (registers the caffe types)
 
 M = TypeVar("M", bound=Message)
@@ -98,31 +97,6 @@ def read_binaryproto(path: str | os.PathLike[str], message: M) -> M:
             f"{p}: not a binary {message.DESCRIPTOR.name} file ({e})"
         ) from None
     return message
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
-    """Let `write(tmp)` fill a temporary file beside `path`, fsync it, then
-    rename it over `path`: all or nothing. On any failure the temporary file is
-    removed and `path` is as it was."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` to `path` atomically (atomic_write)."""
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def write_binaryproto(path: str | os.PathLike[str], message: Message) -> None:

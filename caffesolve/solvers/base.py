@@ -7,6 +7,14 @@ subclass: SGDSolver fixes the order), then snapshots when due or asked.
 Signals arrive through `action_function` (SignalHandler), checked at iteration
 boundaries and between test batches, as Caffe's GetRequestedAction.
 
+A fault met mid-run (a bad record, an unreadable file, a full disk, any
+exception in a layer) stops training as a SIGINT stop does: a snapshot of the
+last completed iteration is written first, so `--snapshot` resumes from it,
+and the RunError raised says what failed, and which snapshot to resume from
+(the last good one, if this one could not be written). An exception of the
+user's own code (a Python layer) gets the same snapshot and is then passed
+on unchanged, as pycaffe passes it on; an E line says which snapshot to use.
+
 One np.random.Generator, seeded from `random_seed` (OS entropy if -1), is passed
 to every net (fillers, data shuffling, Dropout); snapshots store its state and
 the nets' data cursors, so a resumed run is bit-identical to a straight one.
@@ -14,6 +22,7 @@ the nets' data cursors, so a resumed run is bit-identical to a straight one.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -27,7 +36,13 @@ from caffesolve import log as msg
 from caffesolve import snapshot as snap
 from caffesolve.backend import configure_blas_threads
 from caffesolve.blob import Blob, proto_shape
-from caffesolve.errors import ConfigError, SnapshotError
+from caffesolve.errors import (
+    CaffesolveError,
+    ConfigError,
+    RunError,
+    SnapshotError,
+    describe,
+)
 from caffesolve.log import LOG, Log
 from caffesolve.proto import caffe_pb2
 from caffesolve.weights import load_weights
@@ -53,8 +68,9 @@ ActionFunction = Callable[[], str]
 class SolverCallback:
     """Caffe's Solver::Callback: hooks into every iteration of `step`.
 
-    `on_start` runs after the param diffs are cleared and any test pass, before
-    the forward/backward passes; `on_gradients_ready` runs after them (the
+    `on_start` runs after the param diffs are cleared and any test pass (also
+    when that test was stopped: the loop ends after it), before the
+    forward/backward passes; `on_gradients_ready` runs after them (the
     diffs are complete, the loss smoothed and displayed), before
     `apply_update`. Both do nothing here; data-parallel training overrides
     them (broadcast, gradient reduction), as Caffe's P2PSync and NCCL do.
@@ -123,6 +139,9 @@ class Solver:
         # After the nets (Caffe checks before): a missing data source, which
         # comes with the command that makes it, is the more useful first error.
         snap.check_snapshot_write_permissions(param, source)
+        if param.snapshot or param.snapshot_after_train:
+            for note in snap.recover_leftovers(param.snapshot_prefix):
+                self.log.info("solver.cpp:60", f"Snapshot folder: {note}")
         self.log.info(*msg.scaffolding_done())
         self.iter = 0
         self.current_step = 0
@@ -130,6 +149,11 @@ class Solver:
         self.losses: list[np.float32] = []
         self.smoothed_loss = F32(0)
         self.last_snapshot_iter: int | None = None
+        # The last complete snapshot of this run (or the one it resumed
+        # from): the solver state's path, named when a later one fails.
+        self.last_good_snapshot: str | None = None
+        self.testing: Net | None = None  # in test(): a fault names the net
+        self.updating = False  # in apply_update(): weights half updated
         self.history: list[Blob] = []
         self.callbacks: list[SolverCallback] = []
         # Caffe::root_solver(): only the root tests, snapshots and logs the
@@ -154,6 +178,7 @@ class Solver:
 
         sp.validate_solver(self.param, self.source)
         sp.warn_unimplemented(self.param, self.source)
+        sp.warn_never_tested(self.param, self.source)
 
     def init_train_net(self) -> Net:
         """Caffe's InitTrainNet (solver_param.train_net_spec), then `weights`."""
@@ -174,8 +199,11 @@ class Solver:
         nets = []
         for i, spec in enumerate(sp.test_net_specs(self.param, self.source)):
             self.log.info(*msg.creating_test_net(i, spec.origin))
-            net = Net(spec.net_param, rng=self.rng, source=spec.source)
-            self.load_weights(net)
+            try:
+                net = Net(spec.net_param, rng=self.rng, source=spec.source)
+                self.load_weights(net)
+            except CaffesolveError as e:
+                raise type(e)(in_test_net(str(e), spec.source)) from e
             nets.append(net)
         return nets
 
@@ -202,7 +230,8 @@ class Solver:
 
     def solve(self, resume_file: str | None = None) -> None:
         """Caffe's Solver::Solve: (restore,) step to max_iter, final snapshot,
-        display and test. A stop request snapshots first, so no work is lost."""
+        display and test. A stop request snapshots first, so no work is lost;
+        so does a fault (stop_on_fault)."""
         self.log.info(*msg.solving(self.net.name))
         self.log.info(*msg.learning_rate_policy(self.param.lr_policy))
         self.requested_early_exit = False
@@ -210,6 +239,18 @@ class Solver:
             self.log.info(*msg.restoring_solver_state(resume_file))
             self.restore(resume_file)
         start_iter = self.iter
+        try:
+            self._solve(start_iter)
+        except CaffesolveError as e:
+            raise self.stop_on_fault(e, start_iter) from e
+        except Exception as e:
+            # Not caffesolve's: the user's own code (a Python layer, a
+            # callback) or a bug. Saved all the same, then passed on as it
+            # is, as pycaffe passes a Python layer's exception on.
+            self.log.write("E", "solver.cpp:0", str(self.stop_on_fault(e, start_iter)))
+            raise
+
+    def _solve(self, start_iter: int) -> None:
         self.step(self.param.max_iter - self.iter)
         if (
             (self.param.snapshot_after_train or self.requested_early_exit)
@@ -254,10 +295,12 @@ class Solver:
             ):
                 if self.is_root:
                     self.test_all()
-                if self.requested_early_exit:
-                    break
+            # Before the stop check (Caffe: after): data-parallel ranks share
+            # a stop that only the root, which tests, was asked for.
             for callback in self.callbacks:
                 callback.on_start()
+            if self.requested_early_exit:
+                break
             display = bool(p.display) and self.iter % p.display == 0
             self.net.debug_info = display and p.debug_info
             loss = F32(0)
@@ -284,7 +327,9 @@ class Solver:
                 self.log_outputs()
             for callback in self.callbacks:
                 callback.on_gradients_ready()
+            self.updating = True
             self.apply_update()
+            self.updating = False
             request = self.get_requested_action()
             if (
                 p.snapshot and self.iter % p.snapshot == 0 and self.is_root
@@ -319,6 +364,11 @@ class Solver:
     def test(self, test_net_id: int) -> None:
         """Caffe's Solver::Test: mean of each output over test_iter batches."""
         self.log.info(*msg.testing_net(self.iter, test_net_id))
+        self.testing = self.test_nets[test_net_id]
+        self._test(test_net_id)
+        self.testing = None
+
+    def _test(self, test_net_id: int) -> None:
         test_net = self.test_nets[test_net_id]
         test_net.share_trained_layers_with(self.net)
         test_iter = self.param.test_iter[test_net_id]
@@ -354,17 +404,62 @@ class Solver:
     # -- snapshots ----------
 
     def snapshot(self) -> None:
-        """Caffe's Snapshot: the model, then the solver state naming it."""
+        """Caffe's Snapshot: the model and the solver state naming it, written
+        as a pair (snapshot.write_snapshot: both or neither)."""
         fmt = self.param.snapshot_format
         hdf5 = fmt == snap.HDF5
         prefix = self.param.snapshot_prefix
         model_path = snap.model_filename(prefix, self.iter, fmt)
-        self.log.info(*msg.snapshotting_model(model_path, hdf5))
-        snap.write_model(model_path, self.net, self.param.snapshot_diff, fmt)
         state_path = snap.state_filename(prefix, self.iter, fmt)
+        self.log.info(*msg.snapshotting_model(model_path, hdf5))
         self.log.info(*msg.snapshotting_solver_state(state_path, hdf5))
-        snap.write_solver_state(state_path, self.solver_state(model_path), fmt)
+        snap.write_snapshot(
+            model_path,
+            state_path,
+            self.net,
+            self.solver_state(model_path),
+            self.param.snapshot_diff,
+            fmt,
+        )
         self.last_snapshot_iter = self.iter
+        self.last_good_snapshot = state_path
+
+    def last_good_words(self) -> str:
+        """Which snapshot to resume from, for an error message."""
+        if self.last_good_snapshot is None:
+            return "no snapshot of this run has been written"
+        return (
+            f"the last good snapshot is {self.last_good_snapshot} "
+            f"(resume with --snapshot {self.last_good_snapshot})"
+        )
+
+    def stop_on_fault(self, e: Exception, start_iter: int) -> RunError:
+        """A fault mid-run as one RunError: what failed, then a snapshot of
+        the last completed iteration (as a SIGINT stop writes one) or, if it
+        cannot be written, the last good one."""
+        what = describe(e)
+        if self.testing is not None:
+            what = in_test_net(what, self.testing.source)
+        stopped = f"training stopped at iteration {self.iter}"
+        if not self.is_root:
+            return RunError(f"{what}; {stopped}")
+        if (
+            isinstance(e, SnapshotError)  # the snapshot of this iteration
+            or self.updating  # the weights are part updated: nothing to save
+            or self.iter == start_iter  # no iteration done: nothing new
+            or self.last_snapshot_iter == self.iter  # saved already
+        ):
+            return RunError(f"{what}; {stopped}; {self.last_good_words()}")
+        try:
+            self.snapshot()
+        except SnapshotError as snapshot_error:
+            return RunError(
+                f"{what}; {stopped}; {snapshot_error}; {self.last_good_words()}"
+            )
+        return RunError(
+            f"{what}; {stopped} after writing a snapshot of it "
+            f"(resume with --snapshot {self.last_good_snapshot})"
+        )
 
     def solver_state(self, model_path: str) -> caffe_pb2.SolverState:
         """SolverState: iter, learned_net, current_step, history, resume JSON."""
@@ -382,6 +477,9 @@ class Solver:
             "train_net": self.net.get_state(),
             "test_nets": [n.get_state() for n in self.test_nets],
             "rng": self.rng.bit_generator.state,
+            # What the state was written by and for: checked on resume.
+            "solver_type": self.type,
+            "sources": self.net.data_sources(),
         }
 
     def restore(self, state_file: str) -> None:
@@ -409,9 +507,36 @@ class Solver:
             h.from_proto(proto, reshape=False)
         if state.caffesolve_resume:
             self.log.info(*msg.restoring_data_state())
-            self.set_resume_state(
-                snap.decode_resume(state.caffesolve_resume, state_file), state_file
+            resume = snap.decode_resume(state.caffesolve_resume, state_file)
+            self.warn_if_other_run(resume, state_file)
+            self.set_resume_state(resume, state_file)
+        self.last_good_snapshot = state_file
+
+    def warn_if_other_run(self, resume: dict[str, Any], state_file: str) -> None:
+        """Warn when a state is resumed by another solver type (its history
+        means something else: SGD's momentum is not AdaGrad's sum of squares)
+        or against other data sources than it was written with."""
+        written_by = resume.get("solver_type")
+        if written_by and written_by != self.type:
+            self.log.warning(
+                "sgd_solver.cpp:0",
+                f"{state_file}: written by a {written_by} solver, resumed by "
+                f"{self.type}: the history blobs hold {written_by}'s values, "
+                f"which {self.type} reads as its own (start from the weights "
+                "with --weights instead to begin a fresh history)",
             )
+        sources = resume.get("sources")
+        if not isinstance(sources, dict):
+            return
+        for layer, source in self.net.data_sources().items():
+            before = sources.get(layer)
+            if before is not None and not same_path(before, source):
+                self.log.warning(
+                    "sgd_solver.cpp:0",
+                    f"{state_file}: layer '{layer}' read {before} when this "
+                    f"state was written and reads {source} now: its saved data "
+                    "position belongs to the other source",
+                )
 
     def set_resume_state(self, resume: dict[str, Any], state_file: str) -> None:
         try:
@@ -423,6 +548,18 @@ class Solver:
             raise SnapshotError(
                 f"{state_file}: caffesolve_resume does not fit this net ({e})"
             ) from None
+
+
+def same_path(a: str, b: str) -> bool:
+    """The same path, written alike or resolving to the same place."""
+    return a == b or os.path.realpath(a) == os.path.realpath(b)
+
+
+def in_test_net(message: str, source: str) -> str:
+    """`message` placed in the TEST net: "net.prototxt: in the TEST net: ..."."""
+    if message.startswith(source + ": "):
+        return f"{source}: in the TEST net: {message[len(source) + 2 :]}"
+    return f"in the TEST net: {message}"
 
 
 def output_values(net: Net) -> np.ndarray:
