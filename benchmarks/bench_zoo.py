@@ -3,6 +3,7 @@
     python benchmarks/bench_zoo.py [--nets googlenet,resnet50,mobilenet_v1]
                                    [--batches 1,16] [--rounds 7] [--layers]
                                    [--examples ../shared/caffe-examples]
+                                   [--threads N]
 
 (needs the `bench` extra for PyTorch: pip install -e '.[bench]'.)
 
@@ -12,9 +13,11 @@ built in the TEST phase with random weights (convolutions N(0, 2/fan_in),
 BatchNorm statistics 0 and 1). PyTorch runs the same layers on the same
 weights (benchmarks/torch_zoo.py: a functional twin built from the Net's
 layer list), in its default layout and in channels_last, under no_grad, on
-torch's default threads; caffesolve on its default workers. The three
-alternate within every round (their order rotating), so load on a shared
-machine hits them alike. Each round keeps the fastest of --reps forwards of
+torch's default threads and caffesolve's default workers (2 here), or
+--threads N for both (1: the steadier comparison on a shared machine, where
+a threaded step waits for a descheduled thread). The three alternate within
+every round (their order rotating), so load on a shared machine hits them
+alike. Each round keeps the fastest of --reps forwards of
 each (after one warm-up forward); the table gives the medians over the rounds
 and the ratio of caffesolve's median to PyTorch's best layout's median (and
 the same ratio of the minima). Each net also prints the largest difference
@@ -38,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from caffesolve.backend import set_workers, workers
 from caffesolve.log import LOG
 from caffesolve.net import Net
 from caffesolve.proto import caffe_pb2
@@ -182,12 +186,17 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="forwards per round")
     ap.add_argument("--layers", action="store_true")
     ap.add_argument("--examples", type=Path, default=EXAMPLES, help="zoo__*.prototxt")
+    ap.add_argument("--threads", type=int, default=0, help="cores for each side")
     args = ap.parse_args()
     import torch
 
+    if args.threads:  # caffesolve's workers and PyTorch's threads
+        set_workers(args.threads)
+        torch.set_num_threads(args.threads)
     LOG.quiet = True
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"caffesolve {workers()} workers; "
         f"numpy {np.__version__}; load average {os.getloadavg()[0]:.1f}"
     )
     rows = []
