@@ -13,7 +13,8 @@ built in the TEST phase with random weights (convolutions N(0, 2/fan_in),
 BatchNorm statistics 0 and 1). PyTorch runs the same layers on the same
 weights (benchmarks/torch_zoo.py: a functional twin built from the Net's
 layer list), in its default layout and in channels_last, under no_grad, on
-torch's default threads and caffesolve's default workers (2 here), or
+torch's default threads and caffesolve's thread policy as its commands
+apply it (2 workers, OpenBLAS on 1 thread), or
 --threads N for both (1: the steadier comparison on a shared machine, where
 a threaded step waits for a descheduled thread). The three alternate within
 every round (their order rotating), so load on a shared machine hits them
@@ -41,7 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
-from caffesolve.backend import set_workers, workers
+from caffesolve.backend import (
+    blas_threads,
+    configure_blas_threads,
+    set_workers,
+    workers,
+)
 from caffesolve.log import LOG
 from caffesolve.net import Net
 from caffesolve.proto import caffe_pb2
@@ -190,13 +196,14 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    configure_blas_threads()  # caffesolve's thread policy, as its commands apply it
     if args.threads:  # caffesolve's workers and PyTorch's threads
         set_workers(args.threads)
         torch.set_num_threads(args.threads)
     LOG.quiet = True
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"caffesolve {workers()} workers; "
+        f"caffesolve {workers()} workers, OpenBLAS {blas_threads()} threads; "
         f"numpy {np.__version__}; load average {os.getloadavg()[0]:.1f}"
     )
     rows = []
