@@ -280,7 +280,9 @@ def test_detector_windows(deploy: tuple[str, str, caffe.Net], tmp_path: Path) ->
     assert [d["window"] for d in found] == windows
     for d, p in zip(found, expected):
         assert d["filename"] == str(tmp_path / "img.png")
-        np.testing.assert_allclose(d["prediction"], p, atol=1e-6)
+        # float32 scores against a float64 reference: the unseeded weights can
+        # make logits of size 100, whose float32 rounding moves p by ~1e-5 of p.
+        np.testing.assert_allclose(d["prediction"], p, rtol=5e-5, atol=1e-6)
     # with context: the padded border outside the image is the mean
     padded = caffe.Detector(model, weights, raw_scale=255, context_pad=1,
                             mean=np.array([10.0, 20.0, 30.0]))  # fmt: skip
