@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from caffesolve import weights
+from caffesolve.backend import configure_blas_threads
 from caffesolve.blob import Blob
 from caffesolve.errors import ConfigError, ShapeError
 from caffesolve.layers.python import PythonLayer
@@ -109,6 +110,7 @@ class Net:
                 "_caffe.cpp:142",
                 f"Net('{os.fspath(network_file)}', {phase}, weights='{weights_file}')",
             )
+        configure_blas_threads()  # the threads policy every command applies
         self._net = CoreNet.from_prototxt(
             network_file, phase, stages=stages, level=level, rng=random_generator()
         )
