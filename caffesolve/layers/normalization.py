@@ -31,6 +31,7 @@ from caffesolve.layers.base import Layer
 from caffesolve.layers.loss import legacy_dim
 from caffesolve.ops import pooling as pool_ops
 from caffesolve.ops.pooling import PoolGeometry
+from caffesolve.ops.pooling_kernels import ave_backward, ave_forward
 from caffesolve.proto import caffe_pb2
 
 Array = npt.NDArray[np.float32]
@@ -139,7 +140,7 @@ def lrn_within_forward(
     `base` and `power` are kept for backward."""
     t = x.dtype.type
     np.multiply(x, x, out=squares)
-    pool_ops.ave_pool_forward(squares, g, divisor, base, canvas)
+    ave_forward(squares, g, divisor, base, canvas)
     base *= t(alpha)
     base += t(1)
     np.power(base, t(neg_beta), out=power)
@@ -169,7 +170,7 @@ def lrn_within_backward(
     pooled_diff *= t(power_diff_scale)
     np.multiply(dy, x, out=work)
     pooled_diff *= work
-    pool_ops.ave_pool_backward(pooled_diff, g, divisor, work, canvas)
+    ave_backward(pooled_diff, g, divisor, work, canvas)
     work *= t(2) * x
     np.multiply(dy, power, out=dx)
     dx += work

@@ -19,6 +19,8 @@ from caffesolve.ops import pooling as ops
 from caffesolve.ops import pooling_tiles as tiles
 from caffesolve.ops.pooling import AVE, MAX, STOCHASTIC, PoolGeometry
 from caffesolve.ops.pooling_kernels import (
+    ave_backward,
+    ave_forward,
     pool_backward_compiled,
     pool_forward_compiled,
 )
@@ -205,11 +207,7 @@ class PoolingLayer(Layer):
         x, out = bottom[0].data, top[0].data
         if self.pool == AVE:
             divisor = self.divisor.astype(x.dtype, copy=False)
-            if kernels.takes(x, out, divisor):
-                pool_forward_compiled(x, g, AVE, out, divisor=divisor)
-            else:
-                work = self._canvas("canvas", x.dtype, 0.0)
-                ops.ave_pool_forward(x, g, divisor, out, work)
+            ave_forward(x, g, divisor, out, self._canvas("canvas", x.dtype, 0.0))
         elif self.pool == STOCHASTIC:
             work = self._canvas("canvas", x.dtype, 0.0)
             if self.phase == caffe_pb2.TRAIN:
@@ -241,11 +239,8 @@ class PoolingLayer(Layer):
         dy, dx = top[0].diff, bottom[0].diff
         if self.pool == AVE:
             divisor = self.divisor.astype(dx.dtype, copy=False)
-            if kernels.takes(dy, dx, divisor):
-                pool_backward_compiled(dy, g, AVE, dx, divisor=divisor)
-            else:
-                work = self._canvas("canvas_diff", dx.dtype, 0.0)
-                ops.ave_pool_backward(dy, g, divisor, dx, work)
+            canvas = self._canvas("canvas_diff", dx.dtype, 0.0)
+            ave_backward(dy, g, divisor, dx, canvas)
             return
         if self.pool == STOCHASTIC and self.phase != caffe_pb2.TRAIN:
             ops.stochastic_pool_test_backward(

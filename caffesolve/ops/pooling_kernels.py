@@ -27,8 +27,17 @@ from __future__ import annotations
 import numpy as np
 
 from caffesolve.backend import parallel_parts, run_parallel, split_range
-from caffesolve.kernels import compiled
-from caffesolve.ops.pooling import FLT_MAX, MAX, Array, Index, PoolGeometry
+from caffesolve.kernels import compiled, takes
+from caffesolve.ops.pooling import (
+    AVE,
+    FLT_MAX,
+    MAX,
+    Array,
+    Index,
+    PoolGeometry,
+    ave_pool_backward,
+    ave_pool_forward,
+)
 
 # Phase buffers of about this many bytes per chunk of planes (stays in L2),
 # and outputs per strip of the passes (their running values stay in L1).
@@ -474,3 +483,27 @@ def max_pool_2x2_max(x, out):  # type: ignore[no-untyped-def]
                 v = r1[2 * c + 1]
                 best = v if v > best else best
                 o[c] = best
+
+
+# -- AVE pooling on whichever path takes the arrays (Pooling, LRN WITHIN_CHANNEL)
+
+
+def ave_forward(
+    x: Array, g: PoolGeometry, divisor: Array, out: Array, canvas: Array | None
+) -> None:
+    """AVE forward: the compiled loop when the kernels take these arrays,
+    else ops/pooling.py's NumPy twin on `canvas` (same bits)."""
+    if takes(x, out, divisor):
+        pool_forward_compiled(x, g, AVE, out, divisor=divisor)
+    else:
+        ave_pool_forward(x, g, divisor, out, canvas)
+
+
+def ave_backward(
+    dy: Array, g: PoolGeometry, divisor: Array, dx: Array, canvas: Array | None
+) -> None:
+    """AVE backward into dx (overwritten), on the path ave_forward takes."""
+    if takes(dy, dx, divisor):
+        pool_backward_compiled(dy, g, AVE, dx, divisor=divisor)
+    else:
+        ave_pool_backward(dy, g, divisor, dx, canvas)
